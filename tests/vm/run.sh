@@ -1,0 +1,461 @@
+#!/usr/bin/env bash
+# Stage-1 boot test of btrfs-rollback: QEMU (TCG), Debian's kernel, LUKS2, an
+# initramfs whose /init does what NixOS's scripted stage 1 does, and power cuts.
+#
+#   tests/vm/run.sh [--power-cuts N] [--jobs J] [--keep] [--skip-power-cuts]
+#
+#   --power-cuts N   number of SIGKILL instants over the rollback (default 24)
+#   --nested N       nested subvolumes under root for the power-cut image (default 300)
+#   --jobs J         VMs run at the same time (default: number of cores, at most 2)
+#   --keep           keep every disk image (default: only those of failed scenarios)
+#
+# Environment:
+#   BTRFS_ROLLBACK_BIN=path   put this program in the initramfs instead of
+#                             building the crate (e.g. tests/vm/standin/naive-snippet.sh)
+#
+# Downloads and the unpacked kernel are cached in target/vm-cache/; the
+# initramfs, disk images and serial logs of the last run are in target/vm/.
+# Prints PASS/FAIL per scenario and a last line "N passed, N failed"; exits
+# non-zero on any failure.
+set -uo pipefail
+
+CUTS=24
+NESTED=300
+KEEP=0
+SKIP_CUTS=0
+JOBS=$(nproc 2>/dev/null || echo 1)
+[ "$JOBS" -gt 2 ] && JOBS=2
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --power-cuts) CUTS=$2; shift ;;
+        --nested) NESTED=$2; shift ;;
+        --jobs|-j) JOBS=$2; shift ;;
+        --keep) KEEP=1 ;;
+        --skip-power-cuts) SKIP_CUTS=1 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=$REPO/target/vm-cache
+WORK=$REPO/target/vm
+LOGS=$WORK/logs
+IMGS=$WORK/images
+RES=$WORK/results
+T0=$(date +%s)
+
+log() { echo "[$(($(date +%s) - T0))s] $*"; }
+fatal() { echo "FATAL: $*" >&2; echo "0 passed, 1 failed"; exit 2; }
+
+# ---------------------------------------------------------------- host tools
+ensure_tools() {
+    local need=()
+    command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+    command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
+    { command -v btrfs && command -v mkfs.btrfs; } >/dev/null || need+=(btrfs-progs)
+    command -v depmod >/dev/null || need+=(kmod)
+    command -v cpio >/dev/null || need+=(cpio)
+    command -v xz >/dev/null || need+=(xz-utils)
+    if ! BB=$(command -v busybox) || ldd "$BB" >/dev/null 2>&1; then
+        need+=(busybox-static)
+    fi
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing host tools: ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y --no-install-recommends "${need[@]}" >"$WORK/apt.log" 2>&1 ||
+            { apt-get update >>"$WORK/apt.log" 2>&1 &&
+              apt-get install -y --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1; } ||
+            fatal "apt-get install ${need[*]} failed (see $WORK/apt.log)"
+    fi
+    BB=$(command -v busybox)
+    ldd "$BB" >/dev/null 2>&1 && fatal "$BB is not static (install busybox-static)"
+}
+
+# ---------------------------------------------------------------- the binary
+build_binary() {
+    if [ -n "${BTRFS_ROLLBACK_BIN:-}" ]; then
+        BIN=$(readlink -f "$BTRFS_ROLLBACK_BIN")
+        [ -f "$BIN" ] || fatal "BTRFS_ROLLBACK_BIN=$BTRFS_ROLLBACK_BIN not found"
+        log "btrfs-rollback under test: $BIN (from BTRFS_ROLLBACK_BIN)"
+        return
+    fi
+    log "building the static binary"
+    (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --release --target x86_64-unknown-linux-gnu) >"$WORK/cargo.log" 2>&1 ||
+        { tail -n 30 "$WORK/cargo.log"; fatal "cargo build failed (see $WORK/cargo.log)"; }
+    BIN=$REPO/target/x86_64-unknown-linux-gnu/release/btrfs-rollback
+    ldd "$BIN" >/dev/null 2>&1 && fatal "$BIN is not statically linked"
+    log "btrfs-rollback under test: $BIN"
+}
+
+# ---------------------------------------------------------------- kernel
+fetch_kernel() {
+    mkdir -p "$CACHE/kernel"
+    local pkg
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    if [ -z "$pkg" ]; then
+        pkg=$(ls "$CACHE/kernel" 2>/dev/null | sed -n 's/^\(linux-image-[^_]*\)_.*\.deb$/\1/p' | sort -V | tail -n 1)
+    fi
+    if [ -z "$pkg" ]; then
+        apt-get update >"$WORK/apt.log" 2>&1
+        pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    fi
+    [ -n "$pkg" ] || fatal "cannot resolve linux-image-amd64"
+    if ! ls "$CACHE/kernel/${pkg}"_*.deb >/dev/null 2>&1; then
+        log "downloading $pkg"
+        (cd "$CACHE/kernel" && apt-get download "$pkg") >"$WORK/download.log" 2>&1 ||
+            fatal "apt-get download $pkg failed (see $WORK/download.log)"
+    fi
+    local deb
+    deb=$(ls "$CACHE/kernel/${pkg}"_*.deb | sort -V | tail -n 1)
+    KROOT=$CACHE/kernel/$(basename "$deb" .deb)
+    if [ ! -e "$KROOT/.done" ]; then
+        log "unpacking $(basename "$deb")"
+        rm -rf "$KROOT" && mkdir -p "$KROOT"
+        dpkg-deb -x "$deb" "$KROOT" || fatal "dpkg-deb -x failed"
+        KVER=$(ls "$KROOT/lib/modules")
+        depmod -b "$KROOT" "$KVER" || fatal "depmod failed"
+        # Boot the uncompressed ELF vmlinux (PVH entry) when it can be cut out
+        # of the bzImage: saves the decompression under emulation.
+        local vmlinuz=$KROOT/boot/vmlinuz-$KVER off
+        off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$vmlinuz" | head -n 1 | cut -d: -f1)
+        if [ -n "$off" ]; then
+            tail -c +$((off + 1)) "$vmlinuz" | xz -dc >"$KROOT/vmlinux" 2>/dev/null
+            [ "$(head -c 4 "$KROOT/vmlinux" | od -An -c | tr -d ' ')" = '177ELF' ] || rm -f "$KROOT/vmlinux"
+        fi
+        touch "$KROOT/.done"
+    fi
+    KVER=$(ls "$KROOT/lib/modules")
+    if [ -s "$KROOT/vmlinux" ] && [ "${RB_KERNEL:-vmlinux}" = vmlinux ]; then
+        KERNEL=$KROOT/vmlinux
+    else
+        KERNEL=$KROOT/boot/vmlinuz-$KVER
+    fi
+    log "kernel $KVER ($(basename "$KERNEL"))"
+}
+
+# ---------------------------------------------------------------- initramfs
+copy_with_libs() { # host-binary dest-in-initramfs
+    local src=$1 dst=$2 lib
+    install -D -m 755 "$src" "$IR$dst"
+    for lib in $(ldd "$src" 2>/dev/null | grep -o '/[^ ]*') /lib/x86_64-linux-gnu/libgcc_s.so.1; do
+        [ -e "$IR$lib" ] && continue
+        [ -e "$lib" ] || continue
+        install -D -m 755 "$(readlink -f "$lib")" "$IR$lib"
+    done
+}
+
+build_initramfs() {
+    IR=$WORK/initramfs
+    rm -rf "$IR"
+    mkdir -p "$IR"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,mnt-top,mnt-root}
+    install -m 755 "$BB" "$IR/bin/busybox"
+    local a
+    for a in $("$BB" --list-full); do
+        [ "$a" = bin/busybox ] && continue
+        mkdir -p "$IR/$(dirname "$a")"
+        ln -sf /bin/busybox "$IR/$a"
+    done
+    rm -f "$IR/bin/sh" && ln -s busybox "$IR/bin/sh"
+    for a in cryptsetup btrfs mkfs.btrfs; do
+        rm -f "$IR/sbin/$a" "$IR/bin/$a" "$IR/usr/bin/$a" "$IR/usr/sbin/$a"
+        copy_with_libs "$(command -v $a)" "/sbin/$a"
+    done
+    rm -f "$IR"/{bin,sbin,usr/bin,usr/sbin}/btrfs-rollback
+    install -m 755 "$BIN" "$IR/bin/btrfs-rollback"
+    install -m 755 "$HERE/init" "$IR/init"
+    [ -e /dev/console ] && mknod "$IR/dev/console" c 5 1 2>/dev/null
+    # kernel modules, in dependency order
+    local mods="virtio_pci virtio_blk dm_mod dm_crypt cryptd aesni_intel xts algif_skcipher af_alg crc32c_intel btrfs"
+    local m f
+    : >"$IR/etc/modules.list"
+    for m in $mods; do
+        for f in $(modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" {print $2}'); do
+            f=${f#"$KROOT"}
+            grep -qxF "$f" "$IR/etc/modules.list" && continue
+            install -D -m 644 "$KROOT$f" "$IR$f"
+            echo "$f" >>"$IR/etc/modules.list"
+        done
+    done
+    [ -s "$WORK/cryptroot.key" ] || head -c 64 /dev/urandom >"$WORK/cryptroot.key"
+    install -m 400 "$WORK/cryptroot.key" "$IR/etc/cryptroot.key"
+    (cd "$IR" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) >"$WORK/initrd.cpio" ||
+        fatal "cpio failed"
+    INITRD=$WORK/initrd.cpio
+    log "initramfs $(du -h "$INITRD" | cut -f1), $(wc -l <"$IR/etc/modules.list") modules"
+}
+
+# ---------------------------------------------------------------- VM helpers
+new_disk() { # path
+    rm -f "$1"
+    truncate -s 400M "$1"
+    cryptsetup luksFormat --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+        --batch-mode --key-file "$WORK/cryptroot.key" "$1" >/dev/null ||
+        fatal "luksFormat failed"
+}
+
+qemu_args() { # img serial-log kernel-args...: sets QARGS
+    local img=$1 serial=$2
+    shift 2
+    QARGS=(-accel tcg -cpu max -m 512 -smp 1 -nodefaults -no-user-config -display none \
+        -monitor none -no-reboot -kernel "$KERNEL" -initrd "$INITRD" \
+        -serial "file:$serial" \
+        -drive "file=$img,format=raw,if=virtio,cache=writethrough" \
+        -append "console=ttyS0 panic=-1 quiet $*")
+}
+
+boot() { # img serial-log kernel-args...: a whole boot, up to power-off
+    local img=$1 serial=$2
+    shift 2
+    rm -f "$serial"
+    local QARGS
+    qemu_args "$img" "$serial" "$@"
+    timeout -s KILL 300 qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$serial.qemu" 2>&1
+}
+
+clean() { tr -d '\r' <"$1"; }
+val() { clean "$1" | sed -n "s/^RESULT $2=//p" | tail -n 1; }
+
+pass() { echo "PASS $*" | tee "$RES/$1"; }
+fail() { echo "FAIL $*" | tee "$RES/$1"; }
+
+# fresh LOG PHASE: root is a fresh writable snapshot of root-blank, nothing is
+# nested in it, the top level holds exactly what it should, persist is intact.
+BAD=
+fresh() {
+    local l=$1 p=$2 e
+    BAD=
+    [ "$(val "$l" "$p.top_mounted")" = 1 ] || BAD+=" top-level-not-mountable"
+    [ "$(val "$l" "$p.root_is_subvol")" = 1 ] || BAD+=" root-not-a-subvolume"
+    [ "$(val "$l" "$p.root_mounted")" = 1 ] || BAD+=" root-not-mountable"
+    [ "$(val "$l" "$p.root_ro")" = ro=false ] || BAD+=" root-$(val "$l" "$p.root_ro")"
+    [ "$(val "$l" "$p.root_blank_marker")" = 1 ] || BAD+=" no-blank-marker"
+    [ "$(val "$l" "$p.root_stale_marker")" = 0 ] || BAD+=" stale-content"
+    [ -n "$(val "$l" "$p.root_tree")" ] && [ "$(val "$l" "$p.root_tree")" = "$(val "$l" "$p.blank_tree")" ] ||
+        BAD+=" root-differs-from-blank"
+    [ "$(val "$l" "$p.nested")" = 0 ] || BAD+=" nested=$(val "$l" "$p.nested")"
+    [ "$(val "$l" "$p.top_subvols")" = "nix,persist,root,root-blank," ] ||
+        BAD+=" top-subvolumes=$(val "$l" "$p.top_subvols")"
+    for e in $(val "$l" "$p.top_entries" | tr ',' ' '); do
+        case "$e" in nix|persist|root|root-blank|rollback.log) ;; *) BAD+=" leftover:$e" ;; esac
+    done
+    [ "$(val "$l" "$p.persist")" = persist-data-42 ] || BAD+=" persist-changed"
+    [ -z "$BAD" ]
+}
+
+# valid_root LOG PHASE: a root subvolume exists, mounts, and is either the old
+# root or a snapshot of the blank.
+valid_root() {
+    local l=$1 p=$2
+    [ "$(val "$l" "$p.root_is_subvol")" = 1 ] && [ "$(val "$l" "$p.root_mounted")" = 1 ] &&
+        { [ "$(val "$l" "$p.root_blank_marker")" = 1 ] || [ "$(val "$l" "$p.root_stale_marker")" = 1 ]; }
+}
+
+# Wait (inotify, via tail -f) until the serial log shows a line matching $2.
+wait_line() { # serial pattern qemu-pid timeout
+    timeout "$4" grep -q -m 1 "$2" < <(tail -F -n +1 --pid="$3" "$1" 2>/dev/null)
+}
+
+now() { date +%s.%N; }
+secs() { awk "BEGIN { printf \"%.2f\", $1 }"; }
+
+# ---------------------------------------------------------------- scenarios
+sc_setup() { # name layout image
+    local name=$1 layout=$2 img=$3 l=$LOGS/$1.log s=$(date +%s)
+    new_disk "$img"
+    boot "$img" "$l" rb.scenario=setup rb.layout="$layout" rb.nested="$NESTED"
+    local want=5
+    [ "$layout" = big ] && want=$((5 + NESTED))
+    if [ "$(val "$l" setup.ok)" = 1 ] && [ "$(val "$l" post.nested)" = $want ] &&
+        [ "$(val "$l" post.root_stale_marker)" = 1 ] && [ "$(val "$l" post.blank_exists)" = 1 ] &&
+        [ "$(val "$l" post.top_subvols)" = "nix,persist,root,root-blank," ]; then
+        pass "$name" "(layout $layout: $want nested subvolumes under root; $(($(date +%s) - s))s)"
+    else
+        fail "$name" "(setup did not build the layout; see $l)"
+    fi
+}
+
+sc_rollback() {
+    local img=$IMGS/rollback.img l=$LOGS/rollback.log v=$LOGS/verify.log s=$(date +%s) why=
+    cp --sparse=always "$IMGS/base-normal.img" "$img"
+    boot "$img" "$l" rb.scenario=run
+    [ "$(val "$l" run.rc)" = 0 ] || why+=" exit-status=$(val "$l" run.rc)"
+    fresh "$l" post || why+="$BAD"
+    [ "$(val "$l" post.log_lines)" -ge 1 ] 2>/dev/null || why+=" no-rollback.log"
+    [ "$(val "$l" post.kmsg_lines)" -ge 1 ] 2>/dev/null || why+=" not-in-kernel-log"
+    if [ -z "$why" ]; then pass rollback "(rc 0, root fresh, log + kmsg written; $(($(date +%s) - s))s)"
+    else fail rollback "($why; see $l)"; fi
+    s=$(date +%s) why=
+    boot "$img" "$v" rb.scenario=report
+    fresh "$v" post || why+="$BAD"
+    [ "$(val "$v" post.log_lines)" -ge 1 ] 2>/dev/null || why+=" no-rollback.log"
+    if [ -z "$why" ]; then pass verify "(next boot: root fresh, nothing nested, persist intact, rollback.log $(val "$v" post.log_lines) line(s); $(($(date +%s) - s))s)"
+    else fail verify "($why; see $v)"; fi
+}
+
+sc_missing_blank() {
+    local img=$IMGS/missing-blank.img l=$LOGS/missing-blank.log s=$(date +%s) why= msg
+    cp --sparse=always "$IMGS/base-normal.img" "$img"
+    boot "$img" "$l" rb.scenario=run rb.preop=delblank
+    [ "$(val "$l" run.rc)" = 1 ] || why+=" exit-status=$(val "$l" run.rc)(want-1)"
+    [ "$(val "$l" post.root_mounted)" = 1 ] || why+=" root-not-mountable"
+    [ "$(val "$l" post.root_stale_marker)" = 1 ] || why+=" root-content-changed"
+    [ "$(val "$l" post.nested)" = 5 ] || why+=" nested=$(val "$l" post.nested)(want-5)"
+    [ "$(val "$l" post.blank_exists)" = 0 ] || why+=" blank-still-there(test-bug)"
+    # the binary's own words on the console, between the markers
+    msg=$(clean "$l" | sed -n '/^RB-START/,/^RB-END/p' | grep -v '^RB-' | grep -i 'blank' | head -n 1)
+    [ -n "$msg" ] || why+=" no-message-naming-the-blank-on-the-console"
+    if [ -z "$why" ]; then pass missing-blank "(rc 1, root untouched; console: \"$msg\"; $(($(date +%s) - s))s)"
+    else fail missing-blank "($why; see $l)"; fi
+}
+
+sc_late() {
+    local img=$IMGS/late.img l=$LOGS/late-device.log s=$(date +%s) why=
+    cp --sparse=always "$IMGS/base-normal.img" "$img"
+    boot "$img" "$l" rb.scenario=late rb.late=3
+    clean "$l" | grep -q '^RB-START dev_present=0' || why+=" device-was-already-there(test-bug)"
+    clean "$l" | grep -q '^RB-LATE-UNLOCKED' || why+=" late-unlock-failed"
+    [ "$(val "$l" run.rc)" = 0 ] || why+=" exit-status=$(val "$l" run.rc)"
+    fresh "$l" post || why+="$BAD"
+    if [ -z "$why" ]; then pass late-device "(binary waited for /dev/mapper/cryptroot unlocked 3s later; $(($(date +%s) - s))s)"
+    else fail late-device "($why; see $l)"; fi
+}
+
+sc_negative() {
+    local img=$IMGS/negative.img l=$LOGS/negative-control.log s=$(date +%s)
+    cp --sparse=always "$IMGS/base-normal.img" "$img"
+    boot "$img" "$l" rb.scenario=report
+    if [ "$(val "$l" post.root_mounted)" != 1 ]; then
+        fail negative-control "(verify boot did not get as far as mounting root; see $l)"
+    elif fresh "$l" post; then
+        fail negative-control "(verify without a rollback said root is fresh: the checks are blind; see $l)"
+    else
+        pass negative-control "(verify without a rollback failed as it must:$BAD; $(($(date +%s) - s))s)"
+    fi
+}
+
+# An uncut rollback of the big image: how long it takes, from the marker /init
+# prints just before starting btrfs-rollback to the one it prints after.
+sc_cut_baseline() {
+    local img=$IMGS/cut-baseline.img l=$LOGS/cut-baseline.log s=$(date +%s) why= pid t1 t2
+    cp --sparse=always "$IMGS/base-big.img" "$img"
+    rm -f "$l"
+    local QARGS
+    qemu_args "$img" "$l" rb.scenario=run
+    qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
+    pid=$!
+    touch "$l"
+    wait_line "$l" '^RB-START' $pid 200 && t1=$(now)
+    wait_line "$l" '^RB-END' $pid 600 && t2=$(now)
+    ( sleep 300; kill -9 $pid 2>/dev/null ) &
+    local guard=$!
+    wait $pid
+    kill $guard 2>/dev/null
+    [ -n "${t1:-}" ] && [ -n "${t2:-}" ] || why+=" markers-not-seen"
+    [ "$(val "$l" run.rc)" = 0 ] || why+=" exit-status=$(val "$l" run.rc)"
+    fresh "$l" post || why+="$BAD"
+    if [ -z "$why" ]; then
+        secs "$t2 - $t1" >"$WORK/cut-duration"
+        pass cut-baseline "(uncut rollback of root with $((NESTED + 5)) nested subvolumes: $(cat "$WORK/cut-duration"))s from start to exit; boot $(($(date +%s) - s))s)"
+    else
+        fail cut-baseline "($why; see $l)"
+    fi
+}
+
+sc_cut() { # index delay
+    local i=$1 d=$2 name img l c pid state why= t1
+    name=$(printf 'power-cut-%02d' "$i")
+    img=$IMGS/$name.img l=$LOGS/$name.log c=$LOGS/$name-after.log
+    cp --sparse=always "$IMGS/base-big.img" "$img"
+    rm -f "$l"
+    local QARGS
+    qemu_args "$img" "$l" rb.scenario=run
+    qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
+    pid=$!
+    touch "$l"
+    if wait_line "$l" '^RB-START' $pid 200; then
+        t1=$(now)
+        sleep "$d"
+        kill -9 $pid 2>/dev/null
+        state="cut $(secs "$(now) - $t1")s after start"
+        clean "$l" | grep -q '^RB-END' && state+=" (after the binary had exited)"
+    else
+        kill -9 $pid 2>/dev/null
+        state="no start marker"
+        why+=" the-cut-boot-never-started-the-binary"
+    fi
+    wait $pid 2>/dev/null
+    boot "$img" "$c" rb.scenario=checkrun
+    if valid_root "$c" pre; then
+        if [ "$(val "$c" pre.root_blank_marker)" = 1 ]; then state+=", root=blank"; else state+=", root=old"; fi
+    else
+        why+=" NO-VALID-ROOT-AFTER-CUT(subvol=$(val "$c" pre.root_is_subvol),mounted=$(val "$c" pre.root_mounted),top=$(val "$c" pre.top_subvols))"
+        echo 1 >"$RES/$name.noroot"
+    fi
+    state+=", leftovers: subvolumes $(val "$c" pre.top_subvols) nested $(val "$c" pre.nested)"
+    [ "$(val "$c" run.rc)" = 0 ] || why+=" next-rollback-exit-status=$(val "$c" run.rc)"
+    fresh "$c" post || why+=" not-converged:$BAD"
+    if [ -z "$why" ]; then pass "$name" "(delay ${d}s: $state; next rollback converged)"
+    else fail "$name" "(delay ${d}s: $state;$why; see $c)"; fi
+    if [ -z "$why" ] && [ "$KEEP" = 0 ]; then rm -f "$img"; fi
+}
+
+# run "$@" in the background, at most $JOBS at a time
+spawn() {
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    "$@" &
+}
+
+# ---------------------------------------------------------------- main
+mkdir -p "$WORK" "$CACHE"
+rm -rf "$LOGS" "$IMGS" "$RES"
+mkdir -p "$LOGS" "$IMGS" "$RES"
+ensure_tools
+build_binary
+fetch_kernel
+build_initramfs
+log "running VMs, $JOBS at a time; serial logs in $LOGS"
+
+spawn sc_setup setup normal "$IMGS/base-normal.img"
+[ "$SKIP_CUTS" = 1 ] || spawn sc_setup setup-big big "$IMGS/base-big.img"
+wait
+if [ -s "$RES/setup" ] && grep -q '^PASS' "$RES/setup"; then
+    spawn sc_rollback
+    spawn sc_missing_blank
+    spawn sc_late
+    spawn sc_negative
+fi
+if [ "$SKIP_CUTS" = 0 ] && grep -q '^PASS' "$RES/setup-big"; then
+    spawn sc_cut_baseline
+fi
+wait
+if [ "$SKIP_CUTS" = 0 ] && [ -s "$WORK/cut-duration" ]; then
+    T=$(cat "$WORK/cut-duration")
+    log "power cuts: $CUTS instants over 0..${T}s (denser early on)"
+    for ((i = 0; i < CUTS; i++)); do
+        # d = T * (i/(N-1))^2: dense at the start (snapshot, swap, commit),
+        # still reaching the end of the deletion
+        d=$(awk -v T="$T" -v i=$i -v n=$CUTS 'BEGIN { x = (n > 1) ? i / (n - 1) : 0; printf "%.3f", T * x * x }')
+        spawn sc_cut "$i" "$d"
+    done
+    wait
+    tried=$(ls "$RES" | grep -c '^power-cut-[0-9]*$')
+    noroot=$(ls "$RES" | grep -c '\.noroot$')
+    echo "power cuts: $tried tried, $noroot found no valid root"
+    echo "$tried $noroot" >"$WORK/power-cut-count"
+fi
+
+if [ "$KEEP" = 0 ]; then
+    # keep the images of failed scenarios (and the bases) for debugging
+    for f in rollback:rollback missing-blank:missing-blank late-device:late negative-control:negative cut-baseline:cut-baseline; do
+        grep -qs '^PASS' "$RES/${f%%:*}" && rm -f "$IMGS/${f#*:}.img"
+    done
+fi
+passed=$(cat "$RES"/* 2>/dev/null | grep -c '^PASS')
+failed=$(cat "$RES"/* 2>/dev/null | grep -c '^FAIL')
+log "done"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ]
