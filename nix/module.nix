@@ -1,0 +1,467 @@
+{
+  config,
+  lib,
+  pkgs,
+  utils,
+  ...
+}:
+
+let
+  cfg = config.boot.initrd.btrfsRollback;
+  opt = "boot.initrd.btrfsRollback";
+  useSystemd = config.boot.initrd.systemd.enable;
+
+  # The one invocation both kinds of stage 1 run (the VM tests mirror it).
+  # Exit status: 0 rolled back; 1 refused or failed before the swap, root
+  # untouched; 2 usage error; 3 fresh root in place, cleanup of the old one
+  # failed (the next boot finishes it). 0 and 3 are a successful boot.
+  args = [
+    "run"
+    "--device"
+    cfg.device
+    "--root"
+    cfg.rootSubvolume
+    "--blank"
+    cfg.blankSnapshot
+    "--log"
+    cfg.logFile
+    "--wait"
+    (toString cfg.waitSeconds)
+  ] ++ cfg.extraArgs;
+
+  policyText = ''${opt}.onFailure = "${cfg.onFailure}"'';
+
+  # What the person at the console reads after a failed rollback, in both
+  # kinds of stage 1: shell lines that read `$status`, the exit status of
+  # btrfs-rollback (or systemd's result when it did not exit).
+  failureMessage =
+    let
+      esc = lib.escapeShellArg;
+      nextStep =
+        if cfg.onFailure == "continue" then
+          "Booting the previous root (${policyText})."
+        else
+          "Stopping the boot (${policyText}).";
+    in
+    [
+      ''case "$status" in''
+      "  1|2) state=${esc "subvolume ${cfg.rootSubvolume} on ${cfg.device} was left untouched"} ;;"
+      "  *) state=${
+        esc "btrfs-rollback ended abnormally; subvolume ${cfg.rootSubvolume} on ${cfg.device} is either the previous root or a fresh snapshot of ${cfg.blankSnapshot}"
+      } ;;"
+      "esac"
+      ''echo "btrfs-rollback: ROOT NOT ROLLED BACK (exit status $status): $state. "${
+        esc "${nextStep} Log: ${cfg.logFile} on the top-level volume of ${cfg.device}, and journalctl -b."
+      }''
+    ];
+  indentLines = prefix: lines: lib.concatMapStrings (line: prefix + line + "\n") lines;
+
+  # Hand-written rollbacks in the scripted hooks, as the usual guides have them.
+  leftoverPatterns = [
+    "btrfs subvolume delete"
+    "btrfs subvolume snapshot"
+    "btrfs subvol delete"
+    "btrfs subvol snapshot"
+    cfg.blankSnapshot
+  ];
+  leftoverHooks = lib.filter (
+    name:
+    let
+      text = config.boot.initrd.${name};
+    in
+    lib.any (pattern: lib.hasInfix pattern text) leftoverPatterns
+  ) [ "preLVMCommands" "postDeviceCommands" "postMountCommands" ];
+
+  # The root file system and how it names its device and subvolume.
+  rootFs = config.fileSystems."/" or null;
+  rootDevice =
+    if rootFs == null then
+      null
+    else if rootFs.device != null then
+      rootFs.device
+    else if rootFs.label != null then
+      "/dev/disk/by-label/${rootFs.label}"
+    else
+      null;
+  rootOptions = if rootFs == null then [ ] else rootFs.options;
+
+  # Device names that can be compared without knowing the disk: everything but
+  # udev's by-uuid/by-label/by-partuuid/... links and UUID=/LABEL= specs.
+  # /dev/disk/by-id/dm-name-NAME is the same node as /dev/mapper/NAME.
+  canonicalDevice =
+    device:
+    if lib.hasPrefix "/dev/disk/by-id/dm-name-" device then
+      "/dev/mapper/" + lib.removePrefix "/dev/disk/by-id/dm-name-" device
+    else
+      device;
+  comparableDevice =
+    device:
+    let
+      d = canonicalDevice device;
+    in
+    lib.hasPrefix "/dev/" d && !(lib.hasPrefix "/dev/disk/" d);
+  devicesComparable =
+    rootDevice != null && comparableDevice rootDevice && comparableDevice cfg.device;
+  sameDevice = canonicalDevice rootDevice == canonicalDevice cfg.device;
+
+  subvolOptions = lib.filter (o: lib.hasPrefix "subvol=" o) rootOptions;
+  subvolidOptions = lib.filter (o: lib.hasPrefix "subvolid=" o) rootOptions;
+  subvolOk = lib.any (
+    o:
+    lib.elem o [
+      "subvol=${cfg.rootSubvolume}"
+      "subvol=/${cfg.rootSubvolume}"
+    ]
+  ) subvolOptions;
+
+  mapperName =
+    let
+      d = canonicalDevice cfg.device;
+    in
+    if lib.hasPrefix "/dev/mapper/" d then lib.removePrefix "/dev/mapper/" d else null;
+
+  isComponent = name: name != "" && name != "." && name != ".." && !(lib.hasInfix "/" name);
+  componentMessage = option: value: ''
+    ${opt}.${option} = "${value}" must be a single path component (a subvolume directly
+    under the top-level volume, subvolid 5): no "/", not "", "." or "..". Use e.g. "root".
+  '';
+
+  deviceUnit = "${utils.escapeSystemdPath cfg.device}.device";
+in
+{
+  options.boot.initrd.btrfsRollback = {
+    enable = lib.mkEnableOption ''
+      rolling the btrfs root back at every boot ("erase your darlings"): in stage 1,
+      after the LUKS unlock and after resume from hibernation, btrfs-rollback deletes
+      subvolume {option}`boot.initrd.btrfsRollback.rootSubvolume` with every subvolume
+      nested in it and replaces it with a fresh snapshot of the read-only
+      {option}`boot.initrd.btrfsRollback.blankSnapshot`.
+      Works with the scripted stage 1 and with systemd in stage 1, and replaces a
+      hand-written rollback in {option}`boot.initrd.postDeviceCommands`
+    '';
+
+    package = lib.mkOption {
+      type = lib.types.package;
+      default =
+        pkgs.btrfs-rollback or (throw ''
+          ${opt}.package is not set and pkgs has no btrfs-rollback.
+          Import the module through the flake (nixosModules.default of
+          github:…/btrfs-rollback sets the package), add the flake's overlays.default
+          to nixpkgs.overlays, or set ${opt}.package yourself.
+        '');
+      defaultText = lib.literalExpression "pkgs.btrfs-rollback";
+      description = ''
+        The btrfs-rollback package. The flake's `nixosModules.default` sets it to the
+        flake's static build with `lib.mkDefault`; the flake's `overlays.default` provides
+        `pkgs.btrfs-rollback`. A statically linked build is preferred: the scripted stage 1
+        copies the binary into the initrd with its libraries, systemd's stage 1 with its
+        closure.
+      '';
+    };
+
+    device = lib.mkOption {
+      type = lib.types.str;
+      default = "/dev/mapper/cryptroot";
+      example = "/dev/disk/by-uuid/0f3c8a2e-5b1d-4c47-9e8b-6a1f2d3c4b5a";
+      description = ''
+        The block device holding the btrfs file system, as it is named once opened: for a
+        root on LUKS, the mapped device of the entry in {option}`boot.initrd.luks.devices`
+        (`/dev/mapper/<name>`). It must be the device of `fileSystems."/"`. With systemd in
+        stage 1 the rollback unit waits for (and is bound to) this device's unit.
+      '';
+    };
+
+    rootSubvolume = lib.mkOption {
+      type = lib.types.str;
+      default = "root";
+      description = ''
+        The subvolume mounted as `/` (`subvol=root` in `fileSystems."/".options`), directly
+        under the top-level volume. It is deleted at every boot, with every subvolume nested
+        in it, and replaced by a snapshot of
+        {option}`boot.initrd.btrfsRollback.blankSnapshot`.
+      '';
+    };
+
+    blankSnapshot = lib.mkOption {
+      type = lib.types.str;
+      default = "root-blank";
+      description = ''
+        The read-only snapshot, directly under the top-level volume, that every boot starts
+        from. Take it once, right after creating an empty root:
+        `btrfs subvolume snapshot -r /mnt/root /mnt/root-blank`.
+        If it is missing, btrfs-rollback refuses and leaves the root untouched; see
+        {option}`boot.initrd.btrfsRollback.onFailure`.
+      '';
+    };
+
+    logFile = lib.mkOption {
+      type = lib.types.str;
+      default = "rollback.log";
+      description = ''
+        File, relative to the top-level volume (subvolid 5, outside the root subvolume so it
+        survives the rollback), that every run appends to. Mount the top-level volume to
+        read it: `mount -o subvolid=5 /dev/mapper/cryptroot /mnt && cat /mnt/rollback.log`.
+      '';
+    };
+
+    waitSeconds = lib.mkOption {
+      type = lib.types.ints.unsigned;
+      default = 10;
+      description = ''
+        How long btrfs-rollback waits for {option}`boot.initrd.btrfsRollback.device` to
+        appear before it gives up (exit status 1, root untouched). With systemd in stage 1
+        the unit already starts after the device's unit, so the wait only matters for the
+        scripted stage 1.
+      '';
+    };
+
+    extraArgs = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      example = [ "--verbose" ];
+      description = ''
+        Extra arguments appended to
+        `btrfs-rollback run --device … --root … --blank … --log … --wait …`.
+      '';
+    };
+
+    onFailure = lib.mkOption {
+      type = lib.types.enum [
+        "continue"
+        "stop"
+      ];
+      default = "continue";
+      description = ''
+        What a failed rollback does to the boot. btrfs-rollback fails only before it
+        touches anything (exit status 1, or 2 for a usage error): the root subvolume is
+        then exactly as the previous boot left it. A fresh root whose old copy could not be
+        cleaned up (exit status 3) is a success; the next run finishes the cleanup.
+
+        - `"continue"` (default): say so loudly on the console and in the journal, and
+          boot the previous, untouched root. The machine stays usable (and reachable to
+          fix), at the cost of one boot with the state of the last one.
+        - `"stop"`: do not boot the previous root. Scripted stage 1: stage 1's `fail`
+          prompt (reboot, or a shell with `boot.shell_on_fail`; a panic with
+          `boot.panic_on_fail`). systemd stage 1: `sysroot.mount` requires the rollback
+          unit, so the boot goes to `emergency.target` (set
+          {option}`boot.initrd.systemd.emergencyAccess` to get a shell there).
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable (
+    lib.mkMerge [
+      {
+        assertions = [
+          {
+            assertion = rootFs != null;
+            message = ''
+              ${opt}.enable is set but fileSystems."/" is not defined. Mount subvolume
+              "${cfg.rootSubvolume}" of ${cfg.device} as "/":
+                fileSystems."/" = { device = "${cfg.device}"; fsType = "btrfs"; options = [ "subvol=${cfg.rootSubvolume}" ]; };
+            '';
+          }
+          {
+            assertion = rootFs != null -> rootFs.fsType == "btrfs";
+            message = ''
+              ${opt}: fileSystems."/".fsType is "${rootFs.fsType or ""}", but the rollback only
+              works for a btrfs root. Set fileSystems."/".fsType = "btrfs" (with
+              options = [ "subvol=${cfg.rootSubvolume}" ]), or disable ${opt}.
+            '';
+          }
+          {
+            assertion = rootFs != null && devicesComparable -> sameDevice;
+            message = ''
+              ${opt}.device is "${cfg.device}" but fileSystems."/".device is
+              "${toString rootDevice}": the rollback would replace a subvolume on a different
+              file system than the one mounted as "/". Set ${opt}.device = "${toString rootDevice}",
+              or fileSystems."/".device = "${cfg.device}".
+            '';
+          }
+          {
+            assertion = rootFs != null && rootFs.fsType == "btrfs" -> subvolOk || subvolidOptions != [ ];
+            message = ''
+              ${opt}: fileSystems."/".options must mount the rolled-back subvolume, with
+              "subvol=${cfg.rootSubvolume}" (or "subvol=/${cfg.rootSubvolume}"), but they are
+              [ ${lib.concatMapStringsSep " " (o: ''"${o}"'') rootOptions} ].
+              ${
+                if subvolOptions == [ ] then
+                  ''Without subvol= the default subvolume is mounted, which the rollback neither resets nor may depend on.''
+                else
+                  ''Either change the option to "subvol=${cfg.rootSubvolume}" or set ${opt}.rootSubvolume to the subvolume you mount.''
+              }
+              Add "subvol=${cfg.rootSubvolume}" to fileSystems."/".options.
+            '';
+          }
+          {
+            assertion = isComponent cfg.rootSubvolume;
+            message = componentMessage "rootSubvolume" cfg.rootSubvolume;
+          }
+          {
+            assertion = isComponent cfg.blankSnapshot;
+            message = componentMessage "blankSnapshot" cfg.blankSnapshot;
+          }
+          {
+            assertion = cfg.rootSubvolume != cfg.blankSnapshot;
+            message = ''
+              ${opt}.rootSubvolume and ${opt}.blankSnapshot are both "${cfg.rootSubvolume}":
+              the blank snapshot must be a separate, read-only subvolume, e.g. "root-blank".
+            '';
+          }
+          {
+            assertion =
+              cfg.logFile != ""
+              && !(lib.hasPrefix "/" cfg.logFile)
+              && !(lib.elem ".." (lib.splitString "/" cfg.logFile))
+              && !(lib.elem (lib.head (lib.splitString "/" cfg.logFile)) [
+                cfg.rootSubvolume
+                cfg.blankSnapshot
+              ]);
+            message = ''
+              ${opt}.logFile = "${cfg.logFile}" must be a path relative to the top-level
+              volume, without "..", and outside "${cfg.rootSubvolume}" and "${cfg.blankSnapshot}"
+              (a log inside the root would be erased with it). Use e.g. "rollback.log".
+            '';
+          }
+          {
+            assertion = lib.hasPrefix "/" cfg.device;
+            message = ''
+              ${opt}.device = "${cfg.device}" must be an absolute device path such as
+              "/dev/mapper/cryptroot" (UUID=… and LABEL=… are not accepted: use
+              /dev/disk/by-uuid/… or /dev/disk/by-label/…).
+            '';
+          }
+          {
+            assertion = config.boot.initrd.enable;
+            message = ''
+              ${opt}.enable needs an initrd (boot.initrd.enable = true): the rollback runs in
+              stage 1, before the root is mounted.
+            '';
+          }
+        ];
+
+        warnings =
+          lib.optional (rootFs != null && rootDevice != null && !devicesComparable) ''
+            ${opt}: cannot check statically that ${opt}.device ("${cfg.device}") is the
+            device of fileSystems."/" ("${rootDevice}"): one of them is a /dev/disk/by-* link.
+            Make sure both name the same opened btrfs device (for a root on LUKS:
+            "/dev/mapper/<name of the boot.initrd.luks.devices entry>"), or the rollback
+            resets a different file system than the one mounted as "/".
+          ''
+          ++ lib.optional (rootFs != null && !subvolOk && subvolidOptions != [ ]) ''
+            ${opt}: fileSystems."/" is mounted by ${lib.head subvolidOptions}. Subvolume ids
+            change at every rollback (the root is a new snapshot each boot), so this mounts
+            the wrong subvolume from the second boot on. Use "subvol=${cfg.rootSubvolume}"
+            instead.
+          ''
+          ++
+            lib.optional
+              (
+                mapperName != null
+                && config.boot.initrd.luks.devices != { }
+                && !(config.boot.initrd.luks.devices ? ${mapperName})
+              )
+              ''
+                ${opt}.device is "${cfg.device}" but boot.initrd.luks.devices has no entry
+                named "${mapperName}" (it has: ${lib.concatStringsSep ", " (lib.attrNames config.boot.initrd.luks.devices)}).
+                Unless ${cfg.device} is created another way (LVM, a custom unit), set
+                ${opt}.device = "/dev/mapper/<name of the LUKS entry>".
+              ''
+          ++ lib.optional (leftoverHooks != [ ]) ''
+            ${opt} is enabled, but ${
+              lib.concatMapStringsSep " and " (h: "boot.initrd.${h}") leftoverHooks
+            } still
+            ${if lib.length leftoverHooks == 1 then "contains" else "contain"} what looks like a hand-written rollback (btrfs subvolume
+            delete/snapshot, or "${cfg.blankSnapshot}"). Running both deletes the root twice, and
+            postDeviceCommands runs before resume from hibernation. Remove the old snippet
+            (the lib.mkAfter block with "btrfs subvolume delete" in your impermanence module).
+          ''
+          ++
+            lib.optional (useSystemd && cfg.onFailure == "stop" && config.boot.initrd.systemd.emergencyAccess == false)
+              ''
+                ${opt}.onFailure = "stop" sends a failed rollback to emergency.target, but
+                boot.initrd.systemd.emergencyAccess is false, so there is no shell there: the
+                machine just waits. Set boot.initrd.systemd.emergencyAccess (true, or a hashed
+                password), or use onFailure = "continue".
+              '';
+      }
+
+      # Scripted stage 1: after LUKS (preLVMCommands/postDeviceCommands) and after
+      # the resume attempt, before the root is mounted.
+      (lib.mkIf (!useSystemd) {
+        boot.initrd.extraUtilsCommands = ''
+          copy_bin_and_libs ${cfg.package}/bin/btrfs-rollback
+        '';
+        boot.initrd.extraUtilsCommandsTest = ''
+          $out/bin/btrfs-rollback --version
+        '';
+        boot.initrd.postResumeCommands = lib.mkAfter (
+          ''
+            # boot.initrd.btrfsRollback: exit status 0 and 3 are a rolled-back root.
+            btrfs-rollback ${lib.escapeShellArgs args}
+            status=$?
+            if [ "$status" -ne 0 ] && [ "$status" -ne 3 ]; then
+          ''
+          + indentLines "  " (failureMessage ++ lib.optional (cfg.onFailure == "stop") "fail")
+          + ''
+            fi
+          ''
+        );
+      })
+
+      # systemd stage 1: a oneshot between the opened device and sysroot.mount.
+      (lib.mkIf useSystemd {
+        boot.initrd.systemd.storePaths = [ "${cfg.package}/bin/btrfs-rollback" ];
+        # For a rescue shell in the initrd: the same binary, by name.
+        boot.initrd.systemd.extraBin.btrfs-rollback = "${cfg.package}/bin/btrfs-rollback";
+
+        boot.initrd.systemd.services.btrfs-rollback = {
+          description = "Roll back btrfs subvolume ${cfg.rootSubvolume} to ${cfg.blankSnapshot}";
+          wantedBy = [ "initrd.target" ];
+          # "stop": a failed rollback fails sysroot.mount (dependency), and with
+          # it initrd-root-fs.target, whose OnFailure= is emergency.target.
+          requiredBy = lib.optional (cfg.onFailure == "stop") "sysroot.mount";
+          bindsTo = [ deviceUnit ];
+          after = [
+            deviceUnit
+            "local-fs-pre.target"
+            # systemd >= 255 (nixpkgs 24.05 and later). Resume must have been
+            # attempted first: rolling back under a hibernated system corrupts it.
+            # (Older systemd's systemd-hibernate-resume@.service was also ordered
+            # before local-fs-pre.target.)
+            "systemd-hibernate-resume.service"
+          ];
+          before = [
+            "sysroot.mount"
+            "initrd-root-fs.target"
+            "shutdown.target"
+          ];
+          conflicts = [ "shutdown.target" ];
+          unitConfig = {
+            DefaultDependencies = false;
+            AssertPathExists = "/etc/initrd-release";
+          };
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = utils.escapeSystemdExecArgs ([ "${cfg.package}/bin/btrfs-rollback" ] ++ args);
+            # Fresh root in place, only the cleanup of the old one failed.
+            SuccessExitStatus = 3;
+            StandardOutput = "journal+console";
+            StandardError = "journal+console";
+          };
+          # ExecStopPost: runs after a failed start too, with $SERVICE_RESULT.
+          postStop =
+            ''
+              if [ "$SERVICE_RESULT" != success ]; then
+                status=''${EXIT_STATUS:-$SERVICE_RESULT}
+            ''
+            + indentLines "  " failureMessage
+            + ''
+              fi
+            '';
+        };
+      })
+    ]
+  );
+}
