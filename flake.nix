@@ -1,0 +1,96 @@
+{
+  description = "Crash-safe 'erase your darlings' rollback of a btrfs root subvolume, for NixOS stage 1";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    in
+    {
+      packages = forAllSystems (pkgs: {
+        default = self.packages.${pkgs.stdenv.hostPlatform.system}.btrfs-rollback;
+        btrfs-rollback = pkgs.pkgsStatic.callPackage ./nix/package.nix { };
+      });
+
+      overlays.default = final: _prev: {
+        btrfs-rollback = final.pkgsStatic.callPackage ./nix/package.nix { };
+      };
+
+      nixosModules = {
+        default = self.nixosModules.btrfs-rollback;
+        btrfs-rollback =
+          { lib, pkgs, ... }:
+          {
+            imports = [ ./nix/module.nix ];
+            boot.initrd.btrfsRollback.package = lib.mkDefault (
+              self.packages.${pkgs.stdenv.hostPlatform.system}.btrfs-rollback
+                or (pkgs.pkgsStatic.callPackage ./nix/package.nix { })
+            );
+          };
+      };
+
+      checks = forAllSystems (
+        pkgs:
+        let
+          package = self.packages.${pkgs.stdenv.hostPlatform.system}.btrfs-rollback;
+          # The same sources and vendored crates, built for the build platform
+          # (clippy and rustfmt come from the same nixpkgs as rustc there).
+          native = pkgs.callPackage ./nix/package.nix { };
+        in
+        {
+          inherit package;
+
+          clippy = native.overrideAttrs (old: {
+            pname = "${old.pname}-clippy";
+            nativeBuildInputs = old.nativeBuildInputs ++ [ pkgs.clippy ];
+            buildPhase = ''
+              runHook preBuild
+              cargo clippy --offline --all-targets -- --deny warnings
+              runHook postBuild
+            '';
+            doCheck = false;
+            installPhase = ''
+              touch $out
+            '';
+          });
+
+          rustfmt = pkgs.runCommand "btrfs-rollback-rustfmt" { nativeBuildInputs = [ pkgs.rustfmt ]; } ''
+            cd ${native.src}
+            find . -name '*.rs' -print0 | xargs -0 rustfmt --check --edition 2021
+            touch $out
+          '';
+        }
+        // lib.mapAttrs' (name: lib.nameValuePair "vm-${name}") (
+          import ./nix/tests {
+            inherit pkgs;
+            module = self.nixosModules.default;
+          }
+        )
+      );
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ (pkgs.callPackage ./nix/package.nix { }) ];
+          packages = [
+            pkgs.btrfs-progs
+            pkgs.clippy
+            pkgs.cryptsetup
+            pkgs.nixfmt
+            pkgs.rust-analyzer
+            pkgs.rustfmt
+          ];
+        };
+      });
+
+      # nixfmt is the RFC 166 (nixfmt-rfc-style) formatter; nixos-unstable
+      # dropped the nixfmt-rfc-style alias.
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
+    };
+}

@@ -1,0 +1,42 @@
+# btrfs-rollback. Call it from pkgsStatic (the flake does) for a static musl
+# binary: the initrd needs no libraries for it, and its store path does not
+# depend on the nixpkgs revision of the system that imports the module.
+{
+  lib,
+  rustPlatform,
+}:
+
+let
+  manifest = (lib.importTOML ../Cargo.toml).package;
+in
+rustPlatform.buildRustPackage {
+  pname = manifest.name;
+  inherit (manifest) version;
+
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../Cargo.toml
+      ../Cargo.lock
+      ../src
+      (lib.fileset.maybeMissing ../tests)
+      (lib.fileset.maybeMissing ../README.md)
+    ];
+  };
+
+  cargoLock.lockFile = ../Cargo.lock;
+
+  # Unprivileged tests only: the privileged tier needs root and loop devices,
+  # and skips without root unless CI is set (then it must run, and would fail
+  # here). The sandbox has no CI variable unless the caller's env leaks in.
+  preCheck = ''
+    unset CI
+  '';
+
+  meta = {
+    description = manifest.description;
+    license = lib.licenses.mit;
+    mainProgram = "btrfs-rollback";
+    platforms = lib.platforms.linux;
+  };
+}

@@ -1,0 +1,167 @@
+//! The command line: parsing, logging set-up, and the one place where errors and exit codes
+//! are decided.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::list;
+use crate::logging;
+use crate::names::Names;
+use crate::rollback::{self, Outcome, Target};
+
+/// Exit status: refused or failed before the swap; `root` is the subvolume it was.
+const EXIT_REFUSED: u8 = 1;
+/// Exit status: bad command line (as clap uses it).
+const EXIT_USAGE: u8 = 2;
+/// Exit status: the fresh `root` is in place, but deleting the old one failed.
+const EXIT_CLEANUP_FAILED: u8 = 3;
+
+/// Replace a btrfs `root` subvolume, and everything nested in it, with a fresh snapshot of a
+/// blank one, crash-safely ("erase your darlings"). Meant for stage 1 of the boot, after the
+/// disk is unlocked and before `/` is mounted; works the same from a rescue shell.
+#[derive(Debug, Parser)]
+#[command(version, arg_required_else_help = true)]
+#[command(after_help = "Exit status: 0 rolled back (or dry run, list done); \
+1 refused or failed before the swap, root unchanged; 2 usage error; \
+3 fresh root in place but the old one not fully deleted (the next run finishes it).")]
+struct Cli {
+    /// Log every step (also on stderr; RUST_LOG=debug does the same).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replace ROOT with a fresh snapshot of BLANK and delete the old one with everything nested.
+    Run(RunArgs),
+    /// Show the top-level subvolumes, ROOT's nested tree, BLANK, and what `run` would do.
+    /// Read-only.
+    List(TargetArgs),
+}
+
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// The unlocked btrfs block device.
+    #[arg(long, value_name = "PATH", default_value = "/dev/mapper/cryptroot")]
+    device: PathBuf,
+    /// Where to mount the top-level volume (subvolid=5) while working; created if missing.
+    #[arg(long, value_name = "DIR", default_value = "/mnt")]
+    mountpoint: PathBuf,
+    /// The subvolume to replace, a name in the top-level volume.
+    #[arg(long, value_name = "NAME", default_value = "root")]
+    root: OsString,
+    /// The read-only snapshot to replace it with, a name in the top-level volume.
+    #[arg(long, value_name = "NAME", default_value = "root-blank")]
+    blank: OsString,
+    /// How long to wait for the device to appear.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    wait: u64,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Log file to append to: relative to the top-level volume, or an absolute path.
+    #[arg(long, value_name = "PATH", default_value = "rollback.log")]
+    log: PathBuf,
+    /// Print the plan (every subvolume that would go, by path and id) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Result<Target> {
+        Ok(Target {
+            device: self.device.clone(),
+            mountpoint: self.mountpoint.clone(),
+            names: Names::new(&self.root, &self.blank)?,
+            wait: Duration::from_secs(self.wait),
+        })
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.verbose);
+    let (target, run) = match &cli.command {
+        Command::Run(args) => (&args.target, Some(args)),
+        Command::List(args) => (args, None),
+    };
+    let target = match target.target() {
+        Ok(target) => target,
+        Err(e) => {
+            log::error!("{e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = match run {
+        Some(args) => rollback::run(&target, &args.log, args.dry_run),
+        None => list::list(&target).map(|()| Outcome::DryRun),
+    };
+    match result {
+        Ok(Outcome::RolledBack | Outcome::DryRun) => ExitCode::SUCCESS,
+        Ok(Outcome::Refused) => ExitCode::from(EXIT_REFUSED),
+        Ok(Outcome::CleanupFailed) => ExitCode::from(EXIT_CLEANUP_FAILED),
+        Err(e) => {
+            log::error!("{e:#}; nothing was changed");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_seed_layout() {
+        let cli = Cli::try_parse_from(["btrfs-rollback", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.target.device, PathBuf::from("/dev/mapper/cryptroot"));
+        assert_eq!(args.target.mountpoint, PathBuf::from("/mnt"));
+        assert_eq!(args.target.root, OsString::from("root"));
+        assert_eq!(args.target.blank, OsString::from("root-blank"));
+        assert_eq!(args.target.wait, 10);
+        assert_eq!(args.log, PathBuf::from("rollback.log"));
+        assert!(!args.dry_run);
+    }
+
+    #[test]
+    fn names_with_a_leading_dash_are_values() {
+        let cli =
+            Cli::try_parse_from(["btrfs-rollback", "list", "--root=-odd", "--blank", "-x"]);
+        // `--blank -x` is refused by clap (looks like a flag); `--blank=-x` is the spelling.
+        assert!(cli.is_err());
+        let cli =
+            Cli::try_parse_from(["btrfs-rollback", "list", "--root=-odd", "--blank=-x"]).unwrap();
+        let Command::List(args) = cli.command else {
+            panic!("not list")
+        };
+        assert_eq!(args.root, OsString::from("-odd"));
+    }
+
+    #[test]
+    fn bad_names_are_usage_errors_before_anything_runs() {
+        let cli = Cli::try_parse_from(["btrfs-rollback", "run", "--root", "a/b"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.target.target().is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! btrfs-rollback: replace a btrfs `root` subvolume, and everything nested in it, with a fresh
+//! snapshot of a blank one, crash-safely, from stage 1 of the boot or a rescue shell.
+//!
+//! `unsafe` lives in `ioctl.rs` only.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod device;
+pub mod ioctl;
+pub mod list;
+pub mod logging;
+pub mod mount;
+pub mod names;
+pub mod plan;
+pub mod rollback;
+pub mod subvolume;

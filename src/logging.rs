@@ -1,0 +1,244 @@
+//! Where the rollback's words go: stderr (env_logger), `/dev/kmsg` (so `journalctl -b` and
+//! `dmesg` show the rollback after boot), and a log file on the top-level volume.
+//!
+//! The file can only be opened once the volume is mounted; lines logged before that are kept
+//! and written first, so the first lines of a run are never lost. A log that cannot be
+//! written never stops a rollback: it is reported on the other sinks and the run goes on.
+//! `/dev/kmsg` gets informational lines and above only: the kernel rate-limits userspace
+//! writes (10 lines per 5 s by default), so the per-subvolume details go to the file.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// The log file is moved to `<name>.old` when it grows past this at the start of a run.
+pub const LOG_FILE_CAP: u64 = 1024 * 1024;
+/// Lines kept while no log file is attached.
+const PENDING_MAX: usize = 1000;
+/// The kernel truncates longer records; keep one record readable.
+const KMSG_MAX: usize = 900;
+
+struct Sinks {
+    kmsg: Option<File>,
+    file: Option<File>,
+    pending: Vec<String>,
+}
+
+static SINKS: Mutex<Sinks> = Mutex::new(Sinks {
+    kmsg: None,
+    file: None,
+    pending: Vec::new(),
+});
+
+struct Logger {
+    stderr: env_logger::Logger,
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= Level::Debug || self.stderr.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if self.stderr.matches(record) {
+            self.stderr.log(record);
+        }
+        if record.level() > Level::Debug {
+            return;
+        }
+        let msg = record.args().to_string();
+        let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+        if record.level() <= Level::Info {
+            if let Some(kmsg) = sinks.kmsg.as_mut() {
+                let _ = kmsg.write_all(kmsg_record(record.level(), &msg).as_bytes());
+            }
+        }
+        let line = file_line(now(), record.level(), std::process::id(), &msg);
+        let sinks = &mut *sinks;
+        match sinks.file.as_mut() {
+            Some(file) => {
+                let _ = file.write_all(line.as_bytes());
+            }
+            None if sinks.pending.len() < PENDING_MAX => sinks.pending.push(line),
+            None => {}
+        }
+    }
+
+    fn flush(&self) {
+        self.stderr.flush();
+    }
+}
+
+/// Set up logging: stderr at info (debug with `-v`, or as `RUST_LOG` says), kmsg if present.
+pub fn init(verbose: bool) {
+    let default = if verbose { "debug" } else { "info" };
+    let stderr = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format(|buf, record| match record.level() {
+            Level::Info => writeln!(buf, "btrfs-rollback: {}", record.args()),
+            level => writeln!(
+                buf,
+                "btrfs-rollback: {}: {}",
+                level.as_str().to_lowercase(),
+                record.args()
+            ),
+        })
+        .build();
+    let max = stderr.filter().max(LevelFilter::Debug);
+    if let Ok(kmsg) = File::options().write(true).open("/dev/kmsg") {
+        SINKS.lock().unwrap_or_else(|e| e.into_inner()).kmsg = Some(kmsg);
+    }
+    if log::set_boxed_logger(Box::new(Logger { stderr })).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// The log file while it is attached. Dropping it flushes the file to disk and closes it
+/// (before the volume is unmounted).
+pub struct LogFile {
+    path: PathBuf,
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        let file = SINKS.lock().unwrap_or_else(|e| e.into_inner()).file.take();
+        if let Some(file) = file {
+            if let Err(e) = file.sync_all() {
+                log::warn!("cannot flush the log file {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Open `path` for appending: relative to `dir` (the top-level volume), or as given if absolute.
+/// Writes the lines logged so far. A file past `cap` bytes is first moved to `<path>.old`.
+pub fn attach_file(dir: BorrowedFd<'_>, path: &Path, cap: u64) -> std::io::Result<LogFile> {
+    let shown = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        Path::new("<top-level>").join(path)
+    };
+    let open = || -> std::io::Result<File> {
+        use nix::fcntl::OFlag;
+        let flags = OFlag::O_WRONLY
+            | OFlag::O_APPEND
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC;
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        Ok(File::from(nix::fcntl::openat(dir, path, flags, mode)?))
+    };
+    let mut file = open()?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            shown.display()
+        )));
+    }
+    if meta.len() > cap {
+        let mut old = path.as_os_str().to_os_string();
+        old.push(".old");
+        nix::fcntl::renameat(dir, path, dir, old.as_os_str())?;
+        file = open()?;
+    }
+    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+    for line in sinks.pending.drain(..) {
+        file.write_all(line.as_bytes())?;
+    }
+    sinks.file = Some(file);
+    Ok(LogFile { path: shown })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One `/dev/kmsg` record: syslog facility "user", the message's priority, and the tag that
+/// journald turns into `SYSLOG_IDENTIFIER=btrfs-rollback`.
+pub fn kmsg_record(level: Level, msg: &str) -> String {
+    let priority = match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    };
+    let mut text: String = msg.replace('\n', " ");
+    if text.len() > KMSG_MAX {
+        let mut end = KMSG_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    format!("<{}>btrfs-rollback: {text}\n", 8 + priority)
+}
+
+/// One log file line: `2026-11-27T10:04:05Z [1234] INFO message`.
+pub fn file_line(unix_secs: u64, level: Level, pid: u32, msg: &str) -> String {
+    let (y, mo, d, h, mi, s) = utc(unix_secs);
+    let msg = msg.replace('\n', " ");
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z [{pid}] {level:<5} {msg}\n")
+}
+
+/// Seconds since the epoch to the UTC calendar (Howard Hinnant's `civil_from_days`).
+fn utc(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_calendar() {
+        assert_eq!(utc(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(utc(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(utc(1_795_774_145), (2026, 11, 27, 10, 9, 5));
+        assert_eq!(utc(4_107_542_399), (2100, 2, 28, 23, 59, 59));
+    }
+
+    #[test]
+    fn file_lines_are_one_line_each() {
+        let line = file_line(1_795_774_145, Level::Info, 42, "deleted \"a\nb\"");
+        assert_eq!(line, "2026-11-27T10:09:05Z [42] INFO  deleted \"a b\"\n");
+        assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn kmsg_records_carry_facility_priority_and_tag() {
+        assert_eq!(
+            kmsg_record(Level::Info, "rolled back"),
+            "<14>btrfs-rollback: rolled back\n"
+        );
+        assert!(kmsg_record(Level::Error, "x").starts_with("<11>"));
+        let long = kmsg_record(Level::Warn, &"é".repeat(1000));
+        assert!(long.len() <= KMSG_MAX + 30);
+        assert!(long.ends_with('\n'));
+    }
+}

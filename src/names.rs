@@ -1,0 +1,156 @@
+//! Subvolume names given on the command line, and how names are shown in messages.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+
+use anyhow::{bail, Result};
+
+/// The longest name a btrfs directory entry can have.
+const NAME_MAX: usize = 255;
+
+/// The suffix of the temporary name used during a rollback (`<root>.btrfs-rollback-tmp`). It
+/// holds the fresh snapshot before the swap and the old root after it; a leftover one is always
+/// safe to delete (see `rollback.rs`).
+const TEMP_SUFFIX: &str = ".btrfs-rollback-tmp";
+
+/// The names a rollback works with, all in the top-level volume, all checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub root: OsString,
+    pub blank: OsString,
+    pub temp: OsString,
+}
+
+impl Names {
+    pub fn new(root: &OsStr, blank: &OsStr) -> Result<Self> {
+        check_component("--root", root)?;
+        check_component("--blank", blank)?;
+        if root == blank {
+            bail!(
+                "--root and --blank are both {}: the blank snapshot must be another subvolume",
+                quoted(root)
+            );
+        }
+        let mut temp = root.to_os_string();
+        temp.push(TEMP_SUFFIX);
+        if temp.len() > NAME_MAX {
+            bail!(
+                "--root {} is too long: {} bytes at most, to leave room for {TEMP_SUFFIX:?}",
+                quoted(root),
+                NAME_MAX - TEMP_SUFFIX.len()
+            );
+        }
+        if blank == temp {
+            bail!(
+                "--blank {} is the temporary name this tool uses for --root {}",
+                quoted(blank),
+                quoted(root)
+            );
+        }
+        Ok(Names {
+            root: root.to_os_string(),
+            blank: blank.to_os_string(),
+            temp,
+        })
+    }
+}
+
+/// A name must be one path component of the top-level volume: not empty, not `.` or `..`, no
+/// `/`, at most 255 bytes. Anything else (spaces, newlines, unicode, a leading dash) is fine.
+pub fn check_component(option: &str, name: &OsStr) -> Result<()> {
+    let b = name.as_bytes();
+    if b.is_empty() {
+        bail!("{option} is empty: give the name of a subvolume in the top-level volume");
+    }
+    if b == b"." || b == b".." {
+        bail!(
+            "{option} {} is not a subvolume name: give a name in the top-level volume",
+            quoted(name)
+        );
+    }
+    if b.contains(&b'/') {
+        bail!(
+            "{option} {} contains '/': give a single name in the top-level volume, not a path",
+            quoted(name)
+        );
+    }
+    if b.contains(&0) {
+        bail!("{option} {} contains a NUL byte", quoted(name));
+    }
+    if b.len() > NAME_MAX {
+        bail!(
+            "{option} {} is {} bytes long: btrfs names are {NAME_MAX} bytes at most",
+            quoted(name),
+            b.len()
+        );
+    }
+    Ok(())
+}
+
+/// A name or path shown in double quotes with control characters escaped, so that names with
+/// spaces, newlines or a leading dash read unambiguously on one log line.
+pub fn quoted<S: AsRef<OsStr> + ?Sized>(s: &S) -> Quoted<'_> {
+    Quoted(s.as_ref())
+}
+
+pub struct Quoted<'a>(&'a OsStr);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0.to_string_lossy())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(root: &str, blank: &str) -> Result<Names> {
+        Names::new(OsStr::new(root), OsStr::new(blank))
+    }
+
+    #[test]
+    fn accepts_odd_but_valid_names() {
+        for n in ["root", "my root", "new\nline", "rôot-ünïcode", "-root", "root.old"] {
+            assert!(names(n, "root-blank").is_ok(), "{n:?} should be accepted");
+        }
+    }
+
+    #[test]
+    fn refuses_paths_and_specials() {
+        for n in ["", ".", "..", "a/b", "/root", "root/"] {
+            let err = names(n, "root-blank").unwrap_err().to_string();
+            assert!(err.contains("--root"), "{n:?}: {err}");
+        }
+        let err = names("root", "x/y").unwrap_err().to_string();
+        assert!(err.contains("--blank") && err.contains("x/y"), "{err}");
+    }
+
+    #[test]
+    fn refuses_overlong_names() {
+        let long = "r".repeat(256);
+        assert!(names(&long, "b").is_err());
+        // Fits alone, but not with the temporary suffix.
+        let almost = "r".repeat(250);
+        let err = names(&almost, "b").unwrap_err().to_string();
+        assert!(err.contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn refuses_same_or_colliding_names() {
+        assert!(names("root", "root").is_err());
+        assert!(names("root", "root.btrfs-rollback-tmp").is_err());
+        assert_eq!(
+            names("root", "root-blank").unwrap().temp,
+            OsString::from("root.btrfs-rollback-tmp")
+        );
+    }
+
+    #[test]
+    fn quoting_escapes_control_characters() {
+        assert_eq!(quoted("a b").to_string(), "\"a b\"");
+        assert_eq!(quoted("new\nline").to_string(), "\"new\\nline\"");
+        assert_eq!(quoted("-x").to_string(), "\"-x\"");
+    }
+}

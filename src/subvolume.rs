@@ -1,0 +1,300 @@
+//! Subvolumes by id: their children, their read-only flag, the default subvolume, deletion.
+//!
+//! Modelled on libbtrfsutil (kdave/btrfs-progs `libbtrfsutil/subvolume.c`): children are the
+//! ROOT_REF items of the root tree, paths come from INO_LOOKUP, and the tree is deleted in
+//! post-order ("foo/bar is yielded before foo"). Children that vanish mid-walk are skipped.
+//! What libbtrfsutil lacks is handled here: a child of a read-only subvolume cannot be
+//! deleted (EROFS) until the parent's read-only flag is cleared.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use linux_raw_sys::btrfs::{
+    btrfs_root_item, BTRFS_DIR_ITEM_KEY, BTRFS_FIRST_FREE_OBJECTID, BTRFS_FS_TREE_OBJECTID,
+    BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_REF_KEY, BTRFS_ROOT_SUBVOL_RDONLY, BTRFS_ROOT_TREE_DIR_OBJECTID,
+    BTRFS_ROOT_TREE_OBJECTID,
+};
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fstatat, Mode, SFlag};
+
+use crate::ioctl::{self, Errno, SearchRange};
+use crate::names::quoted;
+
+/// The id of the top-level subvolume (`subvolid=5`).
+pub const TOP_LEVEL: u64 = BTRFS_FS_TREE_OBJECTID as u64;
+/// The inode number of every subvolume's root directory.
+const SUBVOL_ROOT_INO: u64 = BTRFS_FIRST_FREE_OBJECTID as u64;
+
+/// What a name in the top-level directory turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Missing,
+    Subvolume { id: u64, readonly: bool },
+    /// Something that is not a subvolume; the string says what (for the message).
+    Other(&'static str),
+}
+
+/// A subvolume somewhere below another one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nested {
+    pub id: u64,
+    pub parent: u64,
+    /// Path relative to the top-level volume.
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+/// Look at `name` in the directory `dir` (the top-level volume) without following symlinks.
+pub fn entry(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Entry> {
+    let st = match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(Entry::Missing),
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", quoted(name))),
+    };
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFDIR {
+        return Ok(Entry::Other(match kind {
+            SFlag::S_IFLNK => "a symbolic link",
+            SFlag::S_IFREG => "a regular file",
+            _ => "not a directory",
+        }));
+    }
+    if st.st_ino != SUBVOL_ROOT_INO {
+        return Ok(Entry::Other("a plain directory, not a subvolume"));
+    }
+    let fd = open_dir(dir, name)?;
+    let id = id_of(fd.as_fd()).with_context(|| format!("cannot read the id of {}", quoted(name)))?;
+    let flags = ioctl::subvol_getflags(fd.as_fd())
+        .with_context(|| format!("cannot read the flags of {}", quoted(name)))?;
+    Ok(Entry::Subvolume {
+        id,
+        readonly: flags & ioctl::SUBVOL_RDONLY != 0,
+    })
+}
+
+/// Open a directory below `dir` without following a symlink at the last component.
+pub fn open_dir<P: ?Sized + nix::NixPath>(dir: BorrowedFd<'_>, path: &P) -> Result<OwnedFd> {
+    Ok(openat(
+        dir,
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The id of the subvolume that `fd` is in.
+pub fn id_of(fd: BorrowedFd<'_>) -> Result<u64> {
+    Ok(ioctl::ino_lookup(fd, 0, SUBVOL_ROOT_INO)?.0)
+}
+
+/// The direct children of subvolume `parent`: (child id, directory inode in parent, name).
+pub fn children(fs: BorrowedFd<'_>, parent: u64) -> Result<Vec<(u64, u64, OsString)>> {
+    let mut out = Vec::new();
+    let mut range = SearchRange {
+        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
+        min: (parent, BTRFS_ROOT_REF_KEY, 0),
+        max: (parent, BTRFS_ROOT_REF_KEY, u64::MAX),
+    };
+    loop {
+        let items = ioctl::tree_search(fs, &range)
+            .with_context(|| format!("cannot list the subvolumes inside subvolume {parent}"))?;
+        let Some(last) = items.last() else { break };
+        let next = last.offset;
+        for item in items.iter().filter(|i| i.item_type == BTRFS_ROOT_REF_KEY) {
+            // struct btrfs_root_ref { __le64 dirid; __le64 sequence; __le16 name_len; } + name
+            let d = &item.data;
+            if d.len() < 18 {
+                bail!("malformed ROOT_REF item for subvolume {}", item.offset);
+            }
+            let dirid = u64::from_le_bytes(d[0..8].try_into().unwrap());
+            let len = u16::from_le_bytes(d[16..18].try_into().unwrap()) as usize;
+            let name = d.get(18..18 + len).context("malformed ROOT_REF name")?;
+            out.push((item.offset, dirid, OsString::from_vec(name.to_vec())));
+        }
+        if next == u64::MAX {
+            break;
+        }
+        range.min.2 = next + 1;
+    }
+    Ok(out)
+}
+
+/// Whether subvolume `id` is read-only, from its ROOT_ITEM. `None` if it no longer exists.
+pub fn readonly(fs: BorrowedFd<'_>, id: u64) -> Result<Option<bool>> {
+    let range = SearchRange {
+        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
+        min: (id, BTRFS_ROOT_ITEM_KEY, 0),
+        max: (id, BTRFS_ROOT_ITEM_KEY, u64::MAX),
+    };
+    let items = ioctl::tree_search(fs, &range)
+        .with_context(|| format!("cannot read the root item of subvolume {id}"))?;
+    let Some(item) = items.iter().find(|i| i.item_type == BTRFS_ROOT_ITEM_KEY) else {
+        return Ok(None);
+    };
+    let at = std::mem::offset_of!(btrfs_root_item, flags);
+    let flags = item
+        .data
+        .get(at..at + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .with_context(|| format!("short root item for subvolume {id}"))?;
+    Ok(Some(flags & u64::from(BTRFS_ROOT_SUBVOL_RDONLY) != 0))
+}
+
+/// Every subvolume below `top` (whose path relative to the top-level volume is `top_path`),
+/// children before their parents. `top` itself is not included.
+pub fn nested_post_order(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<Vec<Nested>> {
+    // Pre-order with an explicit stack (chains can be thousands deep), then reversed: in the
+    // reversed list every subvolume comes after all of its descendants.
+    let mut pre = Vec::new();
+    let mut stack = vec![(top, top_path.to_path_buf())];
+    while let Some((parent, parent_path)) = stack.pop() {
+        for (id, dirid, name) in children(fs, parent)? {
+            let dir = match ioctl::ino_lookup(fs, parent, dirid) {
+                Ok((_, dir)) => dir,
+                // The child (or its directory) vanished since the search: nothing to do.
+                Err(e) if e.errno == Errno::ENOENT => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot find the path of subvolume {id} inside subvolume {parent}")
+                    })
+                }
+            };
+            let mut path = parent_path.clone();
+            path.push(OsStr::from_bytes(&dir));
+            path.push(&name);
+            let Some(readonly) = readonly(fs, id)? else {
+                continue;
+            };
+            pre.push(Nested {
+                id,
+                parent,
+                path: path.clone(),
+                readonly,
+            });
+            stack.push((id, path));
+        }
+    }
+    pre.reverse();
+    Ok(pre)
+}
+
+/// The default subvolume's id, as `btrfs subvolume get-default` reads it: the "default" dir
+/// item of the root tree directory. A filesystem that never had one set uses the top level.
+pub fn default_id(fs: BorrowedFd<'_>) -> Result<u64> {
+    let dir = BTRFS_ROOT_TREE_DIR_OBJECTID as u64;
+    let range = SearchRange {
+        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
+        min: (dir, BTRFS_DIR_ITEM_KEY, 0),
+        max: (dir, BTRFS_DIR_ITEM_KEY, u64::MAX),
+    };
+    let items =
+        ioctl::tree_search(fs, &range).context("cannot read the default subvolume's id")?;
+    for item in items.iter().filter(|i| i.item_type == BTRFS_DIR_ITEM_KEY) {
+        // A DIR_ITEM holds one or more packed btrfs_dir_item entries (30 bytes) + name + data:
+        // location (objectid u64, type u8, offset u64), transid u64, data_len u16,
+        // name_len u16, type u8.
+        let mut d = &item.data[..];
+        while d.len() >= 30 {
+            let location = u64::from_le_bytes(d[0..8].try_into().unwrap());
+            let data_len = u16::from_le_bytes(d[25..27].try_into().unwrap()) as usize;
+            let name_len = u16::from_le_bytes(d[27..29].try_into().unwrap()) as usize;
+            let name = d.get(30..30 + name_len).unwrap_or_default();
+            if name == b"default" {
+                return Ok(if location == 0 { TOP_LEVEL } else { location });
+            }
+            d = d.get(30 + name_len + data_len..).unwrap_or_default();
+        }
+    }
+    Ok(TOP_LEVEL)
+}
+
+/// Clear the read-only flag of the subvolume at `path` (relative to the top-level `fs`),
+/// after checking that the path still leads to subvolume `id`.
+pub fn clear_readonly(fs: BorrowedFd<'_>, path: &Path, id: u64) -> Result<()> {
+    let fd = open_dir(fs, path).with_context(|| format!("cannot open {}", quoted(path)))?;
+    let found = id_of(fd.as_fd())?;
+    if found != id {
+        bail!(
+            "{} is subvolume {found}, expected subvolume {id}: it moved while being deleted",
+            quoted(path)
+        );
+    }
+    let flags = ioctl::subvol_getflags(fd.as_fd())?;
+    ioctl::subvol_setflags(fd.as_fd(), flags & !ioctl::SUBVOL_RDONLY).with_context(|| {
+        format!(
+            "cannot clear the read-only flag of {} (subvolume {id})",
+            quoted(path)
+        )
+    })
+}
+
+/// Delete subvolume `top` (at `top_path`) and everything nested in it, children first.
+/// Returns how many subvolumes were deleted, `top` included. Commits at the end.
+pub fn delete_tree(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<usize> {
+    let mut order = nested_post_order(fs, top, top_path)?;
+    let top_readonly = readonly(fs, top)?.unwrap_or(false);
+    order.push(Nested {
+        id: top,
+        parent: 0,
+        path: top_path.to_path_buf(),
+        readonly: top_readonly,
+    });
+    let mut deleted = 0;
+    for (i, sub) in order.iter().enumerate() {
+        match ioctl::snap_destroy_by_id(fs, sub.id) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.errno == Errno::ENOENT => {
+                log::debug!("subvolume {} ({}) already gone", sub.id, quoted(&sub.path));
+                continue;
+            }
+            Err(e) if e.errno == Errno::EROFS => {
+                // Its parent is read-only. The parent is in the list after it (post-order).
+                let parent = order[i + 1..]
+                    .iter()
+                    .find(|p| p.id == sub.parent)
+                    .with_context(|| {
+                        format!(
+                            "cannot delete {} (subvolume {}): {e}",
+                            quoted(&sub.path),
+                            sub.id
+                        )
+                    })?;
+                log::debug!(
+                    "clearing the read-only flag of {} (subvolume {}) to delete what is inside",
+                    quoted(&parent.path),
+                    parent.id
+                );
+                clear_readonly(fs, &parent.path, parent.id)?;
+                ioctl::snap_destroy_by_id(fs, sub.id).with_context(|| {
+                    format!("cannot delete {} (subvolume {})", quoted(&sub.path), sub.id)
+                })?;
+                deleted += 1;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot delete {} (subvolume {})", quoted(&sub.path), sub.id)
+                })
+            }
+        }
+        log::debug!("deleted {} (subvolume {})", quoted(&sub.path), sub.id);
+    }
+    ioctl::sync(fs).context("cannot commit the deletions")?;
+    Ok(deleted)
+}
+
+/// Snapshot the subvolume at `source` (a name in the top level `fs`) as `name`, writable.
+pub fn snapshot(fs: BorrowedFd<'_>, source: &OsStr, name: &OsStr) -> Result<u64> {
+    let src = open_dir(fs, source).with_context(|| format!("cannot open {}", quoted(source)))?;
+    ioctl::snap_create(fs, name, src.as_fd(), false).with_context(|| {
+        format!(
+            "cannot snapshot {} as {}",
+            quoted(source),
+            quoted(name)
+        )
+    })?;
+    let new = open_dir(fs, name).with_context(|| format!("cannot open {}", quoted(name)))?;
+    id_of(new.as_fd())
+}
