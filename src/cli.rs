@@ -144,8 +144,7 @@ mod tests {
 
     #[test]
     fn names_with_a_leading_dash_are_values() {
-        let cli =
-            Cli::try_parse_from(["btrfs-rollback", "list", "--root=-odd", "--blank", "-x"]);
+        let cli = Cli::try_parse_from(["btrfs-rollback", "list", "--root=-odd", "--blank", "-x"]);
         // `--blank -x` is refused by clap (looks like a flag); `--blank=-x` is the spelling.
         assert!(cli.is_err());
         let cli =

@@ -53,7 +53,8 @@ pub fn wait_for(path: &Path, wait: Duration) -> Result<()> {
 /// A one-line description of the device for the log, e.g.
 /// `/dev/mapper/cryptroot (dm-0 "cryptroot", LUKS2 mapping)`.
 pub fn check(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
     if !meta.file_type().is_block_device() {
         bail!(
             "{} is not a block device; give the unlocked btrfs device with --device",

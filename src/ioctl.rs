@@ -216,7 +216,14 @@ pub fn tree_search(fd: BorrowedFd<'_>, range: &SearchRange) -> Result<Vec<Search
         unused4: 0,
     };
     // SAFETY: TREE_SEARCH takes a pointer to btrfs_ioctl_search_args.
-    unsafe { ioctl_ptr(fd, BTRFS_IOC_TREE_SEARCH, "BTRFS_IOC_TREE_SEARCH", &mut args) }?;
+    unsafe {
+        ioctl_ptr(
+            fd,
+            BTRFS_IOC_TREE_SEARCH,
+            "BTRFS_IOC_TREE_SEARCH",
+            &mut args,
+        )
+    }?;
     let buf: Vec<u8> = args.buf.iter().map(|&c| c as u8).collect();
     let header_len = std::mem::size_of::<btrfs_ioctl_search_header>();
     let mut items = Vec::with_capacity(args.key.nr_items as usize);
@@ -257,15 +264,7 @@ fn le_u64(b: &[u8]) -> u64 {
 /// BTRFS_IOC_SYNC: commit the running transaction and wait for it. `_IO(BTRFS_IOCTL_MAGIC, 8)`.
 pub fn sync(fs: BorrowedFd<'_>) -> Result<()> {
     // SAFETY: BTRFS_IOC_SYNC takes no argument; a null pointer is what `_IO` expects.
-    unsafe {
-        ioctl_ptr::<u8>(
-            fs,
-            BTRFS_IOC_SYNC,
-            "BTRFS_IOC_SYNC",
-            std::ptr::null_mut(),
-        )
-    }
-    .map(drop)
+    unsafe { ioctl_ptr::<u8>(fs, BTRFS_IOC_SYNC, "BTRFS_IOC_SYNC", std::ptr::null_mut()) }.map(drop)
 }
 
 /// BTRFS_IOC_DEFAULT_SUBVOL: make subvolume `id` the default. `_IOW(BTRFS_IOCTL_MAGIC, 19, __u64)`.

@@ -77,8 +77,10 @@ fn describe_slot(out: &mut String, role: &str, name: &OsStr, slot: &Slot) {
                 quoted(name),
                 slot.nested.len()
             );
-            // Parents before children reads best here.
-            for n in slot.nested.iter().rev() {
+            // Sorted by path, parents before children.
+            let mut nested: Vec<_> = slot.nested.iter().collect();
+            nested.sort_by(|a, b| a.path.cmp(&b.path));
+            for n in nested {
                 let ro = if n.readonly { "  read-only" } else { "" };
                 let _ = writeln!(out, "  ID {:<6} {}{ro}", n.id, quoted(&n.path));
             }

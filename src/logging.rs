@@ -77,17 +77,18 @@ impl Log for Logger {
 /// Set up logging: stderr at info (debug with `-v`, or as `RUST_LOG` says), kmsg if present.
 pub fn init(verbose: bool) {
     let default = if verbose { "debug" } else { "info" };
-    let stderr = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format(|buf, record| match record.level() {
-            Level::Info => writeln!(buf, "btrfs-rollback: {}", record.args()),
-            level => writeln!(
-                buf,
-                "btrfs-rollback: {}: {}",
-                level.as_str().to_lowercase(),
-                record.args()
-            ),
-        })
-        .build();
+    let stderr =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+            .format(|buf, record| match record.level() {
+                Level::Info => writeln!(buf, "btrfs-rollback: {}", record.args()),
+                level => writeln!(
+                    buf,
+                    "btrfs-rollback: {}: {}",
+                    level.as_str().to_lowercase(),
+                    record.args()
+                ),
+            })
+            .build();
     let max = stderr.filter().max(LevelFilter::Debug);
     if let Ok(kmsg) = File::options().write(true).open("/dev/kmsg") {
         SINKS.lock().unwrap_or_else(|e| e.into_inner()).kmsg = Some(kmsg);

@@ -112,7 +112,14 @@ mod tests {
 
     #[test]
     fn accepts_odd_but_valid_names() {
-        for n in ["root", "my root", "new\nline", "rôot-ünïcode", "-root", "root.old"] {
+        for n in [
+            "root",
+            "my root",
+            "new\nline",
+            "rôot-ünïcode",
+            "-root",
+            "root.old",
+        ] {
             assert!(names(n, "root-blank").is_ok(), "{n:?} should be accepted");
         }
     }

@@ -101,11 +101,10 @@ pub fn run(target: &Target, log_file: &Path, dry_run: bool) -> Result<Outcome> {
         }
     };
     log::info!(
-        "{} {}: rolling back {} to {} on {described}",
-        env!("CARGO_PKG_NAME"),
-        env!("CARGO_PKG_VERSION"),
+        "rolling back {} to {} on {described} (version {})",
         quoted(&names.root),
-        quoted(&names.blank)
+        quoted(&names.blank),
+        env!("CARGO_PKG_VERSION"),
     );
     // Errors from here on are logged while the log file is still open.
     let result = inspect(&top, names).and_then(|state| {
@@ -179,9 +178,9 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan) -> Result<Outcome> {
     }
     let new = fresh.context("internal error: the plan left no fresh root")?;
     let old = match deleted_old {
-        Some((id, nested)) => format!(
-            "; deleted the old root (ID {id}) and {nested} nested subvolume(s)"
-        ),
+        Some((id, nested)) => {
+            format!("; deleted the old root (ID {id}) and {nested} nested subvolume(s)")
+        }
         None => String::new(),
     };
     log::info!(

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use linux_raw_sys::btrfs::{
     btrfs_root_item, BTRFS_DIR_ITEM_KEY, BTRFS_FIRST_FREE_OBJECTID, BTRFS_FS_TREE_OBJECTID,
-    BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_REF_KEY, BTRFS_ROOT_SUBVOL_RDONLY, BTRFS_ROOT_TREE_DIR_OBJECTID,
-    BTRFS_ROOT_TREE_OBJECTID,
+    BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_REF_KEY, BTRFS_ROOT_SUBVOL_RDONLY,
+    BTRFS_ROOT_TREE_DIR_OBJECTID, BTRFS_ROOT_TREE_OBJECTID,
 };
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
@@ -32,7 +32,10 @@ const SUBVOL_ROOT_INO: u64 = BTRFS_FIRST_FREE_OBJECTID as u64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     Missing,
-    Subvolume { id: u64, readonly: bool },
+    Subvolume {
+        id: u64,
+        readonly: bool,
+    },
     /// Something that is not a subvolume; the string says what (for the message).
     Other(&'static str),
 }
@@ -66,7 +69,8 @@ pub fn entry(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Entry> {
         return Ok(Entry::Other("a plain directory, not a subvolume"));
     }
     let fd = open_dir(dir, name)?;
-    let id = id_of(fd.as_fd()).with_context(|| format!("cannot read the id of {}", quoted(name)))?;
+    let id =
+        id_of(fd.as_fd()).with_context(|| format!("cannot read the id of {}", quoted(name)))?;
     let flags = ioctl::subvol_getflags(fd.as_fd())
         .with_context(|| format!("cannot read the flags of {}", quoted(name)))?;
     Ok(Entry::Subvolume {
@@ -190,8 +194,7 @@ pub fn default_id(fs: BorrowedFd<'_>) -> Result<u64> {
         min: (dir, BTRFS_DIR_ITEM_KEY, 0),
         max: (dir, BTRFS_DIR_ITEM_KEY, u64::MAX),
     };
-    let items =
-        ioctl::tree_search(fs, &range).context("cannot read the default subvolume's id")?;
+    let items = ioctl::tree_search(fs, &range).context("cannot read the default subvolume's id")?;
     for item in items.iter().filter(|i| i.item_type == BTRFS_DIR_ITEM_KEY) {
         // A DIR_ITEM holds one or more packed btrfs_dir_item entries (30 bytes) + name + data:
         // location (objectid u64, type u8, offset u64), transid u64, data_len u16,
@@ -288,13 +291,8 @@ pub fn delete_tree(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<usiz
 /// Snapshot the subvolume at `source` (a name in the top level `fs`) as `name`, writable.
 pub fn snapshot(fs: BorrowedFd<'_>, source: &OsStr, name: &OsStr) -> Result<u64> {
     let src = open_dir(fs, source).with_context(|| format!("cannot open {}", quoted(source)))?;
-    ioctl::snap_create(fs, name, src.as_fd(), false).with_context(|| {
-        format!(
-            "cannot snapshot {} as {}",
-            quoted(source),
-            quoted(name)
-        )
-    })?;
+    ioctl::snap_create(fs, name, src.as_fd(), false)
+        .with_context(|| format!("cannot snapshot {} as {}", quoted(source), quoted(name)))?;
     let new = open_dir(fs, name).with_context(|| format!("cannot open {}", quoted(name)))?;
     id_of(new.as_fd())
 }

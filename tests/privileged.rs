@@ -1,0 +1,581 @@
+//! Privileged tests: the real binary on a real btrfs on a loop device, checked with btrfs-progs
+//! and a fresh mount. See `common/mod.rs` for when they skip.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+macro_rules! privileged {
+    ($name:literal) => {
+        if !privileged($name) {
+            return;
+        }
+    };
+}
+
+#[test]
+fn privileged_rolls_back_an_impermanence_layout() {
+    privileged!("privileged_rolls_back_an_impermanence_layout");
+    let disk = Disk::new("layout");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("done: \"root\" is a fresh snapshot"), "{err}");
+    // 3-deep nesting plus a read-only subvolume with a child: 4 + 2 nested.
+    assert!(err.contains("6 nested subvolume(s)"), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    before.assert_log_grew(&disk);
+    let m = disk.mount();
+    let log = fs::read_to_string(m.join("rollback.log")).unwrap();
+    // The first line, logged before the volume was mounted, is in the file too.
+    assert!(
+        log.contains("waiting") || log.contains("mounted the top-level volume"),
+        "{log}"
+    );
+    assert!(log.contains("clearing the read-only flag"), "{log}");
+    drop(m);
+
+    // A second rollback on the fresh root works the same and appends to the log.
+    let before = Before::take(&disk, "root", "root-blank");
+    assert_exit(&disk.run(&[]), 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    before.assert_log_grew(&disk);
+}
+
+#[test]
+fn privileged_odd_names_inside_and_outside_root() {
+    privileged!("privileged_odd_names_inside_and_outside_root");
+    let disk = Disk::new("names");
+    let (root, blank) = ("my root ✓", "-blank\nsnapshot");
+    {
+        let m = disk.mount();
+        m.subvol(root);
+        fs::write(m.join(root).join("from-blank"), "b").unwrap();
+        sh(Command::new("btrfs")
+            .args(["subvolume", "snapshot", "-r"])
+            .arg(m.join(root))
+            .arg(m.join(blank)));
+        m.subvol("persist");
+        for name in ["with space", "new\nline", "ünïcødé", "-dash", "a b/c d"] {
+            if name.contains('/') {
+                fs::create_dir_all(m.join(root).join("a b")).unwrap();
+            }
+            m.subvol(Path::new(root).join(name));
+        }
+    }
+    let before = Before::take(&disk, root, blank);
+    let out = disk.run(&["--root", root, &format!("--blank={blank}")]);
+    assert_exit(&out, 0);
+    before.assert_rolled_back(&disk, root, blank);
+}
+
+#[test]
+fn privileged_confusable_siblings_are_untouched() {
+    privileged!("privileged_confusable_siblings_are_untouched");
+    let disk = Disk::new("siblings");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        for name in ["root2", "root.old", "rootx", "root-blank2"] {
+            m.subvol(name);
+            fs::write(m.join(name).join("keep"), name).unwrap();
+        }
+        m.subvol("persist/root");
+        fs::write(m.join("persist/root/keep"), "persist/root").unwrap();
+        fs::create_dir(m.join("dir")).unwrap();
+        m.subvol("dir/root");
+        // Links in root that point into persist, absolute and relative.
+        symlink(m.join("persist"), m.join("root/persist-link")).unwrap();
+        symlink("../persist/etc", m.join("root/etc-link")).unwrap();
+    }
+    let before = Before::take(&disk, "root", "root-blank");
+    assert!(before.siblings.len() >= 9, "{:?}", before.siblings.keys());
+    assert_exit(&disk.run(&[]), 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+}
+
+#[test]
+fn privileged_hundreds_of_nested_and_a_chain_of_100() {
+    privileged!("privileged_hundreds_of_nested_and_a_chain_of_100");
+    let disk = Disk::new("many");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        create_many(&m, "root/many", 300);
+        let mut chain = String::from("root/chain");
+        for i in 0..100 {
+            chain.push_str(&format!("/{i}"));
+            if i == 0 {
+                fs::create_dir(m.join("root/chain")).unwrap();
+            }
+            m.subvol(&chain);
+        }
+    }
+    let before = Before::take(&disk, "root", "root-blank");
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("406 nested subvolume(s)"),
+        "{}",
+        stderr(&out)
+    );
+    before.assert_rolled_back(&disk, "root", "root-blank");
+}
+
+/// Create `n` subvolumes below `dir` (relative to the mount), a few levels deep.
+fn create_many(m: &Mounted, dir: &str, n: usize) {
+    fs::create_dir_all(m.join(dir)).unwrap();
+    let mut script = String::from("set -e\n");
+    for i in 0..n {
+        let path = if i % 10 == 0 {
+            format!("{dir}/s{i}")
+        } else {
+            format!("{dir}/s{}/s{i}", i - i % 10)
+        };
+        script.push_str(&format!(
+            "btrfs -q subvolume create '{}'\n",
+            m.join(path).display()
+        ));
+    }
+    sh(Command::new("sh").arg("-c").arg(script));
+}
+
+/// Checks that a refusal left the disk exactly as it was.
+fn assert_unchanged(disk: &Disk, before: &std::collections::BTreeMap<std::path::PathBuf, u64>) {
+    let m = disk.mount();
+    assert_eq!(&m.subvolumes(), before, "a refusal changed the subvolumes");
+}
+
+#[test]
+fn privileged_missing_blank_changes_nothing() {
+    privileged!("privileged_missing_blank_changes_nothing");
+    let disk = Disk::new("noblank");
+    impermanence_layout(&disk);
+    let subs = disk.mount().subvolumes();
+    let out = disk.run(&["--blank", "no-such-blank"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("\"no-such-blank\" does not exist"), "{err}");
+    assert!(err.contains("was not changed"), "{err}");
+    assert_unchanged(&disk, &subs);
+    // The refusal is in the log file too.
+    let log = fs::read_to_string(disk.mount().join("rollback.log")).unwrap();
+    assert!(log.contains("refusing to roll back"), "{log}");
+}
+
+#[test]
+fn privileged_blank_that_is_not_a_subvolume_changes_nothing() {
+    privileged!("privileged_blank_that_is_not_a_subvolume_changes_nothing");
+    let disk = Disk::new("blankdir");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        fs::create_dir(m.join("plain-dir")).unwrap();
+        symlink("root-blank", m.join("blank-link")).unwrap();
+    }
+    let subs = disk.mount().subvolumes();
+    for (blank, what) in [
+        ("plain-dir", "plain directory"),
+        ("blank-link", "symbolic link"),
+    ] {
+        let out = disk.run(&["--blank", blank]);
+        assert_exit(&out, 1);
+        assert!(stderr(&out).contains(what), "{}", stderr(&out));
+        assert_unchanged(&disk, &subs);
+    }
+}
+
+#[test]
+fn privileged_root_that_is_not_a_subvolume_changes_nothing() {
+    privileged!("privileged_root_that_is_not_a_subvolume_changes_nothing");
+    let disk = Disk::new("rootdir");
+    impermanence_layout(&disk);
+    fs::create_dir(disk.mount().join("plain-root")).unwrap();
+    let subs = disk.mount().subvolumes();
+    let out = disk.run(&["--root", "plain-root"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("\"plain-root\" is a plain directory"));
+    assert_unchanged(&disk, &subs);
+    assert!(disk.mount().join("plain-root").is_dir());
+}
+
+#[test]
+fn privileged_missing_root_is_created_from_the_blank() {
+    privileged!("privileged_missing_root_is_created_from_the_blank");
+    let disk = Disk::new("noroot");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    {
+        let m = disk.mount();
+        // btrfs-progs 6.2 has no `delete -R`: children first, by hand.
+        m.set_ro("root/srv", false);
+        for sub in [
+            "root/srv/child",
+            "root/srv",
+            "root/var/lib/machines/a/b/c",
+            "root/var/lib/machines/a/b",
+            "root/var/lib/machines/a",
+            "root/var/lib/machines",
+            "root",
+        ] {
+            btrfs([
+                "subvolume".as_ref(),
+                "delete".as_ref(),
+                m.join(sub).as_os_str(),
+            ]);
+        }
+        assert!(!m.join("root").exists());
+    }
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("was missing"), "{}", stderr(&out));
+    before.assert_rolled_back(&disk, "root", "root-blank");
+}
+
+#[test]
+fn privileged_missing_device_is_a_clear_error() {
+    privileged!("privileged_missing_device_is_a_clear_error");
+    let start = Instant::now();
+    let out = Command::new(BIN)
+        .args(["run", "--device", "/dev/no-such-disk", "--wait", "1"])
+        .args(["--mountpoint", "/nonexistent-mountpoint"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("/dev/no-such-disk did not appear within 1 s"),
+        "{err}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(1), "did not wait");
+    assert!(!Path::new("/nonexistent-mountpoint").exists());
+}
+
+#[test]
+fn privileged_device_that_appears_late_is_waited_for() {
+    privileged!("privileged_device_that_appears_late_is_waited_for");
+    let disk = Disk::new("late");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let link = disk.dir.join("late-device");
+    let child = Command::new(BIN)
+        .args(["run", "--wait", "10", "--device"])
+        .arg(&link)
+        .arg("--mountpoint")
+        .arg(disk.work_mountpoint())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(1500));
+    symlink(&disk.dev, &link).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("appeared after"), "{}", stderr(&out));
+    before.assert_rolled_back(&disk, "root", "root-blank");
+}
+
+#[test]
+fn privileged_device_that_is_not_btrfs_is_refused() {
+    privileged!("privileged_device_that_is_not_btrfs_is_refused");
+    let ext4 = Disk::with_mkfs("ext4", &["mkfs.ext4", "-q", "-F"]);
+    let out = ext4.run(&[]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("holds no btrfs filesystem"), "{err}");
+    assert!(err.contains(&ext4.dev.display().to_string()), "{err}");
+    let blank = Disk::with_mkfs("zeros", &[]);
+    assert_exit(&blank.run(&[]), 1);
+    // A regular file is not a block device.
+    let out = Command::new(BIN)
+        .args(["run", "--wait", "0", "--device"])
+        .arg(&ext4.image)
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("is not a block device"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn privileged_default_subvolume_follows_root() {
+    privileged!("privileged_default_subvolume_follows_root");
+    let disk = Disk::new("default");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        btrfs([
+            "subvolume".as_ref(),
+            "set-default".as_ref(),
+            m.join("root").as_os_str(),
+        ]);
+    }
+    let before = Before::take(&disk, "root", "root-blank");
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    let m = disk.mount();
+    assert_eq!(
+        m.default_id(),
+        m.id("root"),
+        "the default did not follow root"
+    );
+    drop(m);
+    // A plain mount (no subvol option) now gives the fresh root.
+    let plain = disk.dir.join("plain");
+    fs::create_dir_all(&plain).unwrap();
+    sh(Command::new("mount").arg(&disk.dev).arg(&plain));
+    let fresh = plain.join("etc/machine-id.blank").exists() && !plain.join("etc/junk").exists();
+    sh(Command::new("umount").arg(&plain));
+    assert!(fresh, "the default subvolume is not the fresh root");
+}
+
+#[test]
+fn privileged_default_nested_in_root_is_refused() {
+    privileged!("privileged_default_nested_in_root_is_refused");
+    let disk = Disk::new("default-nested");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        btrfs([
+            "subvolume".as_ref(),
+            "set-default".as_ref(),
+            m.join("root/srv").as_os_str(),
+        ]);
+    }
+    let subs = disk.mount().subvolumes();
+    let out = disk.run(&[]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("default subvolume"),
+        "{}",
+        stderr(&out)
+    );
+    assert_unchanged(&disk, &subs);
+}
+
+#[test]
+fn privileged_quotas_enabled() {
+    privileged!("privileged_quotas_enabled");
+    let disk = Disk::new("quota");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        btrfs(["quota".as_ref(), "enable".as_ref(), m.path.as_os_str()]);
+        btrfs([
+            "quota".as_ref(),
+            "rescan".as_ref(),
+            "-w".as_ref(),
+            m.path.as_os_str(),
+        ]);
+    }
+    let before = Before::take(&disk, "root", "root-blank");
+    assert_exit(&disk.run(&[]), 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+}
+
+#[test]
+fn privileged_unwritable_log_does_not_stop_the_rollback() {
+    privileged!("privileged_unwritable_log_does_not_stop_the_rollback");
+    let disk = Disk::new("log");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    // A directory where the log file should be, then a path in a directory that does not exist.
+    for log in ["persist", "/nonexistent-dir/rollback.log"] {
+        let out = disk.run(&["--log", log]);
+        assert_exit(&out, 0);
+        assert!(
+            stderr(&out).contains("cannot write the log file"),
+            "{}",
+            stderr(&out)
+        );
+        before.assert_rolled_back(&disk, "root", "root-blank");
+    }
+}
+
+#[test]
+fn privileged_log_file_is_capped() {
+    privileged!("privileged_log_file_is_capped");
+    let disk = Disk::new("logcap");
+    impermanence_layout(&disk);
+    fs::write(disk.mount().join("rollback.log"), vec![b'x'; 2 << 20]).unwrap();
+    assert_exit(&disk.run(&[]), 0);
+    let m = disk.mount();
+    assert_eq!(
+        fs::metadata(m.join("rollback.log.old")).unwrap().len(),
+        2 << 20
+    );
+    assert!(fs::metadata(m.join("rollback.log")).unwrap().len() < 64 << 10);
+}
+
+#[test]
+fn privileged_dry_run_and_list_change_nothing() {
+    privileged!("privileged_dry_run_and_list_change_nothing");
+    let disk = Disk::new("dry");
+    impermanence_layout(&disk);
+    let subs = disk.mount().subvolumes();
+    let out = disk.run(&["--dry-run"]);
+    assert_exit(&out, 0);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    for nested in ["root/var/lib/machines/a/b/c", "root/srv/child", "root/srv"] {
+        let id = subs[Path::new(nested)];
+        assert!(
+            plan.contains(&format!("\"{nested}\" (ID {id}")),
+            "{nested} missing from the plan:\n{plan}"
+        );
+    }
+    let out = disk.cmd("list").output().unwrap();
+    assert_exit(&out, 0);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("\"persist\""), "{list}");
+    assert!(list.contains("blank \"root-blank\""), "{list}");
+    assert!(list.contains("`run` would"), "{list}");
+    assert!(!is_mounted(&disk.work_mountpoint()));
+    assert_unchanged(&disk, &subs);
+    assert!(!disk.mount().join("rollback.log").exists());
+}
+
+#[test]
+fn privileged_leftover_of_an_interrupted_run_is_removed() {
+    privileged!("privileged_leftover_of_an_interrupted_run_is_removed");
+    let disk = Disk::new("leftover");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    {
+        let m = disk.mount();
+        m.subvol("root.btrfs-rollback-tmp");
+        m.subvol("root.btrfs-rollback-tmp/x");
+        m.subvol("root.btrfs-rollback-tmp/x/y");
+        m.set_ro("root.btrfs-rollback-tmp/x", true);
+    }
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("left over from an interrupted run"));
+    before.assert_rolled_back(&disk, "root", "root-blank");
+}
+
+#[test]
+fn privileged_temporary_name_taken_by_a_file_is_refused() {
+    privileged!("privileged_temporary_name_taken_by_a_file_is_refused");
+    let disk = Disk::new("tmpfile");
+    impermanence_layout(&disk);
+    fs::write(disk.mount().join("root.btrfs-rollback-tmp"), "mine").unwrap();
+    let subs = disk.mount().subvolumes();
+    let out = disk.run(&[]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("root.btrfs-rollback-tmp"));
+    assert_unchanged(&disk, &subs);
+    assert_eq!(
+        fs::read_to_string(disk.mount().join("root.btrfs-rollback-tmp")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn privileged_busy_mountpoint_is_refused() {
+    privileged!("privileged_busy_mountpoint_is_refused");
+    let disk = Disk::new("busy");
+    impermanence_layout(&disk);
+    let subs = disk.mount().subvolumes();
+    let mp = disk.work_mountpoint();
+    fs::create_dir_all(&mp).unwrap();
+    sh(Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&mp));
+    let out = disk.cmd("run").output().unwrap();
+    sh(Command::new("umount").arg(&mp));
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("already mounted"), "{}", stderr(&out));
+    assert_unchanged(&disk, &subs);
+}
+
+#[test]
+fn privileged_bad_names_are_usage_errors() {
+    privileged!("privileged_bad_names_are_usage_errors");
+    let disk = Disk::new("usage");
+    impermanence_layout(&disk);
+    let subs = disk.mount().subvolumes();
+    for args in [&["--root", "a/b"][..], &["--blank", ".."], &["--root", ""]] {
+        let out = disk.run(args);
+        assert_exit(&out, 2);
+    }
+    assert_unchanged(&disk, &subs);
+}
+
+/// SIGKILL the binary at many instants of a rollback with hundreds of nested subvolumes: at
+/// every kill `root` must exist, and a rerun must converge with nothing left over. Each round
+/// starts from the same state (a fresh root plus 300 nested), the kills spread over the time
+/// an uncut rollback of that state takes.
+#[test]
+fn privileged_sigkill_at_any_instant_keeps_root() {
+    privileged!("privileged_sigkill_at_any_instant_keeps_root");
+    let rounds: u32 = std::env::var("BTRFS_ROLLBACK_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let disk = Disk::new("kill");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+
+    // How long an uncut rollback of this size takes, to spread the kills over it.
+    create_many(&disk.mount(), "root/pile", 300);
+    // Commit the fixture first, so that each run starts from the same clean state.
+    sh(&mut Command::new("sync"));
+    let start = Instant::now();
+    assert_exit(&disk.run(&[]), 0);
+    let full = start.elapsed();
+
+    let mut without_root = 0;
+    let mut with_leftover = 0;
+    let mut killed = 0;
+    for round in 0..rounds {
+        create_many(&disk.mount(), "root/pile", 300);
+        sh(&mut Command::new("sync"));
+        let delay = full.mul_f64(f64::from(round) / f64::from(rounds));
+        let mut child = disk
+            .cmd("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.code().is_none() {
+            killed += 1;
+        }
+        let _ = Command::new("umount").arg(disk.work_mountpoint()).output();
+        let m = disk.mount();
+        let subs = m.subvolumes();
+        if !subs.contains_key(Path::new("root")) {
+            without_root += 1;
+        }
+        if subs.contains_key(Path::new("root.btrfs-rollback-tmp")) {
+            with_leftover += 1;
+        }
+        drop(m);
+        // The next run converges, whatever instant the kill hit.
+        assert_exit(&disk.run(&[]), 0);
+        before.assert_rolled_back(&disk, "root", "root-blank");
+    }
+    eprintln!(
+        "{rounds} kills spread over {:.0} ms, {killed} before the binary finished: \
+         {without_root} without root, {with_leftover} with a leftover",
+        full.as_secs_f64() * 1000.0
+    );
+    assert_eq!(without_root, 0, "root was missing after a kill");
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+}
