@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Build btrfs-rollback and run a rollback on a throwaway disk image laid out like an
+# impermanence install. No real disk is touched: everything lives in target/demo/.
+# Needs root (loop devices, mount). Installs btrfs-progs with apt-get if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" = 0 ] || { echo "demo: needs root (loop devices and mount): sudo $0" >&2; exit 1; }
+if ! command -v mkfs.btrfs >/dev/null; then
+  echo "demo: installing btrfs-progs (used only to build the demo disk and show the result)"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends btrfs-progs >/dev/null
+fi
+cargo build --release --quiet
+bin=$PWD/target/release/btrfs-rollback
+
+work=$PWD/target/demo
+rm -rf "$work"; mkdir -p "$work/check"
+truncate -s 1G "$work/disk.img"
+mkfs.btrfs -q -f "$work/disk.img"
+dev=$(losetup -f --show "$work/disk.img")
+cleanup() {
+  umount "$work/check" 2>/dev/null || true
+  losetup -d "$dev"
+}
+trap cleanup EXIT
+
+m=$work/check
+mount -o subvolid=5 "$dev" "$m"
+btrfs -q subvolume create "$m/root"
+mkdir -p "$m/root/etc" "$m/root/var/lib"
+echo "installed system" >"$m/root/etc/os-release"
+btrfs -q subvolume snapshot -r "$m/root" "$m/root-blank"      # taken at install time
+for s in persist nix home; do btrfs -q subvolume create "$m/$s"; done
+echo "kept across boots" >"$m/persist/important"
+# What one boot leaves behind: files, and nested subvolumes (docker, machines), one read-only.
+echo "state nobody persisted" >"$m/root/etc/forgotten"
+btrfs -q subvolume create "$m/root/var/lib/docker"
+btrfs -q subvolume create "$m/root/var/lib/docker/layer 1"
+btrfs -q subvolume create "$m/root/var/lib/docker/layer 1/inner"
+btrfs -q subvolume create "$m/root/var/lib/machines"
+btrfs -q subvolume create "$m/root/var/lib/machines/container"
+btrfs property set -ts "$m/root/var/lib/machines" ro true
+echo "== before: btrfs subvolume list"
+btrfs subvolume list "$m"
+umount "$m"
+
+echo; echo "== btrfs-rollback list --device $dev"
+"$bin" list --device "$dev" --mountpoint "$work/mnt"
+echo; echo "== btrfs-rollback run --device $dev"
+"$bin" run --device "$dev" --mountpoint "$work/mnt"
+echo "exit status $?"
+
+mount -o subvolid=5 "$dev" "$m"
+echo; echo "== after: btrfs subvolume list"
+btrfs subvolume list "$m"
+echo; echo "== after: files in root"
+find "$m/root" | sed "s|^$m/||"
+echo; echo "== rollback.log on the top-level volume"
+cat "$m/rollback.log"
