@@ -33,7 +33,7 @@ pub fn wait_for(path: &Path, wait: Duration) -> Result<()> {
         if start.elapsed() >= wait {
             bail!(
                 "device {} did not appear within {} s (is the disk unlocked? --wait sets how long \
-                 to wait); nothing was changed",
+                 to wait)",
                 path.display(),
                 wait.as_secs()
             );
