@@ -256,6 +256,7 @@ fn privileged_missing_device_is_a_clear_error() {
         err.contains("/dev/no-such-disk did not appear within 1 s"),
         "{err}"
     );
+    assert!(err.contains("nothing was changed"), "{err}");
     assert!(start.elapsed() >= Duration::from_secs(1), "did not wait");
     assert!(!Path::new("/nonexistent-mountpoint").exists());
 }
