@@ -213,7 +213,10 @@ boot() { # img serial-log kernel-args...: a whole boot, up to power-off
     rm -f "$serial"
     local QARGS
     qemu_args "$img" "$serial" "$@"
-    timeout -s KILL 300 qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$serial.qemu" 2>&1
+    timeout -s KILL 300 qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$serial.qemu" 2>&1 &
+    local pid=$!
+    echo $pid >>"$WORK/pids"
+    wait $pid
 }
 
 clean() { tr -d '\r' <"$1"; }
@@ -347,6 +350,7 @@ sc_cut_baseline() {
     qemu_args "$img" "$l" rb.scenario=run
     qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
     pid=$!
+    echo $pid >>"$WORK/pids"
     touch "$l"
     wait_line "$l" '^RB-START' $pid 200 && t1=$(now)
     wait_line "$l" '^RB-END' $pid 600 && t2=$(now)
@@ -375,6 +379,7 @@ sc_cut() { # index delay
     qemu_args "$img" "$l" rb.scenario=run
     qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
     pid=$!
+    echo $pid >>"$WORK/pids"
     touch "$l"
     if wait_line "$l" '^RB-START' $pid 200; then
         t1=$(now)
@@ -390,7 +395,8 @@ sc_cut() { # index delay
     wait $pid 2>/dev/null
     boot "$img" "$c" rb.scenario=checkrun
     if valid_root "$c" pre; then
-        if [ "$(val "$c" pre.root_blank_marker)" = 1 ]; then state+=", root=blank"; else state+=", root=old"; fi
+        # the old root has the stale marker (and the blank's, being made from it)
+        if [ "$(val "$c" pre.root_stale_marker)" = 1 ]; then state+=", root=old"; else state+=", root=fresh"; fi
     else
         why+=" NO-VALID-ROOT-AFTER-CUT(subvol=$(val "$c" pre.root_is_subvol),mounted=$(val "$c" pre.root_mounted),top=$(val "$c" pre.top_subvols))"
         echo 1 >"$RES/$name.noroot"
@@ -411,6 +417,14 @@ spawn() {
 
 # ---------------------------------------------------------------- main
 mkdir -p "$WORK" "$CACHE"
+: >"$WORK/pids"
+# On ^C or kill: stop the VMs this run started (by pid; timeout(1) puts them
+# in their own process groups).
+cleanup() {
+    local p
+    for p in $(cat "$WORK/pids" 2>/dev/null); do kill -TERM "$p" 2>/dev/null; done
+}
+trap 'cleanup; exit 130' INT TERM
 rm -rf "$LOGS" "$IMGS" "$RES"
 mkdir -p "$LOGS" "$IMGS" "$RES"
 ensure_tools
