@@ -1,0 +1,530 @@
+#!/usr/bin/env bash
+# Benchmarks of btrfs-rollback (issue 5): rollback wall time against the shell-script way and
+# against the raw-ioctl floor, on real btrfs in sparse loop images under target/bench/ (never a
+# real disk), plus the footprint (static binary size, peak RSS, time of --version).
+#
+#   scripts/bench.sh           full run (about 15 minutes): writes docs/benchmarks.md and
+#                              docs/benchmarks.svg
+#   scripts/bench.sh --smoke   reduced sizes, one run each (well under a minute after the
+#                              build): writes target/bench/benchmarks.{md,svg}; CI runs this and
+#                              asserts no time, only that every rollback gave a fresh root
+#   --cold                     also drop each image copy from the page cache before its run, so
+#                              the filesystem is read from the disk as at boot (on a shared
+#                              machine the disk's latency then swamps the small cases)
+#
+# Needs root (loop devices, mount). Installs btrfs-progs, python3 and time with apt-get if
+# missing. Runs in a private mount namespace of its own.
+#
+# Every timed run starts from an identical state: the scenario's prepared image is copied
+# (cp --sparse=always) and flushed, then attached to a fresh loop device: the filesystem's own
+# caches start empty, its reads come from the host's page cache (from the disk with --cold),
+# its commits are flushed to the disk. The three ways run interleaved: ours, baseline, floor,
+# ours, baseline, floor, ... Each run mounts the top-level volume, rolls back, commits and
+# unmounts; the wall time of the whole command is measured. After every run a fresh mount
+# checks the result (root is a fresh snapshot of root-blank, nothing nested is left, the other
+# subvolumes are untouched); a wrong result stops the benchmark.
+#   ours      target/release/btrfs-rollback run --device DEV --mountpoint MNT
+#   baseline  the snippet user configs use (below, written to target/bench/baseline.sh)
+#   floor     target/release/examples/floor DEV MNT: the same ioctls with no tool around them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=full cold=0
+for arg in "$@"; do
+  case $arg in
+    --smoke) mode=smoke ;;
+    --cold) cold=1 ;;
+    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench: unknown argument $arg (use --smoke, --cold or nothing)" >&2; exit 2 ;;
+  esac
+done
+
+[ "$(id -u)" = 0 ] || { echo "bench: needs root (loop devices and mount): sudo $0" >&2; exit 1; }
+need=()
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v python3 >/dev/null || need+=(python3)
+command -v losetup >/dev/null || need+=(mount)
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Work in a private mount namespace: a mount namespace that another process creates while one
+# of our test filesystems is mounted would otherwise keep a copy of that mount alive after our
+# umount (seen on a shared machine), and the next image, with the same filesystem UUID, would
+# then not mount.
+if [ -z "${BENCH_PRIVATE_NS:-}" ]; then
+  exec env BENCH_PRIVATE_NS=1 unshare --mount --propagation private "$0" "$@"
+fi
+
+work=$PWD/target/bench
+if [ "$mode" = full ] && [ -z "${BENCH_SCENARIOS:-}" ]; then out=$PWD/docs; else out=$work; fi
+
+# --- scenarios: name, runs of ours and the floor, runs of the baseline -------------------------
+# BENCH_SCENARIOS="nested-1000 1 1;chain-100 2 1" replaces the list (the report then goes to
+# target/bench/, as with --smoke).
+if [ -n "${BENCH_SCENARIOS:-}" ]; then
+  IFS=';' read -r -a scenarios <<<"$BENCH_SCENARIOS"
+  if [ "$mode" = full ]; then mode=custom; fi
+elif [ "$mode" = full ]; then
+  scenarios=(
+    "impermanence 7 7"
+    "nested-10 7 7"
+    "nested-100 5 5"
+    "nested-1000 3 3"
+    "nested-5000 3 1"
+    "chain-100 5 5"
+    "files-0 5 5"
+    "files-10000 3 3"
+    "files-100000 5 5"
+  )
+else
+  scenarios=(
+    "impermanence 1 1"
+    "nested-10 1 1"
+    "nested-100 1 1"
+  )
+fi
+
+echo "== building (release)"
+cargo build --release --quiet --bin btrfs-rollback --example floor
+ours=$PWD/target/release/btrfs-rollback
+floor=$PWD/target/release/examples/floor
+static=""
+if [ "$mode" = full ]; then
+  echo "== building the static binary (for its size)"
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --quiet \
+    --target x86_64-unknown-linux-gnu --bin btrfs-rollback
+  static=$PWD/target/x86_64-unknown-linux-gnu/release/btrfs-rollback
+fi
+
+# --- the work area -----------------------------------------------------------------------------
+mnt=$work/mnt chk=$work/check prep=$work/prep
+loops=()
+cleanup() {
+  for m in "$mnt" "$chk" "$prep"; do
+    if mountpoint -q "$m" 2>/dev/null; then umount "$m"; fi
+  done
+  for d in "${loops[@]}"; do losetup -d "$d" 2>/dev/null || true; done
+  rm -f "$work/run.img"
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$work"
+mkdir -p "$work/img" "$mnt" "$chk" "$prep" "$out"
+attach() { # image: attach it to a free loop device, named in $attached (and in $loops)
+  attached=$(losetup -f --show "$1")
+  loops+=("$attached")
+}
+detach() {
+  losetup -d "$1"
+  local keep=() d
+  for d in "${loops[@]}"; do [ "$d" = "$1" ] || keep+=("$d"); done
+  loops=("${keep[@]}")
+}
+
+# The baseline: what user configs do (the NixOS wiki's impermanence snippet, depth-first over
+# `btrfs subvolume list -o`), then a snapshot of the blank and a final commit. Children are
+# deleted before their parent at every depth, so it is correct for deep nesting too.
+cat >"$work/baseline.sh" <<'EOF'
+#!/usr/bin/env bash
+set -euo pipefail
+dev=$1 mnt=$2
+mount -t btrfs -o subvolid=5 "$dev" "$mnt"
+delete_subvolume_recursively() {
+  IFS=$'\n'
+  for i in $(btrfs subvolume list -o "$1" | cut -f 9- -d ' '); do
+    delete_subvolume_recursively "$mnt/$i"
+  done
+  btrfs subvolume delete "$1" >/dev/null
+}
+delete_subvolume_recursively "$mnt/root"
+btrfs subvolume snapshot "$mnt/root-blank" "$mnt/root" >/dev/null
+btrfs filesystem sync "$mnt"
+umount "$mnt"
+EOF
+
+# Fast fixture building: subvolumes by BTRFS_IOC_SUBVOL_CREATE, files by plain writes.
+cat >"$work/mk.py" <<'EOF'
+import fcntl, os, struct, sys
+# BTRFS_IOC_SUBVOL_CREATE = _IOW(0x94, 14, struct btrfs_ioctl_vol_args), 4096 bytes
+SUBVOL_CREATE = 0x5000940E
+def subvol(parent, name):
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, SUBVOL_CREATE, bytearray(struct.pack("q4088s", 0, name.encode())))
+    finally:
+        os.close(fd)
+what, where, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if what == "pile":      # n subvolumes side by side (docker's btrfs driver)
+    os.makedirs(where, exist_ok=True)
+    fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+    for i in range(n):
+        fcntl.ioctl(fd, SUBVOL_CREATE, bytearray(struct.pack("q4088s", 0, b"layer%05d" % i)))
+elif what == "chain":   # n subvolumes, each inside the previous one
+    for i in range(n):
+        subvol(where, "c")
+        where = os.path.join(where, "c")
+elif what == "files":   # n small files, 1000 to a directory
+    for i in range(n):
+        d = os.path.join(where, "d%03d" % (i // 1000))
+        if i % 1000 == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "f%06d" % i), "w") as f:
+            f.write("state nobody persisted %d\n" % i)
+EOF
+
+# Build the prepared image of a scenario: an impermanence install (root, its read-only blank,
+# persist, nix), then what one boot leaves in root.
+prepare() {
+  local name=$1 img=$work/img/$1.img dev
+  truncate -s 8G "$img"
+  mkfs.btrfs -q -f "$img" >/dev/null
+  attach "$img"
+  dev=$attached
+  mount -o subvolid=5 "$dev" "$prep"
+  btrfs -q subvolume create "$prep/root"
+  mkdir -p "$prep/root/etc" "$prep/root/var/lib" "$prep/root/var/log" "$prep/root/tmp"
+  echo "installed system" >"$prep/root/etc/blank-marker"
+  btrfs -q subvolume snapshot -r "$prep/root" "$prep/root-blank"
+  btrfs -q subvolume create "$prep/persist"
+  btrfs -q subvolume create "$prep/nix"
+  echo "kept across boots" >"$prep/persist/kept"
+  echo "state nobody persisted" >"$prep/root/etc/dirty"
+  local r=$prep/root
+  case $name in
+    impermanence)
+      # docker with a few layers, a container under machines (two deep), a read-only image
+      python3 "$work/mk.py" files "$r/var/log" 500
+      btrfs -q subvolume create "$r/var/lib/docker"
+      python3 "$work/mk.py" pile "$r/var/lib/docker/btrfs/subvolumes" 3
+      btrfs -q subvolume create "$r/var/lib/machines"
+      btrfs -q subvolume create "$r/var/lib/machines/container"
+      mkdir -p "$r/var/lib/portables"
+      btrfs -q subvolume create "$r/var/lib/portables/image"
+      btrfs property set -ts "$r/var/lib/portables/image" ro true
+      ;;
+    nested-*) python3 "$work/mk.py" pile "$r/var/lib/docker/btrfs/subvolumes" "${name#nested-}" ;;
+    chain-*) python3 "$work/mk.py" chain "$r" "${name#chain-}" ;;
+    files-*) python3 "$work/mk.py" files "$r/var/tmp/files" "${name#files-}" ;;
+    *) echo "bench: unknown scenario $name" >&2; exit 1 ;;
+  esac
+  btrfs subvolume list -o "$r" >/dev/null
+  umount "$prep"
+  detach "$dev"
+}
+
+# After a run: root is a fresh snapshot of the blank, nothing of the old root is left, the
+# other subvolumes are untouched.
+verify() {
+  local dev=$1 what=$2 subvols
+  mount -o subvolid=5 "$dev" "$chk"
+  subvols=$(btrfs subvolume list "$chk" | awk '{print $NF}' | sort | tr '\n' ' ')
+  if [ "$subvols" != "nix persist root root-blank " ] || [ ! -f "$chk/root/etc/blank-marker" ] ||
+    [ -e "$chk/root/etc/dirty" ] || [ ! -f "$chk/persist/kept" ]; then
+    echo "bench: $what did not leave a fresh root: subvolumes: $subvols" >&2
+    ls -la "$chk" "$chk/root/etc" >&2 || true
+    umount "$chk"
+    exit 1
+  fi
+  umount "$chk"
+}
+
+# Time one command: wall time in ms, and the peak RSS (KiB) of its largest process, as GNU
+# time reports it (ru_maxrss; a wrapper in Python would count its own pages copied before exec).
+cat >"$work/timeit.py" <<'EOF'
+import subprocess, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+rc = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", out + ".rss"] + cmd)
+wall = (time.perf_counter() - t0) * 1e3
+rss = int(open(out + ".rss").read().split()[-1])
+with open(out, "w") as f:
+    f.write("%.3f %d %d\n" % (wall, rss, rc))
+sys.exit(rc)
+EOF
+
+run_once() { # scenario tool run
+  local sc=$1 tool=$2 i=$3 run=$work/run.img dev cmd
+  rm -f "$run" # a new file each time, never one a loop device may still hold
+  cp --sparse=always "$work/img/$sc.img" "$run"
+  sync "$run"
+  if [ "$cold" = 1 ]; then
+    dd if="$run" iflag=nocache count=0 status=none # drop the copy from the page cache
+  fi
+  sync
+  attach "$run"
+  dev=$attached
+  case $tool in
+    ours) cmd=("$ours" run --device "$dev" --mountpoint "$mnt") ;;
+    baseline) cmd=(bash "$work/baseline.sh" "$dev" "$mnt") ;;
+    floor) cmd=("$floor" "$dev" "$mnt") ;;
+  esac
+  echo "--- $sc $tool $i: ${cmd[*]}" >>"$work/runs.log"
+  if ! nice -n -10 python3 "$work/timeit.py" "$work/t" "${cmd[@]}" >>"$work/runs.log" 2>&1; then
+    echo "bench: $sc: $tool failed; see $work/runs.log" >&2
+    tail -20 "$work/runs.log" >&2
+    exit 1
+  fi
+  verify "$dev" "$sc/$tool"
+  detach "$dev"
+  read -r ms rss _ <"$work/t"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$sc" "$tool" "$i" "$ms" "$rss" >>"$work/results.tsv"
+  printf '  %-15s %-8s run %d: %9.1f ms  %6d KiB\n' "$sc" "$tool" "$i" "$ms" "$rss"
+}
+
+# --- machine facts ----------------------------------------------------------------------------
+{
+  echo "date	$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "nproc	$(nproc)"
+  echo "cpu	$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "mem	$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+  echo "kernel	$(uname -r)"
+  echo "btrfs-progs	$(btrfs --version | head -1)"
+  echo "rustc	$(rustc --version)"
+  echo "commit	$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (src modified)')"
+  echo "disk	$(findmnt -no FSTYPE -T "$work") on $(findmnt -no SOURCE -T "$work") (loop devices on sparse image files)"
+  echo "load_before	$(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "mode	$mode"
+  echo "cold	$cold"
+} >"$work/machine.tsv"
+printf 'scenario\ttool\trun\tms\trss_kib\n' >"$work/results.tsv"
+
+# --- rollback wall time -----------------------------------------------------------------------
+for s in "${scenarios[@]}"; do
+  read -r sc n nb <<<"$s"
+  echo "== $sc: preparing the image"
+  prepare "$sc"
+  echo "== $sc: $n run(s) of ours and the floor, $nb of the baseline, interleaved"
+  for ((i = 1; i <= n; i++)); do
+    run_once "$sc" ours "$i"
+    if [ "$i" -le "$nb" ]; then run_once "$sc" baseline "$i"; fi
+    run_once "$sc" floor "$i"
+  done
+  if [ "$mode" = full ]; then rm -f "$work/img/$sc.img"; fi
+done
+echo "load_after	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$work/machine.tsv"
+
+# --- footprint --------------------------------------------------------------------------------
+echo "== footprint"
+{
+  if [ -n "$static" ]; then
+    echo "static_size	$(stat -c %s "$static")"
+  fi
+  echo "release_size	$(stat -c %s "$ours")"
+  python3 - "$ours" <<'EOF'
+import subprocess, sys, time
+ts = []
+for _ in range(200):
+    t0 = time.perf_counter()
+    subprocess.run([sys.argv[1], "--version"], stdout=subprocess.DEVNULL, check=True)
+    ts.append((time.perf_counter() - t0) * 1e3)
+ts.sort()
+print("version_ms\t%.3f\t%.3f\t%.3f" % (ts[len(ts) // 2], ts[0], ts[-1]))
+EOF
+} >"$work/footprint.tsv"
+cat "$work/footprint.tsv"
+
+# --- the report -------------------------------------------------------------------------------
+echo "== report"
+python3 - "$work" "$out" "$mode" <<'EOF'
+import collections, math, statistics, sys
+work, out, mode = sys.argv[1:4]
+
+def tsv(path):
+    rows = {}
+    for line in open(path):
+        k, *v = line.rstrip("\n").split("\t")
+        rows[k] = v if len(v) > 1 else v[0]
+    return rows
+
+machine = tsv(work + "/machine.tsv")
+foot = tsv(work + "/footprint.tsv")
+runs = collections.defaultdict(list)
+rss = collections.defaultdict(list)
+order = []
+for line in list(open(work + "/results.tsv"))[1:]:
+    sc, tool, _, ms, kib = line.split("\t")
+    if sc not in order:
+        order.append(sc)
+    runs[sc, tool].append(float(ms))
+    rss[sc, tool].append(int(kib))
+tools = ["ours", "baseline", "floor"]
+med = {k: statistics.median(v) for k, v in runs.items()}
+
+def fmt(ms):
+    if ms >= 10000:
+        return "%.0f s" % (ms / 1000) if ms >= 100000 else "%.1f s" % (ms / 1000)
+    return "%.0f ms" % ms if ms >= 100 else "%.1f ms" % ms
+
+def cell(sc, tool):
+    v = runs.get((sc, tool))
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return "%s (1 run)" % fmt(v[0])
+    return "%s (%s – %s, %d runs)" % (fmt(statistics.median(v)), fmt(min(v)), fmt(max(v)), len(v))
+
+what = {
+    "impermanence": "impermanence install: 7 nested (docker + 3 layers, a container two deep, a read-only image), 500 files",
+    "chain-100": "a chain of 100 subvolumes, each inside the previous",
+}
+def describe(sc):
+    if sc in what:
+        return what[sc]
+    kind, n = sc.rsplit("-", 1)
+    n = int(n)
+    if kind == "nested":
+        return "%s nested subvolumes side by side (docker's btrfs driver)" % format(n, ",")
+    if kind == "files":
+        return "%s files in root, nothing nested" % format(n, ",")
+    return sc
+
+L = []
+title = "# Benchmarks" if mode == "full" else "# Benchmarks (smoke run: reduced sizes, one run each; times not meaningful)"
+L += [title, "",
+      "Generated by `scripts/bench.sh`%s on %s; do not edit by hand, rerun the command." %
+      (" --smoke" if mode != "full" else "", machine["date"]), "",
+      "Wall time of a whole rollback: mount the top-level volume, replace `root` (and everything",
+      "nested in it) with a fresh snapshot of `root-blank`, commit, unmount. Each run starts from an",
+      "identical copy of a prepared sparse image, read cold (flushed and dropped from the page cache),",
+      "on a fresh loop device; the three ways run interleaved, and every result is checked with a",
+      "fresh mount afterwards. Median (min – max) over the runs.", "",
+      "- **ours**: `btrfs-rollback run --device DEV --mountpoint MNT` (release build)",
+      "- **baseline**: the shell snippet user configs use (below): depth-first over `btrfs subvolume",
+      "  list -o`, one `btrfs subvolume delete` per subvolume, `btrfs subvolume snapshot`, `btrfs",
+      "  filesystem sync`",
+      "- **floor**: `examples/floor.rs`, the same ioctls with no tool around them (mount; SNAP_CREATE_V2",
+      "  of the blank under a temporary name; renameat2 RENAME_EXCHANGE; BTRFS_IOC_SYNC; TREE_SEARCH",
+      "  walk; SNAP_DESTROY_V2 by id, children first; BTRFS_IOC_SYNC; umount)", "",
+      "## Machine", "",
+      "| | |", "|---|---|",
+      "| CPU | %s, `nproc` %s |" % (machine["cpu"], machine["nproc"]),
+      "| memory | %s |" % machine["mem"],
+      "| kernel | %s |" % machine["kernel"],
+      "| btrfs-progs | %s |" % machine["btrfs-progs"],
+      "| rustc | %s |" % machine["rustc"],
+      "| commit | %s |" % machine["commit"],
+      "| images | %s |" % machine["disk"],
+      "| load average (1, 5, 15 min) | before %s, after %s |" % (machine["load_before"], machine["load_after"]),
+      "| date | %s |" % machine["date"], "",
+      "The machine was shared with other work (the load above); interleaving spreads that noise",
+      "over the three ways alike.", "",
+      "## Rollback wall time", "",
+      "| scenario | ours | baseline | floor | baseline / ours | ours / floor |",
+      "|---|---|---|---|---|---|"]
+for sc in order:
+    o, b, f = (med.get((sc, t)) for t in tools)
+    L.append("| %s | %s | %s | %s | %s | %s |" % (
+        describe(sc), cell(sc, "ours"), cell(sc, "baseline"), cell(sc, "floor"),
+        "%.0fx" % (b / o) if b and o else "–", "%.2fx" % (o / f) if o and f else "–"))
+L.append("")
+L += ["![time against the number of nested subvolumes](benchmarks.svg)", ""]
+
+# targets
+def verdict(ok):
+    return "met" if ok else "**missed**"
+tg = []
+if ("nested-1000", "ours") in med:
+    o, b, f = (med[("nested-1000", t)] for t in tools)
+    tg.append(("at 1,000 nested: at least 30x faster than the baseline", "%.0fx" % (b / o), verdict(b / o >= 30)))
+    tg.append(("at 1,000 nested: within 1.5x of the floor", "%.2fx" % (o / f), verdict(o / f <= 1.5)))
+files = sorted((int(sc.split("-")[1]), sc) for sc in order if sc.startswith("files-"))
+if len(files) >= 2:
+    lo, hi = files[0], files[-1]
+    ol, oh = med[(lo[1], "ours")], med[(hi[1], "ours")]
+    spread = max(runs[(lo[1], "ours")]) - min(runs[(lo[1], "ours")])
+    tg.append(("flat in the file count (ours, %s vs %s files)" % (format(lo[0], ","), format(hi[0], ",")),
+               "%s vs %s (%.2fx)" % (fmt(ol), fmt(oh), oh / ol), verdict(oh / ol <= 1.25 or oh - ol <= spread)))
+if "static_size" in foot:
+    size = int(foot["static_size"])
+    tg.append(("stripped static binary at most 1.5 MiB", "%.2f MiB (%s bytes)" % (size / 2**20, format(size, ",")), verdict(size <= 1.5 * 2**20)))
+ours_rss = [k for (sc, t), v in rss.items() if t == "ours" for k in v]
+if ours_rss:
+    peak = max(ours_rss)
+    worst = max(((max(v), sc) for (sc, t), v in rss.items() if t == "ours"))[1]
+    tg.append(("peak RSS at most 8 MiB", "%.1f MiB (largest, at %s)" % (peak / 1024, worst), verdict(peak <= 8 * 1024)))
+L += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
+L += ["| %s | %s | %s |" % t for t in tg]
+L.append("")
+
+L += ["## Footprint", "", "| | |", "|---|---|"]
+if "static_size" in foot:
+    L.append("| static binary (stripped, `x86_64-unknown-linux-gnu`, `+crt-static`) | %s bytes (%.2f MiB) |" % (format(int(foot["static_size"]), ","), int(foot["static_size"]) / 2**20))
+L.append("| release binary (stripped, dynamically linked) | %s bytes (%.2f MiB) |" % (format(int(foot["release_size"]), ","), int(foot["release_size"]) / 2**20))
+v = foot["version_ms"]
+L.append("| `btrfs-rollback --version` | %s ms median (%s – %s, 200 runs) |" % (v[0], v[1], v[2]))
+L.append("")
+L += ["Peak RSS (largest process, `ru_maxrss` of the run's children), median over the runs:", "",
+      "| scenario | ours | baseline (largest of its processes) | floor |", "|---|---|---|---|"]
+for sc in order:
+    L.append("| %s | %s |" % (sc, " | ".join(
+        "%.1f MiB" % (statistics.median(rss[(sc, t)]) / 1024) if rss.get((sc, t)) else "–" for t in tools)))
+L.append("")
+L += ["## The baseline", "", "```bash"] + open(work + "/baseline.sh").read().rstrip("\n").split("\n") + ["```", "",
+      "Rerun: `sudo scripts/bench.sh` (about 15 minutes; `--smoke` for a quick check).", ""]
+open(out + "/benchmarks.md", "w").write("\n".join(L))
+
+# --- the plot: time against nested subvolumes, log-log -------------------------------------
+pts = sorted((int(sc.split("-")[1]), sc) for sc in order if sc.startswith("nested-"))
+W, H = 720, 470
+ml, mr, mt, mb = 80, 150, 50, 60
+pw, ph = W - ml - mr, H - mt - mb
+xs = [n for n, _ in pts]
+vals = [v for (sc, t), vs in runs.items() if sc.startswith("nested-") for v in vs]
+x0, x1 = math.floor(math.log10(min(xs))), math.ceil(math.log10(max(xs)))
+if x1 == x0:
+    x1 += 1
+y0, y1 = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
+if y1 == y0:
+    y1 += 1
+X = lambda n: ml + (math.log10(n) - x0) / (x1 - x0) * pw
+Y = lambda ms: mt + ph - (math.log10(ms) - y0) / (y1 - y0) * ph
+style = {"baseline": ("#d62728", "baseline (shell snippet)"), "ours": ("#1f77b4", "btrfs-rollback run"),
+         "floor": ("#2ca02c", "raw-ioctl floor")}
+S = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="13">' % (W, H, W, H),
+     '<rect width="100%" height="100%" fill="white"/>',
+     '<text x="%d" y="28" font-size="16" font-weight="bold">Rollback wall time against nested subvolumes</text>' % ml]
+def ylabel(e):
+    ms = 10 ** e
+    return "%g ms" % ms if ms < 1000 else "%g s" % (ms / 1000)
+for e in range(y0, y1 + 1):
+    y = Y(10 ** e)
+    S.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ccc"/>' % (ml, y, ml + pw, y))
+    S.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (ml - 8, y + 4, ylabel(e)))
+    if e < y1:
+        for k in range(2, 10):
+            yy = Y(k * 10 ** e)
+            S.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#eee"/>' % (ml, yy, ml + pw, yy))
+for e in range(x0, x1 + 1):
+    x = X(10 ** e)
+    S.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ccc"/>' % (x, mt, x, mt + ph))
+    S.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (x, mt + ph + 20, format(10 ** e, ",")))
+S.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333"/>' % (ml, mt, pw, ph))
+S.append('<text x="%.1f" y="%d" text-anchor="middle">nested subvolumes in root (log scale)</text>' % (ml + pw / 2, H - 15))
+S.append('<text x="18" y="%.1f" text-anchor="middle" transform="rotate(-90 18 %.1f)">wall time, median with min–max (log scale)</text>' % (mt + ph / 2, mt + ph / 2))
+for j, t in enumerate(["baseline", "ours", "floor"]):
+    color, label = style[t]
+    series = [(n, runs[(sc, t)]) for n, sc in pts if runs.get((sc, t))]
+    if not series:
+        continue
+    S.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (
+        color, " ".join("%.1f,%.1f" % (X(n), Y(statistics.median(v))) for n, v in series)))
+    for n, v in series:
+        x = X(n)
+        S.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s"/>' % (x, Y(min(v)), x, Y(max(v)), color))
+        S.append('<circle cx="%.1f" cy="%.1f" r="4" fill="%s"><title>%s, %d nested: %s (%d run%s)</title></circle>' % (
+            x, Y(statistics.median(v)), color, label, n, fmt(statistics.median(v)), len(v), "" if len(v) == 1 else "s"))
+    ly = mt + 20 + j * 22
+    S.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>' % (ml + pw + 12, ly, ml + pw + 34, ly, color))
+    S.append('<circle cx="%d" cy="%d" r="4" fill="%s"/>' % (ml + pw + 23, ly, color))
+    S.append('<text x="%d" y="%d">%s</text>' % (ml + pw + 40, ly + 4, {"baseline": "baseline", "ours": "btrfs-rollback", "floor": "ioctl floor"}[t]))
+S.append('<text x="%d" y="%d" font-size="11" fill="#555">%s, %s CPUs, kernel %s, %s</text>' % (
+    ml, mt - 8, machine["cpu"], machine["nproc"], machine["kernel"], machine["date"]))
+S.append("</svg>")
+open(out + "/benchmarks.svg", "w").write("\n".join(S) + "\n")
+print("\n".join(L[L.index("## Rollback wall time"):L.index("## The baseline")]))
+EOF
+echo "== wrote $out/benchmarks.md and $out/benchmarks.svg"
