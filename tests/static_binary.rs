@@ -85,5 +85,8 @@ fn elf_check_sees_a_dynamic_binary() {
     // The check itself must be able to fail: the test harness binary is dynamically linked.
     let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
     let (interp, needed) = elf_dependencies(&me);
-    assert!(interp && needed > 0, "the ELF check found no interpreter in a dynamic binary");
+    assert!(
+        interp && needed > 0,
+        "the ELF check found no interpreter in a dynamic binary"
+    );
 }
