@@ -120,11 +120,29 @@ let
     in
     if lib.hasPrefix "/dev/mapper/" d then lib.removePrefix "/dev/mapper/" d else null;
 
-  isComponent = name: name != "" && name != "." && name != ".." && !(lib.hasInfix "/" name);
+  # A name directly under the top-level volume. A leading "-" would read as a
+  # flag on the command line.
+  isComponent =
+    name:
+    name != "" && name != "." && name != ".." && !(lib.hasInfix "/" name) && !(lib.hasPrefix "-" name);
   componentMessage = option: value: ''
     ${opt}.${option} = "${value}" must be a single path component (a subvolume directly
-    under the top-level volume, subvolid 5): no "/", not "", "." or "..". Use e.g. "root".
+    under the top-level volume, subvolid 5): no "/", not "", "." or "..", no leading "-".
+    Use e.g. "root".
   '';
+
+  logComponents = lib.splitString "/" cfg.logFile;
+  logFileOk =
+    if lib.hasPrefix "/" cfg.logFile then
+      true
+    else
+      cfg.logFile != ""
+      && !(lib.hasPrefix "-" cfg.logFile)
+      && !(lib.elem ".." logComponents)
+      && !(lib.elem (lib.head logComponents) [
+        cfg.rootSubvolume
+        cfg.blankSnapshot
+      ]);
 
   deviceUnit = "${utils.escapeSystemdPath cfg.device}.device";
 in
@@ -197,10 +215,13 @@ in
     logFile = lib.mkOption {
       type = lib.types.str;
       default = "rollback.log";
+      example = "/run/btrfs-rollback.log";
       description = ''
-        File, relative to the top-level volume (subvolid 5, outside the root subvolume so it
-        survives the rollback), that every run appends to. Mount the top-level volume to
-        read it: `mount -o subvolid=5 /dev/mapper/cryptroot /mnt && cat /mnt/rollback.log`.
+        File that every run appends to. A relative path is on the top-level volume
+        (subvolid 5, outside the root subvolume, so it survives the rollback); read it with
+        `mount -o subvolid=5 /dev/mapper/cryptroot /mnt && cat /mnt/rollback.log`.
+        An absolute path is in the initrd: `/run/…` is carried over into the booted system
+        (until the next boot), anything else is lost at switch-root.
       '';
     };
 
@@ -286,7 +307,7 @@ in
               [ ${lib.concatMapStringsSep " " (o: ''"${o}"'') rootOptions} ].
               ${
                 if subvolOptions == [ ] then
-                  ''Without subvol= the default subvolume is mounted, which the rollback neither resets nor may depend on.''
+                  ''Without subvol= the file system's default subvolume is mounted, whatever it is; name the rolled-back subvolume explicitly.''
                 else
                   ''Either change the option to "subvol=${cfg.rootSubvolume}" or set ${opt}.rootSubvolume to the subvolume you mount.''
               }
@@ -309,18 +330,12 @@ in
             '';
           }
           {
-            assertion =
-              cfg.logFile != ""
-              && !(lib.hasPrefix "/" cfg.logFile)
-              && !(lib.elem ".." (lib.splitString "/" cfg.logFile))
-              && !(lib.elem (lib.head (lib.splitString "/" cfg.logFile)) [
-                cfg.rootSubvolume
-                cfg.blankSnapshot
-              ]);
+            assertion = logFileOk;
             message = ''
               ${opt}.logFile = "${cfg.logFile}" must be a path relative to the top-level
-              volume, without "..", and outside "${cfg.rootSubvolume}" and "${cfg.blankSnapshot}"
-              (a log inside the root would be erased with it). Use e.g. "rollback.log".
+              volume, without ".." or a leading "-", and outside "${cfg.rootSubvolume}" and
+              "${cfg.blankSnapshot}" (a log inside the root would be erased with it); or an
+              absolute path in the initrd. Use e.g. "rollback.log".
             '';
           }
           {
@@ -339,6 +354,9 @@ in
             '';
           }
         ];
+
+        # `btrfs-rollback list` and `run --dry-run` on the booted system.
+        environment.systemPackages = [ cfg.package ];
 
         warnings =
           lib.optional (rootFs != null && rootDevice != null && !devicesComparable) ''
