@@ -4,6 +4,7 @@
 {
   lib,
   rustPlatform,
+  stdenv,
 }:
 
 let
@@ -20,6 +21,7 @@ rustPlatform.buildRustPackage {
       ../Cargo.lock
       ../src
       (lib.fileset.maybeMissing ../tests)
+      (lib.fileset.maybeMissing ../examples)
       (lib.fileset.maybeMissing ../README.md)
     ];
   };
@@ -29,9 +31,14 @@ rustPlatform.buildRustPackage {
   # Unprivileged tests only: the privileged tier needs root and loop devices,
   # and skips without root unless CI is set (then it must run, and would fail
   # here). The sandbox has no CI variable unless the caller's env leaks in.
-  preCheck = ''
-    unset CI
-  '';
+  # A static build also runs tests/static_binary.rs on the binary just built.
+  preCheck =
+    ''
+      unset CI
+    ''
+    + lib.optionalString stdenv.hostPlatform.isStatic ''
+      export BTRFS_ROLLBACK_STATIC_BIN=$(find target -path '*/release/btrfs-rollback' -type f | head -n 1)
+    '';
 
   meta = {
     description = manifest.description;

@@ -1,10 +1,10 @@
 # Shared by the VM tests: a machine that boots twice over.
 #
-# The base system boots from the VM's own disk (vda) and prepares the test
-# disk vdb the way the README tells a user to: LUKS2 with a key file, btrfs,
+# The base system boots from the VM's own disk (vda) and prepares an empty
+# disk the way the README tells a user to: LUKS2 with a key file, btrfs,
 # subvolumes root, persist and nix, and the read-only snapshot root-blank.
-# The specialisation "rollback" is the system under test: it opens vdb in
-# stage 1, runs the module, and mounts subvol=root as /. `boot_rollback()`
+# The specialisation "rollback" is the system under test: it opens that disk
+# in stage 1, runs the module, and mounts subvol=root as /. `boot_rollback()`
 # makes systemd-boot start it from then on.
 let
   # The test disks, in the order QEMU attaches them: vda is the VM's own disk,
@@ -56,6 +56,8 @@ in
         mountHostNixStore = !hibernation;
         useNixStoreImage = hibernation;
         writableStore = lib.mkIf hibernation false;
+        # The test script formats the disk with it (a store image holds only this).
+        additionalPaths = [ keyFile ];
       };
       boot.loader.systemd-boot.enable = true;
       boot.loader.efi.canTouchEfiVariables = true;
@@ -118,7 +120,7 @@ in
     SWAP_DISK = "${toString (disks hibernation).swap}"
 
     def prepare_disk(blank: bool = True, swap: bool = False) -> None:
-        """In the base system: lay out vdb as the README says."""
+        """In the base system: lay out the LUKS disk as the README says."""
         machine.wait_for_unit("multi-user.target")
         machine.succeed(
             "cryptsetup luksFormat --type luks2 --batch-mode --iter-time=1 "
