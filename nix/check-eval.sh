@@ -170,7 +170,7 @@ done
 echo
 
 echo "== VM tests (package: $([ "$real" = true ] && echo "nix/package.nix, pkgsStatic" || echo stub))"
-tests=$(nix-instantiate --eval --strict --json --expr "builtins.attrNames (import $here/tests { pkgs = null; module = null; })" |
+tests=$(nix-instantiate --eval --strict --json --expr "builtins.attrNames (import $here/tests { pkgs = import $nixpkgs { system = \"x86_64-linux\"; }; module = null; })" |
   python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)))')
 for t in $tests; do
   if drv=$(nix-instantiate --arg real "$real" --expr "

@@ -1,6 +1,7 @@
 {
   config,
   lib,
+  options,
   pkgs,
   utils,
   ...
@@ -10,6 +11,9 @@ let
   cfg = config.boot.initrd.btrfsRollback;
   opt = "boot.initrd.btrfsRollback";
   useSystemd = config.boot.initrd.systemd.enable;
+  # nixpkgs deprecated the scripted stage 1 in 26.05 and plans to remove it:
+  # define its options only where they exist.
+  scriptedAvailable = options.boot.initrd ? postResumeCommands;
 
   # The one invocation both kinds of stage 1 run (the VM tests mirror it).
   # Exit status: 0 rolled back; 1 refused or failed before the swap, root
@@ -347,6 +351,13 @@ in
             '';
           }
           {
+            assertion = !useSystemd -> scriptedAvailable;
+            message = ''
+              ${opt}: this nixpkgs has no scripted stage 1 (boot.initrd.postResumeCommands does
+              not exist). Use systemd in stage 1: boot.initrd.systemd.enable = true.
+            '';
+          }
+          {
             assertion = config.boot.initrd.enable;
             message = ''
               ${opt}.enable needs an initrd (boot.initrd.enable = true): the rollback runs in
@@ -406,7 +417,8 @@ in
 
       # Scripted stage 1: after LUKS (preLVMCommands/postDeviceCommands) and after
       # the resume attempt, before the root is mounted.
-      (lib.mkIf (!useSystemd) {
+      (lib.mkIf (!useSystemd) (
+        lib.optionalAttrs scriptedAvailable {
         boot.initrd.extraUtilsCommands = ''
           copy_bin_and_libs ${cfg.package}/bin/btrfs-rollback
         '';
@@ -425,7 +437,7 @@ in
             fi
           ''
         );
-      })
+      }))
 
       # systemd stage 1: a oneshot between the opened device and sysroot.mount.
       (lib.mkIf useSystemd {

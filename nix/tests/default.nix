@@ -11,12 +11,16 @@ let
       globalTimeout = 20 * 60;
       extraBaseModules.imports = [ module ];
     };
+  # nixpkgs deprecated the scripted stage 1 in 26.05 and plans to remove it.
+  hasScriptedStage1 = builtins.pathExists (pkgs.path + "/nixos/modules/system/boot/stage-1-init.sh");
 in
 {
-  scripted-stage-1 = runTest ./scripted.nix;
   systemd-stage-1 = runTest ./systemd.nix;
   systemd-ordering = runTest ./systemd-ordering.nix;
   systemd-hibernate = runTest ./systemd-hibernate.nix;
-  missing-blank-scripted = runTest (import ./missing-blank.nix { systemdStage1 = false; });
   missing-blank-systemd = runTest (import ./missing-blank.nix { systemdStage1 = true; });
+}
+// pkgs.lib.optionalAttrs hasScriptedStage1 {
+  scripted-stage-1 = runTest ./scripted.nix;
+  missing-blank-scripted = runTest (import ./missing-blank.nix { systemdStage1 = false; });
 }
