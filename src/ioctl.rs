@@ -33,8 +33,7 @@ pub struct IoctlError {
 
 impl fmt::Display for IoctlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed: {}", self.ioctl, self.errno.desc())?;
-        write!(f, " ({})", self.errno)
+        write!(f, "{} failed: {}", self.ioctl, self.errno)
     }
 }
 
@@ -99,7 +98,8 @@ pub fn snap_create(
     let mut args: btrfs_ioctl_vol_args_v2 = unsafe { std::mem::zeroed() };
     args.fd = source.as_raw_fd() as i64;
     args.flags = if readonly { SUBVOL_RDONLY } else { 0 };
-    // SAFETY: `name` is the active member of the union for SNAP_CREATE_V2.
+    // SAFETY: every byte pattern is a valid `c_char` array, so borrowing this union member
+    // is sound whatever was written before; SNAP_CREATE_V2 reads `name`.
     copy_name(unsafe { &mut args.__bindgen_anon_2.name }, name, NAME)?;
     // SAFETY: SNAP_CREATE_V2 takes a pointer to btrfs_ioctl_vol_args_v2.
     unsafe { ioctl_ptr(dest_dir, BTRFS_IOC_SNAP_CREATE_V2, NAME, &mut args) }.map(drop)
@@ -193,7 +193,7 @@ pub struct SearchRange {
     pub max: (u64, u32, u64),
 }
 
-/// BTRFS_IOC_TREE_SEARCH, one call: returns up to one 4 KiB buffer of items from `range.min`
+/// BTRFS_IOC_TREE_SEARCH, one call: returns up to one buffer (3992 bytes) of items from `range.min`
 /// on. Empty means the range is exhausted. `_IOWR(BTRFS_IOCTL_MAGIC, 17, struct btrfs_ioctl_search_args)`.
 pub fn tree_search(fd: BorrowedFd<'_>, range: &SearchRange) -> Result<Vec<SearchItem>> {
     // SAFETY: all-zero is a valid btrfs_ioctl_search_args.
@@ -232,9 +232,10 @@ pub fn tree_search(fd: BorrowedFd<'_>, range: &SearchRange) -> Result<Vec<Search
         let Some(header) = buf.get(pos..pos + header_len) else {
             break;
         };
-        // btrfs_ioctl_search_header: transid u64, objectid u64, offset u64, type u32, len u32.
-        let objectid = le_u64(&header[8..16]);
-        let offset = le_u64(&header[16..24]);
+        // btrfs_ioctl_search_header, in host byte order:
+        // transid u64, objectid u64, offset u64, type u32, len u32.
+        let objectid = u64::from_ne_bytes(header[8..16].try_into().unwrap());
+        let offset = u64::from_ne_bytes(header[16..24].try_into().unwrap());
         let item_type = u32::from_ne_bytes(header[24..28].try_into().unwrap());
         let len = u32::from_ne_bytes(header[28..32].try_into().unwrap()) as usize;
         pos += header_len;
@@ -252,14 +253,7 @@ pub fn tree_search(fd: BorrowedFd<'_>, range: &SearchRange) -> Result<Vec<Search
     Ok(items)
 }
 
-// The search header is in host byte order; on every Linux target btrfs supports as a root
-// filesystem that we build for, that is little-endian, which the on-disk items also are.
-const _: () = assert!(cfg!(target_endian = "little"));
 const _: () = assert!(std::mem::size_of::<btrfs_ioctl_search_header>() == 32);
-
-fn le_u64(b: &[u8]) -> u64 {
-    u64::from_le_bytes(b[..8].try_into().unwrap())
-}
 
 /// BTRFS_IOC_SYNC: commit the running transaction and wait for it. `_IO(BTRFS_IOCTL_MAGIC, 8)`.
 pub fn sync(fs: BorrowedFd<'_>) -> Result<()> {

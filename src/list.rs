@@ -22,8 +22,9 @@ pub fn list(target: &Target) -> Result<()> {
 
     let mut top_level = Vec::new();
     for (id, dirid, name) in subvolume::children(fs, TOP_LEVEL)? {
-        let Ok((_, dir)) = ioctl::ino_lookup(fs, TOP_LEVEL, dirid) else {
-            continue;
+        let dir = match ioctl::ino_lookup(fs, TOP_LEVEL, dirid) {
+            Ok((_, dir)) => dir,
+            Err(e) => format!("<{e}>/").into_bytes(),
         };
         let mut path = PathBuf::from(OsStr::from_bytes(&dir));
         path.push(name);

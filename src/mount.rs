@@ -86,9 +86,8 @@ impl TopLevel {
     pub fn lock(&self) -> Result<Flock<OwnedFd>> {
         let dup = self.fd().try_clone_to_owned()?;
         Flock::lock(dup, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            anyhow::Error::from(e).context(
-                "another btrfs-rollback is working on this filesystem; nothing was changed",
-            )
+            anyhow::Error::from(e)
+                .context("another btrfs-rollback is working on this filesystem right now")
         })
     }
 }

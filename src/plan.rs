@@ -5,6 +5,7 @@
 //! passed, `root` is only ever replaced by an atomic exchange with a complete snapshot, and the
 //! old root is deleted only after that exchange is committed.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 
 use anyhow::{bail, Result};
@@ -47,6 +48,8 @@ pub struct State {
     pub blank: Slot,
     /// A leftover of an interrupted run under the temporary name.
     pub temp: Slot,
+    /// Leftovers set aside by earlier runs (`<temp>.<id>`), still to be deleted.
+    pub asides: Vec<(OsString, Slot)>,
     /// The default subvolume's id (`btrfs subvolume get-default`).
     pub default_id: u64,
 }
@@ -55,20 +58,36 @@ pub struct State {
 pub enum Step {
     /// Make the subvolume now called `root` the default one (the default follows `root`).
     DefaultToRoot,
-    /// Delete a leftover of an interrupted run, with what is nested in it.
-    RemoveLeftover { id: u64, nested: Vec<Nested> },
+    /// Rename a leftover under the temporary name to `<temp>.<id>`, out of the way of the
+    /// swap; it is deleted after the swap. Renaming cannot fail the way deleting can (a
+    /// nested subvolume too deep to delete must not block every future rollback).
+    SetAside { id: u64 },
     /// `root` is missing: snapshot the blank as `root`.
     CreateRoot,
-    /// Snapshot the blank under the temporary name, exchange it with `root`, commit.
-    Swap { old: u64 },
+    /// Snapshot the blank under the temporary name, exchange it with `root`, make it the
+    /// default if `default_follows`, and commit all of that in one transaction.
+    Swap { old: u64, default_follows: bool },
     /// Delete the old root (now under the temporary name) and everything nested in it.
     DeleteOld { id: u64, nested: Vec<Nested> },
+    /// Delete a leftover of an earlier run, by its name in the top-level volume.
+    RemoveLeftover {
+        name: OsString,
+        id: u64,
+        nested: Vec<Nested>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub steps: Vec<Step>,
     pub warnings: Vec<String>,
+}
+
+/// The name a leftover with id `id` is set aside under: `<temp>.<id>`.
+pub fn aside_name(names: &Names, id: u64) -> OsString {
+    let mut name = names.temp.clone();
+    name.push(format!(".{id}"));
+    name
 }
 
 /// Decide the steps, or refuse with a message that says why and what to do.
@@ -135,36 +154,53 @@ pub fn plan(names: &Names, state: &State) -> Result<Plan> {
     }
 
     let mut steps = Vec::new();
-    let leftover = state.temp.id().map(|id| Step::RemoveLeftover {
-        id,
-        nested: state.temp.nested.clone(),
-    });
     let default_in_temp = state.temp.id() == Some(default);
+    let asides = state.asides.iter().filter_map(|(name, slot)| {
+        slot.id().map(|id| Step::RemoveLeftover {
+            name: name.clone(),
+            id,
+            nested: slot.nested.clone(),
+        })
+    });
     match state.root.id() {
         None => {
             steps.push(Step::CreateRoot);
             if default_in_temp {
                 steps.push(Step::DefaultToRoot);
             }
-            steps.extend(leftover);
+            if let Some(id) = state.temp.id() {
+                steps.push(Step::RemoveLeftover {
+                    name: names.temp.clone(),
+                    id,
+                    nested: state.temp.nested.clone(),
+                });
+            }
         }
         Some(old) => {
-            if let Some(leftover) = leftover {
+            if let Some(id) = state.temp.id() {
                 if default_in_temp {
                     steps.push(Step::DefaultToRoot);
                 }
-                steps.push(leftover);
+                steps.push(Step::SetAside { id });
             }
-            steps.push(Step::Swap { old });
-            if default == old || default_in_temp {
-                steps.push(Step::DefaultToRoot);
-            }
+            steps.push(Step::Swap {
+                old,
+                default_follows: default == old || default_in_temp,
+            });
             steps.push(Step::DeleteOld {
                 id: old,
                 nested: state.root.nested.clone(),
             });
+            if let Some(id) = state.temp.id() {
+                steps.push(Step::RemoveLeftover {
+                    name: aside_name(names, id),
+                    id,
+                    nested: state.temp.nested.clone(),
+                });
+            }
         }
     }
+    steps.extend(asides);
     Ok(Plan { steps, warnings })
 }
 
@@ -182,28 +218,45 @@ impl Plan {
                 Step::DefaultToRoot => {
                     let _ = writeln!(out, "make {root} the default subvolume");
                 }
-                Step::RemoveLeftover { id, nested } => {
+                Step::SetAside { id } => {
                     let _ = writeln!(
                         out,
-                        "remove {temp} (ID {id}), left over from an interrupted run, \
-                         and {} subvolume(s) nested in it:",
-                        nested.len()
+                        "rename {temp} (ID {id}), left over from an interrupted run, to {}",
+                        quoted(&aside_name(names, *id))
                     );
-                    list(&mut out, nested);
                 }
                 Step::CreateRoot => {
                     let _ = writeln!(out, "{root} is missing: snapshot {blank} as {root}");
                 }
-                Step::Swap { old } => {
+                Step::Swap {
+                    old,
+                    default_follows,
+                } => {
+                    let default = if *default_follows {
+                        ", make it the default subvolume"
+                    } else {
+                        ""
+                    };
                     let _ = writeln!(
                         out,
-                        "snapshot {blank} as {temp}, exchange it with {root} (ID {old}) and commit"
+                        "snapshot {blank} as {temp}, exchange it with {root} (ID {old}){default} \
+                         and commit"
                     );
                 }
                 Step::DeleteOld { id, nested } => {
                     let _ = writeln!(
                         out,
                         "delete the old {root} (ID {id}) and {} subvolume(s) nested in it:",
+                        nested.len()
+                    );
+                    list(&mut out, nested);
+                }
+                Step::RemoveLeftover { name, id, nested } => {
+                    let _ = writeln!(
+                        out,
+                        "delete {} (ID {id}), left over from an earlier run, and {} subvolume(s) \
+                         nested in it:",
+                        quoted(name),
                         nested.len()
                     );
                     list(&mut out, nested);
@@ -254,6 +307,7 @@ mod tests {
             root,
             blank: sub(257, true),
             temp: Slot::missing(),
+            asides: Vec::new(),
             default_id: 5,
         }
     }
@@ -263,7 +317,13 @@ mod tests {
         let p = plan(&names(), &state()).unwrap();
         assert_eq!(p.warnings, Vec::<String>::new());
         assert_eq!(p.steps.len(), 2);
-        assert_eq!(p.steps[0], Step::Swap { old: 256 });
+        assert_eq!(
+            p.steps[0],
+            Step::Swap {
+                old: 256,
+                default_follows: false
+            }
+        );
         match &p.steps[1] {
             Step::DeleteOld { id: 256, nested } => assert_eq!(nested.len(), 2),
             other => panic!("unexpected {other:?}"),
@@ -311,13 +371,27 @@ mod tests {
         assert_eq!(p.steps, vec![Step::CreateRoot]);
     }
 
+    fn swap(old: u64, default_follows: bool) -> Step {
+        Step::Swap {
+            old,
+            default_follows,
+        }
+    }
+
     #[test]
-    fn leftover_is_removed_before_the_swap() {
+    fn leftover_is_set_aside_before_the_swap_and_deleted_after() {
         let mut s = state();
         s.temp = sub(400, false);
         let p = plan(&names(), &s).unwrap();
-        assert!(matches!(p.steps[0], Step::RemoveLeftover { id: 400, .. }));
-        assert_eq!(p.steps[1], Step::Swap { old: 256 });
+        assert_eq!(p.steps[0], Step::SetAside { id: 400 });
+        assert_eq!(p.steps[1], swap(256, false));
+        assert!(matches!(p.steps[2], Step::DeleteOld { id: 256, .. }));
+        match &p.steps[3] {
+            Step::RemoveLeftover { name, id: 400, .. } => {
+                assert_eq!(name, "root.btrfs-rollback-tmp.400")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
@@ -331,25 +405,32 @@ mod tests {
     }
 
     #[test]
-    fn default_follows_root() {
+    fn set_aside_leftovers_are_deleted_after_the_swap() {
         let mut s = state();
-        s.default_id = 256;
+        s.asides = vec![("root.btrfs-rollback-tmp.300".into(), sub(300, false))];
         let p = plan(&names(), &s).unwrap();
-        assert_eq!(p.steps[0], Step::Swap { old: 256 });
-        assert_eq!(p.steps[1], Step::DefaultToRoot);
-        assert!(matches!(p.steps[2], Step::DeleteOld { .. }));
+        assert_eq!(p.steps[0], swap(256, false));
+        assert!(matches!(p.steps[2], Step::RemoveLeftover { id: 300, .. }));
     }
 
     #[test]
-    fn default_on_a_leftover_moves_before_it_is_deleted() {
+    fn default_follows_root_in_the_same_commit() {
+        let mut s = state();
+        s.default_id = 256;
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps[0], swap(256, true));
+        assert!(matches!(p.steps[1], Step::DeleteOld { .. }));
+    }
+
+    #[test]
+    fn default_on_a_leftover_moves_before_it_is_set_aside() {
         let mut s = state();
         s.temp = sub(400, false);
         s.default_id = 400;
         let p = plan(&names(), &s).unwrap();
         assert_eq!(p.steps[0], Step::DefaultToRoot);
-        assert!(matches!(p.steps[1], Step::RemoveLeftover { id: 400, .. }));
-        assert_eq!(p.steps[2], Step::Swap { old: 256 });
-        assert_eq!(p.steps[3], Step::DefaultToRoot);
+        assert_eq!(p.steps[1], Step::SetAside { id: 400 });
+        assert_eq!(p.steps[2], swap(256, true));
     }
 
     #[test]

@@ -1,22 +1,28 @@
 //! The rollback itself: look, plan, then act in the one order that keeps a bootable `root`.
 //!
 //! 1. Every check first (`plan.rs`); a refusal changes nothing.
-//! 2. A leftover of an interrupted run is deleted. It sits under the temporary name, which
-//!    only ever holds either a fresh snapshot not yet swapped in, or an old root already
-//!    swapped out: both are meant to go. `root` is not touched.
+//! 2. A leftover of an interrupted run under the temporary name is renamed to `<temp>.<id>`.
+//!    The temporary name only ever holds a fresh snapshot not yet swapped in, or an old root
+//!    already swapped out: both are meant to go, but deleting them waits until after the swap,
+//!    so that something undeletable cannot block the rollback. `root` is not touched.
 //! 3. The blank is snapshotted under the temporary name (the kernel commits snapshot creation),
-//!    then `renameat2(RENAME_EXCHANGE)` swaps it with `root` in one transaction, then
-//!    BTRFS_IOC_SYNC commits. A power cut before the commit leaves the old `root`, after it
-//!    the fresh one: at no instant is there no `root`.
-//! 4. The old root, now under the temporary name, is deleted children first, then committed.
-//!    A cut here leaves a leftover for step 2 of the next run.
+//!    then `renameat2(RENAME_EXCHANGE)` swaps it with `root` in one transaction (with the new
+//!    default subvolume, if the default follows `root`), then BTRFS_IOC_SYNC commits. A power
+//!    cut before the commit leaves the old `root`, after it the fresh one: at no instant is
+//!    there no `root`.
+//! 4. The old root, now under the temporary name, is deleted children first, then leftovers
+//!    of earlier runs, then committed. A cut here leaves a leftover for the next run; a
+//!    failure here is exit status 3: the fresh root is in place.
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::os::fd::BorrowedFd;
+
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{renameat2, RenameFlags};
+use nix::fcntl::{renameat, renameat2, RenameFlags};
 
 use crate::device;
 use crate::ioctl;
@@ -72,10 +78,27 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
         };
         Ok(Slot { entry, nested })
     };
+    let mut asides = Vec::new();
+    for name in subvolume::names_with_prefix(fs, &plan::aside_name(names, 0))? {
+        // `<temp>.<id>` is ours only if it is subvolume <id>; anything else is left alone.
+        let id = name.as_bytes()[names.temp.len() + 1..].to_vec();
+        let id: Option<u64> = String::from_utf8(id).ok().and_then(|s| s.parse().ok());
+        let slot = slot(&name)?;
+        match (id, &slot.entry) {
+            (Some(id), Entry::Subvolume { id: found, .. }) if id == *found => {
+                asides.push((name, slot))
+            }
+            _ => log::debug!(
+                "{} is not a leftover of this tool; leaving it",
+                quoted(&name)
+            ),
+        }
+    }
     Ok(State {
         root: slot(&names.root)?,
         blank: slot(&names.blank)?,
         temp: slot(&names.temp)?,
+        asides,
         default_id: subvolume::default_id(fs)?,
     })
 }
@@ -84,7 +107,9 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
 pub fn run(target: &Target, log_file: &Path, dry_run: bool) -> Result<Outcome> {
     let names = &target.names;
     let (top, described) = open(target, dry_run)?;
-    let _lock = top.lock()?;
+    let _lock = top
+        .lock()
+        .with_context(|| format!("{} is busy", target.device.display()))?;
     // Declared after `top`, so it is closed before the volume is unmounted.
     let _log = if dry_run {
         None
@@ -122,7 +147,7 @@ pub fn run(target: &Target, log_file: &Path, dry_run: bool) -> Result<Outcome> {
         for line in plan.describe(names).lines() {
             log::debug!("plan: {line}");
         }
-        execute(&top, names, &plan)
+        execute(&top, names, &plan, &target.device)
     });
     result.or_else(|e| {
         log::error!(
@@ -134,42 +159,41 @@ pub fn run(target: &Target, log_file: &Path, dry_run: bool) -> Result<Outcome> {
     })
 }
 
-fn execute(top: &TopLevel, names: &Names, plan: &Plan) -> Result<Outcome> {
+fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<Outcome> {
     let fs = top.fd();
     let start = Instant::now();
-    // Set once `root` is a fresh snapshot: from then on a failure is a cleanup failure.
+    // Set once a fresh `root` is committed: from then on a failure is a cleanup failure.
     let mut fresh: Option<u64> = None;
     let mut deleted_old: Option<(u64, usize)> = None;
     for step in &plan.steps {
         let result = match step {
-            Step::DefaultToRoot => default_to_root(top, names),
-            Step::RemoveLeftover { id, .. } => delete_expected(top, &names.temp, *id).map(|n| {
+            Step::DefaultToRoot => default_to_root(fs, names),
+            Step::SetAside { id } => set_aside(fs, names, *id),
+            Step::CreateRoot => create_root(fs, names).map(|id| fresh = Some(id)),
+            Step::Swap {
+                old,
+                default_follows,
+            } => swap(fs, names, *old, *default_follows).map(|id| fresh = Some(id)),
+            Step::DeleteOld { id, .. } => delete_expected(fs, &names.temp, *id)
+                .map(|nested| deleted_old = Some((*id, nested))),
+            Step::RemoveLeftover { name, id, .. } => delete_expected(fs, name, *id).map(|nested| {
                 log::info!(
-                    "removed {} (ID {id}), left over from an interrupted run, with {} nested subvolume(s)",
-                    quoted(&names.temp),
-                    n - 1
+                    "deleted {} (ID {id}), left over from an earlier run, with {nested} \
+                         nested subvolume(s)",
+                    quoted(name)
                 );
             }),
-            Step::CreateRoot => subvolume::snapshot(fs, &names.blank, &names.root)
-                .and_then(|id| {
-                    ioctl::sync(fs).context("cannot commit the new root")?;
-                    log::info!(
-                        "{} was missing: created it as a snapshot of {} (ID {id})",
-                        quoted(&names.root),
-                        quoted(&names.blank)
-                    );
-                    fresh = Some(id);
-                    Ok(())
-                }),
-            Step::Swap { old } => swap(top, names, *old, &mut fresh),
-            Step::DeleteOld { id, .. } => delete_expected(top, &names.temp, *id)
-                .map(|n| deleted_old = Some((*id, n - 1))),
         };
         if let Err(e) = result {
+            let root = quoted(&names.root);
+            let device = device.display();
             if fresh.is_some() {
                 log::error!(
-                    "{e:#}; the fresh {} is in place, the next run finishes the cleanup",
-                    quoted(&names.root)
+                    "{e:#}; the fresh {root} on {device} is in place and committed; what could \
+                     not be deleted stays in the top-level volume under {} (or {}.<ID>), and \
+                     the next run tries again",
+                    quoted(&names.temp),
+                    quoted(&names.temp),
                 );
                 return Ok(Outcome::CleanupFailed);
             }
@@ -192,9 +216,10 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan) -> Result<Outcome> {
     Ok(Outcome::RolledBack)
 }
 
-/// Snapshot the blank under the temporary name and exchange it with `root`, then commit.
-fn swap(top: &TopLevel, names: &Names, old: u64, fresh: &mut Option<u64>) -> Result<()> {
-    let fs = top.fd();
+/// Snapshot the blank under the temporary name, exchange it with `root`, optionally make it
+/// the default subvolume, and commit: the exchange and the new default land in one
+/// transaction. Returns the fresh root's id once committed.
+fn swap(fs: BorrowedFd<'_>, names: &Names, old: u64, default_follows: bool) -> Result<u64> {
     let new = subvolume::snapshot(fs, &names.blank, &names.temp)?;
     log::debug!(
         "snapshotted {} as {} (ID {new})",
@@ -220,43 +245,77 @@ fn swap(top: &TopLevel, names: &Names, old: u64, fresh: &mut Option<u64>) -> Res
             )
         });
     }
-    *fresh = Some(new);
+    if default_follows {
+        ioctl::set_default_subvol(fs, new).with_context(|| {
+            format!(
+                "cannot make the fresh {} (ID {new}) the default subvolume",
+                quoted(&names.root)
+            )
+        })?;
+    }
     ioctl::sync(fs).with_context(|| {
         format!(
-            "{} was exchanged with a fresh snapshot, but the commit failed",
+            "{} was exchanged with a fresh snapshot (ID {new}), but the commit failed: after a \
+             reboot {} is either the old or the fresh subvolume, and the next run handles both",
+            quoted(&names.root),
             quoted(&names.root)
         )
     })?;
-    match subvolume::entry(fs, &names.root)? {
-        Entry::Subvolume { id, .. } if id == new => {}
-        other => bail!(
-            "after the exchange {} is {other:?}, expected subvolume {new}",
-            quoted(&names.root)
-        ),
-    }
+    subvolume::expect(fs, &names.root, new)?;
     log::debug!(
-        "exchanged {} (now ID {new}) with the old root (ID {old}, now {}) and committed",
+        "exchanged {} (now ID {new}) with the old root (ID {old}, now {}){} and committed",
         quoted(&names.root),
-        quoted(&names.temp)
+        quoted(&names.temp),
+        if default_follows {
+            ", made it the default subvolume"
+        } else {
+            ""
+        }
+    );
+    Ok(new)
+}
+
+/// `root` is missing: snapshot the blank as `root` and commit. Returns its id.
+fn create_root(fs: BorrowedFd<'_>, names: &Names) -> Result<u64> {
+    let id = subvolume::snapshot(fs, &names.blank, &names.root)?;
+    ioctl::sync(fs).context("cannot commit the new root")?;
+    log::info!(
+        "{} was missing: created it as a snapshot of {} (ID {id})",
+        quoted(&names.root),
+        quoted(&names.blank)
+    );
+    Ok(id)
+}
+
+/// Rename the leftover under the temporary name out of the way of the swap.
+fn set_aside(fs: BorrowedFd<'_>, names: &Names, id: u64) -> Result<()> {
+    subvolume::expect(fs, &names.temp, id)?;
+    let aside = plan::aside_name(names, id);
+    renameat(fs, names.temp.as_os_str(), fs, aside.as_os_str()).with_context(|| {
+        format!(
+            "cannot rename {} (ID {id}), left over from an interrupted run, to {}",
+            quoted(&names.temp),
+            quoted(&aside)
+        )
+    })?;
+    log::info!(
+        "renamed {} (ID {id}), left over from an interrupted run, to {}; it is deleted after \
+         the swap",
+        quoted(&names.temp),
+        quoted(&aside)
     );
     Ok(())
 }
 
 /// Delete the tree under `name`, after checking that `name` is still subvolume `id`.
-fn delete_expected(top: &TopLevel, name: &OsStr, id: u64) -> Result<usize> {
-    match subvolume::entry(top.fd(), name)? {
-        Entry::Subvolume { id: found, .. } if found == id => {}
-        other => bail!(
-            "{} is {other:?}, expected subvolume {id}; not deleting it",
-            quoted(name)
-        ),
-    }
-    subvolume::delete_tree(top.fd(), id, Path::new(name))
+/// Returns how many nested subvolumes went with it.
+fn delete_expected(fs: BorrowedFd<'_>, name: &OsStr, id: u64) -> Result<usize> {
+    subvolume::expect(fs, name, id)?;
+    subvolume::delete_tree(fs, id, Path::new(name))
 }
 
-/// Make the subvolume now called `root` the default one.
-fn default_to_root(top: &TopLevel, names: &Names) -> Result<()> {
-    let fs = top.fd();
+/// Make the subvolume now called `root` the default one, and commit.
+fn default_to_root(fs: BorrowedFd<'_>, names: &Names) -> Result<()> {
     let Entry::Subvolume { id, .. } = subvolume::entry(fs, &names.root)? else {
         bail!("{} is not a subvolume", quoted(&names.root));
     };

@@ -40,6 +40,19 @@ pub enum Entry {
     Other(&'static str),
 }
 
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Missing => write!(f, "missing"),
+            Entry::Subvolume { id, readonly } => {
+                let ro = if *readonly { "read-only " } else { "" };
+                write!(f, "{ro}subvolume {id}")
+            }
+            Entry::Other(what) => write!(f, "{what}"),
+        }
+    }
+}
+
 /// A subvolume somewhere below another one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nested {
@@ -77,6 +90,37 @@ pub fn entry(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Entry> {
         id,
         readonly: flags & ioctl::SUBVOL_RDONLY != 0,
     })
+}
+
+/// Open `path` (relative to the top level `fs`) and check that it is subvolume `id`: the one
+/// check before anything is changed through a name.
+pub fn expect<P: AsRef<Path> + ?Sized>(fs: BorrowedFd<'_>, path: &P, id: u64) -> Result<OwnedFd> {
+    let path = path.as_ref();
+    let fd = open_dir(fs, path).with_context(|| format!("cannot open {}", quoted(path)))?;
+    let found = id_of(fd.as_fd())
+        .with_context(|| format!("cannot read the subvolume id of {}", quoted(path)))?;
+    if found != id {
+        bail!(
+            "{} is subvolume {found}, expected subvolume {id}; leaving it alone",
+            quoted(path)
+        );
+    }
+    Ok(fd)
+}
+
+/// The names in the directory `dir` that start with `prefix`.
+pub fn names_with_prefix(dir: BorrowedFd<'_>, prefix: &OsStr) -> Result<Vec<OsString>> {
+    let fd = open_dir(dir, ".")?;
+    let mut d = nix::dir::Dir::from_fd(fd).context("cannot read the top-level directory")?;
+    let mut out = Vec::new();
+    for entry in d.iter() {
+        let entry = entry.context("cannot read the top-level directory")?;
+        let name = entry.file_name().to_bytes();
+        if name.starts_with(prefix.as_bytes()) {
+            out.push(OsString::from_vec(name.to_vec()));
+        }
+    }
+    Ok(out)
 }
 
 /// Open a directory below `dir` without following a symlink at the last component.
@@ -160,6 +204,8 @@ pub fn nested_post_order(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Resul
                 Ok((_, dir)) => dir,
                 // The child (or its directory) vanished since the search: nothing to do.
                 Err(e) if e.errno == Errno::ENOENT => continue,
+                // Deeper than INO_LOOKUP can say (4 KiB): the path is only for messages.
+                Err(e) if e.errno == Errno::ENAMETOOLONG => b"<path too long>/".to_vec(),
                 Err(e) => {
                     return Err(e).with_context(|| {
                         format!("cannot find the path of subvolume {id} inside subvolume {parent}")
@@ -217,14 +263,7 @@ pub fn default_id(fs: BorrowedFd<'_>) -> Result<u64> {
 /// Clear the read-only flag of the subvolume at `path` (relative to the top-level `fs`),
 /// after checking that the path still leads to subvolume `id`.
 pub fn clear_readonly(fs: BorrowedFd<'_>, path: &Path, id: u64) -> Result<()> {
-    let fd = open_dir(fs, path).with_context(|| format!("cannot open {}", quoted(path)))?;
-    let found = id_of(fd.as_fd())?;
-    if found != id {
-        bail!(
-            "{} is subvolume {found}, expected subvolume {id}: it moved while being deleted",
-            quoted(path)
-        );
-    }
+    let fd = expect(fs, path, id)?;
     let flags = ioctl::subvol_getflags(fd.as_fd())?;
     ioctl::subvol_setflags(fd.as_fd(), flags & !ioctl::SUBVOL_RDONLY).with_context(|| {
         format!(
@@ -235,7 +274,7 @@ pub fn clear_readonly(fs: BorrowedFd<'_>, path: &Path, id: u64) -> Result<()> {
 }
 
 /// Delete subvolume `top` (at `top_path`) and everything nested in it, children first.
-/// Returns how many subvolumes were deleted, `top` included. Commits at the end.
+/// Returns how many nested subvolumes were deleted (`top` not counted). Commits at the end.
 pub fn delete_tree(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<usize> {
     let mut order = nested_post_order(fs, top, top_path)?;
     let top_readonly = readonly(fs, top)?.unwrap_or(false);
@@ -248,7 +287,7 @@ pub fn delete_tree(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<usiz
     let mut deleted = 0;
     for (i, sub) in order.iter().enumerate() {
         match ioctl::snap_destroy_by_id(fs, sub.id) {
-            Ok(()) => deleted += 1,
+            Ok(()) => deleted += usize::from(sub.id != top),
             Err(e) if e.errno == Errno::ENOENT => {
                 log::debug!("subvolume {} ({}) already gone", sub.id, quoted(&sub.path));
                 continue;
@@ -274,7 +313,7 @@ pub fn delete_tree(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<usiz
                 ioctl::snap_destroy_by_id(fs, sub.id).with_context(|| {
                     format!("cannot delete {} (subvolume {})", quoted(&sub.path), sub.id)
                 })?;
-                deleted += 1;
+                deleted += usize::from(sub.id != top);
             }
             Err(e) => {
                 return Err(e).with_context(|| {
