@@ -26,6 +26,7 @@
 #   ours      target/release/btrfs-rollback run --device DEV --mountpoint MNT
 #   baseline  the snippet user configs use (below, written to target/bench/baseline.sh)
 #   floor     target/release/examples/floor DEV MNT: the same ioctls with no tool around them
+# (both binaries copied to target/bench/bin/ right after the build, and run from there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,15 +71,15 @@ if [ -n "${BENCH_SCENARIOS:-}" ]; then
   if [ "$mode" = full ]; then mode=custom; fi
 elif [ "$mode" = full ]; then
   scenarios=(
-    "impermanence 7 7"
-    "nested-10 7 7"
-    "nested-100 5 5"
-    "nested-1000 3 3"
+    "impermanence 9 9"
+    "nested-10 9 9"
+    "nested-100 9 7"
+    "nested-1000 5 3"
     "nested-5000 3 1"
-    "chain-100 5 5"
-    "files-0 5 5"
-    "files-10000 3 3"
-    "files-100000 5 5"
+    "chain-100 7 5"
+    "files-0 7 7"
+    "files-10000 5 5"
+    "files-100000 7 7"
   )
 else
   scenarios=(
@@ -90,8 +91,6 @@ fi
 
 echo "== building (release)"
 cargo build --release --quiet --bin btrfs-rollback --example floor
-ours=$PWD/target/release/btrfs-rollback
-floor=$PWD/target/release/examples/floor
 static=""
 if [ "$mode" = full ]; then
   echo "== building the static binary (for its size)"
@@ -113,7 +112,12 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 rm -rf "$work"
-mkdir -p "$work/img" "$mnt" "$chk" "$prep" "$out"
+mkdir -p "$work/img" "$work/bin" "$mnt" "$chk" "$prep" "$out"
+# Copies, so that a rebuild in the tree during the run does not change what is measured.
+cp target/release/btrfs-rollback target/release/examples/floor "$work/bin/"
+ours=$work/bin/btrfs-rollback
+floor=$work/bin/floor
+if [ -n "$static" ]; then cp "$static" "$work/bin/btrfs-rollback-static"; static=$work/bin/btrfs-rollback-static; fi
 attach() { # image: attach it to a free loop device, named in $attached (and in $loops)
   attached=$(losetup -f --show "$1")
   loops+=("$attached")
@@ -355,8 +359,8 @@ tools = ["ours", "baseline", "floor"]
 med = {k: statistics.median(v) for k, v in runs.items()}
 
 def fmt(ms):
-    if ms >= 10000:
-        return "%.0f s" % (ms / 1000) if ms >= 100000 else "%.1f s" % (ms / 1000)
+    if ms >= 1000:
+        return "%.0f s" % (ms / 1000) if ms >= 100000 else "%.1f s" % (ms / 1000) if ms >= 10000 else "%.2f s" % (ms / 1000)
     return "%.0f ms" % ms if ms >= 100 else "%.1f ms" % ms
 
 def cell(sc, tool):
@@ -389,9 +393,12 @@ L += [title, "",
       (" --smoke" if mode != "full" else "", machine["date"]), "",
       "Wall time of a whole rollback: mount the top-level volume, replace `root` (and everything",
       "nested in it) with a fresh snapshot of `root-blank`, commit, unmount. Each run starts from an",
-      "identical copy of a prepared sparse image, read cold (flushed and dropped from the page cache),",
-      "on a fresh loop device; the three ways run interleaved, and every result is checked with a",
-      "fresh mount afterwards. Median (min – max) over the runs.", "",
+      "identical copy of a prepared sparse image on a fresh loop device (the filesystem's caches start",
+      "empty; %s; commits are flushed to the disk);" % (
+          "the image was dropped from the host's page cache, so reads come from the disk" if machine["cold"] == "1"
+          else "its reads come from the host's page cache, as from a fast disk"),
+      "the three ways run interleaved (ours, baseline, floor, ours, ...) at `nice -n -10`, and every",
+      "result is checked with a fresh mount afterwards. Median (min – max) over the runs.", "",
       "- **ours**: `btrfs-rollback run --device DEV --mountpoint MNT` (release build)",
       "- **baseline**: the shell snippet user configs use (below): depth-first over `btrfs subvolume",
       "  list -o`, one `btrfs subvolume delete` per subvolume, `btrfs subvolume snapshot`, `btrfs",
@@ -419,7 +426,7 @@ for sc in order:
     o, b, f = (med.get((sc, t)) for t in tools)
     L.append("| %s | %s | %s | %s | %s | %s |" % (
         describe(sc), cell(sc, "ours"), cell(sc, "baseline"), cell(sc, "floor"),
-        "%.0fx" % (b / o) if b and o else "–", "%.2fx" % (o / f) if o and f else "–"))
+        ("%.0fx" if b / o >= 10 else "%.1fx") % (b / o) if b and o else "–", "%.2fx" % (o / f) if o and f else "–"))
 L.append("")
 L += ["![time against the number of nested subvolumes](benchmarks.svg)", ""]
 
@@ -446,6 +453,27 @@ if ours_rss:
     peak = max(ours_rss)
     worst = max(((max(v), sc) for (sc, t), v in rss.items() if t == "ours"))[1]
     tg.append(("peak RSS at most 8 MiB", "%.1f MiB (largest, at %s)" % (peak / 1024, worst), verdict(peak <= 8 * 1024)))
+# where the floor's time goes: its own phase timings, from runs.log
+phases = collections.defaultdict(lambda: collections.defaultdict(list))
+cur = None
+for line in open(work + "/runs.log"):
+    if line.startswith("--- "):
+        cur = line.split()[1] if line.split()[2] == "floor" else None
+    elif cur and line.startswith("floor: deleted"):
+        for part in line.split("; ", 1)[1].strip().split(", "):
+            name, ms, _ = part.rsplit(" ", 2)
+            phases[cur][name].append(float(ms))
+if phases:
+    names = list(next(iter(phases.values())).keys())
+    L += ["Where the floor's time goes (its own timing of each step, median over its runs): mounting",
+          "and unmounting are the same for all three ways; in between, the commits and one",
+          "SNAP_DESTROY_V2 per subvolume.", "",
+          "| scenario | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for sc in order:
+        if sc in phases:
+            L.append("| %s | %s |" % (sc, " | ".join("%.1f ms" % statistics.median(phases[sc][n]) for n in names)))
+    L.append("")
+
 L += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
 L += ["| %s | %s | %s |" % t for t in tg]
 L.append("")
@@ -502,6 +530,10 @@ for e in range(x0, x1 + 1):
     x = X(10 ** e)
     S.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ccc"/>' % (x, mt, x, mt + ph))
     S.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (x, mt + ph + 20, format(10 ** e, ",")))
+    if e < x1:
+        for k in range(2, 10):
+            xx = X(k * 10 ** e)
+            S.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#eee"/>' % (xx, mt, xx, mt + ph))
 S.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333"/>' % (ml, mt, pw, ph))
 S.append('<text x="%.1f" y="%d" text-anchor="middle">nested subvolumes in root (log scale)</text>' % (ml + pw / 2, H - 15))
 S.append('<text x="18" y="%.1f" text-anchor="middle" transform="rotate(-90 18 %.1f)">wall time, median with min–max (log scale)</text>' % (mt + ph / 2, mt + ph / 2))
@@ -517,6 +549,11 @@ for j, t in enumerate(["baseline", "ours", "floor"]):
         S.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s"/>' % (x, Y(min(v)), x, Y(max(v)), color))
         S.append('<circle cx="%.1f" cy="%.1f" r="4" fill="%s"><title>%s, %d nested: %s (%d run%s)</title></circle>' % (
             x, Y(statistics.median(v)), color, label, n, fmt(statistics.median(v)), len(v), "" if len(v) == 1 else "s"))
+        if t != "floor":  # the floor runs close to ours; its values are in the table
+            dy = -10 if t == "baseline" else 18
+            S.append('<text x="%.1f" y="%.1f" font-size="11" text-anchor="%s" fill="%s">%s</text>' % (
+                x + (6 if n == pts[0][0] else -6), Y(statistics.median(v)) + dy,
+                "start" if n == pts[0][0] else "end", color, fmt(statistics.median(v))))
     ly = mt + 20 + j * 22
     S.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>' % (ml + pw + 12, ly, ml + pw + 34, ly, color))
     S.append('<circle cx="%d" cy="%d" r="4" fill="%s"/>' % (ml + pw + 23, ly, color))
