@@ -9,10 +9,12 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use crate::diff;
 use crate::list;
 use crate::logging;
 use crate::names::Names;
-use crate::rollback::{self, Outcome, Target};
+use crate::restore;
+use crate::rollback::{self, Outcome, Retention, RunOptions, Target};
 
 /// Exit status: refused or failed before the swap; `root` is the subvolume it was.
 const EXIT_REFUSED: u8 = 1;
@@ -39,11 +41,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Replace ROOT with a fresh snapshot of BLANK and delete the old one with everything nested.
+    /// Replace ROOT with a fresh snapshot of BLANK and delete the old one with everything nested
+    /// (or keep it under old_roots/ with --keep-old-roots or --keep-days).
     Run(RunArgs),
-    /// Show the top-level subvolumes, ROOT's nested tree, BLANK, and what `run` would do.
-    /// Read-only.
-    List(TargetArgs),
+    /// Show the top-level subvolumes, ROOT's nested tree, BLANK, the kept old roots, and what
+    /// `run` would do. Read-only.
+    List(ListArgs),
+    /// Show what the next rollback erases: files and directories in ROOT that are new, changed
+    /// or gone compared with BLANK. Read-only.
+    Diff(DiffArgs),
+    /// Make the kept old root old_roots/NAME the root for the next boot; the replaced root is
+    /// kept as an old root. The next `run` keeps the restored root once.
+    Restore(RestoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +84,47 @@ struct RunArgs {
     /// Print the plan (every subvolume that would go, by path and id) and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: print the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    json: bool,
+    /// Keep old roots under old_roots/<creation time> instead of deleting them, at most N
+    /// (the newest is always kept).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_old_roots: Option<u32>,
+    /// Keep old roots under old_roots/<creation time> instead of deleting them, for D days
+    /// (the newest is always kept). With --keep-old-roots, both limits apply.
+    #[arg(long, value_name = "D")]
+    keep_days: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Leave out paths matching PATTERN (`*` matches within a name, `**` across names; a
+    /// pattern naming a directory covers what is in it). May be given more than once.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The old root to restore, a name in old_roots/ (as `list` shows it).
+    name: OsString,
 }
 
 impl TargetArgs {
@@ -91,9 +141,11 @@ impl TargetArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose);
-    let (target, run) = match &cli.command {
-        Command::Run(args) => (&args.target, Some(args)),
-        Command::List(args) => (args, None),
+    let target = match &cli.command {
+        Command::Run(a) => &a.target,
+        Command::List(a) => &a.target,
+        Command::Diff(a) => &a.target,
+        Command::Restore(a) => &a.target,
     };
     let target = match target.target() {
         Ok(target) => target,
@@ -102,12 +154,25 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let result = match run {
-        Some(args) => rollback::run(&target, &args.log, args.dry_run),
-        None => list::list(&target).map(|()| Outcome::DryRun),
+    let result = match &cli.command {
+        Command::Run(a) => rollback::run(
+            &target,
+            &RunOptions {
+                log: a.log.clone(),
+                dry_run: a.dry_run,
+                json: a.json,
+                retention: Retention {
+                    count: a.keep_old_roots,
+                    days: a.keep_days,
+                },
+            },
+        ),
+        Command::List(a) => list::list(&target, a.json).map(|()| Outcome::Looked),
+        Command::Diff(a) => diff::diff(&target, &a.exclude, a.json).map(|()| Outcome::Looked),
+        Command::Restore(a) => restore::restore(&target, &a.name),
     };
     match result {
-        Ok(Outcome::RolledBack | Outcome::DryRun) => ExitCode::SUCCESS,
+        Ok(Outcome::RolledBack | Outcome::Looked) => ExitCode::SUCCESS,
         Ok(Outcome::Refused) => ExitCode::from(EXIT_REFUSED),
         Ok(Outcome::CleanupFailed) => ExitCode::from(EXIT_CLEANUP_FAILED),
         Err(e) => {
@@ -152,7 +217,7 @@ mod tests {
         let Command::List(args) = cli.command else {
             panic!("not list")
         };
-        assert_eq!(args.root, OsString::from("-odd"));
+        assert_eq!(args.target.root, OsString::from("-odd"));
     }
 
     #[test]

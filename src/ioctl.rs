@@ -12,12 +12,12 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use linux_raw_sys::btrfs::{
-    btrfs_ioctl_ino_lookup_args, btrfs_ioctl_search_args, btrfs_ioctl_search_header,
+    btrfs_ioctl_get_subvol_info_args, btrfs_ioctl_ino_lookup_args, btrfs_ioctl_search_args, btrfs_ioctl_search_header,
     btrfs_ioctl_search_key, btrfs_ioctl_vol_args, btrfs_ioctl_vol_args_v2, BTRFS_SUBVOL_RDONLY,
     BTRFS_SUBVOL_SPEC_BY_ID,
 };
 use linux_raw_sys::ioctl::{
-    BTRFS_IOC_DEFAULT_SUBVOL, BTRFS_IOC_INO_LOOKUP, BTRFS_IOC_SCAN_DEV, BTRFS_IOC_SNAP_CREATE_V2,
+    BTRFS_IOC_DEFAULT_SUBVOL, BTRFS_IOC_GET_SUBVOL_INFO, BTRFS_IOC_INO_LOOKUP, BTRFS_IOC_SCAN_DEV, BTRFS_IOC_SNAP_CREATE_V2,
     BTRFS_IOC_SNAP_DESTROY_V2, BTRFS_IOC_SUBVOL_GETFLAGS, BTRFS_IOC_SUBVOL_SETFLAGS,
     BTRFS_IOC_SYNC, BTRFS_IOC_TREE_SEARCH,
 };
@@ -191,6 +191,9 @@ pub struct SearchRange {
     pub tree_id: u64,
     pub min: (u64, u32, u64),
     pub max: (u64, u32, u64),
+    /// Only items in tree blocks written in this transaction or later (what
+    /// `btrfs subvolume find-new` uses); 0 for all.
+    pub min_transid: u64,
 }
 
 /// BTRFS_IOC_TREE_SEARCH, one call: returns up to one buffer (3992 bytes) of items from `range.min`
@@ -206,7 +209,7 @@ pub fn tree_search(fd: BorrowedFd<'_>, range: &SearchRange) -> Result<Vec<Search
         max_objectid: range.max.0,
         max_type: range.max.1,
         max_offset: range.max.2,
-        min_transid: 0,
+        min_transid: range.min_transid,
         max_transid: u64::MAX,
         nr_items: 4096,
         unused: 0,
@@ -285,4 +288,41 @@ pub fn scan_dev(control: BorrowedFd<'_>, device: &OsStr) -> Result<()> {
     copy_name(&mut args.name, device, NAME)?;
     // SAFETY: SCAN_DEV takes a pointer to btrfs_ioctl_vol_args.
     unsafe { ioctl_ptr(control, BTRFS_IOC_SCAN_DEV, NAME, &mut args) }.map(drop)
+}
+
+/// What GET_SUBVOL_INFO says of a subvolume (the fields this tool uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubvolInfo {
+    pub id: u64,
+    /// The transid of the subvolume's last change, and of its creation.
+    pub generation: u64,
+    pub otransid: u64,
+    /// Creation time, seconds since the epoch (as the clock said then).
+    pub otime: i64,
+    pub uuid: [u8; 16],
+    pub parent_uuid: [u8; 16],
+}
+
+/// BTRFS_IOC_GET_SUBVOL_INFO on a descriptor inside the subvolume.
+/// `_IOR(BTRFS_IOCTL_MAGIC, 60, struct btrfs_ioctl_get_subvol_info_args)`.
+pub fn get_subvol_info(subvol: BorrowedFd<'_>) -> Result<SubvolInfo> {
+    // SAFETY: all-zero is a valid btrfs_ioctl_get_subvol_info_args.
+    let mut args: btrfs_ioctl_get_subvol_info_args = unsafe { std::mem::zeroed() };
+    // SAFETY: GET_SUBVOL_INFO writes a btrfs_ioctl_get_subvol_info_args through the pointer.
+    unsafe {
+        ioctl_ptr(
+            subvol,
+            BTRFS_IOC_GET_SUBVOL_INFO,
+            "BTRFS_IOC_GET_SUBVOL_INFO",
+            &mut args,
+        )
+    }?;
+    Ok(SubvolInfo {
+        id: args.treeid,
+        generation: args.generation,
+        otransid: args.otransid,
+        otime: args.otime.sec as i64,
+        uuid: args.uuid,
+        parent_uuid: args.parent_uuid,
+    })
 }

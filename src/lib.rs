@@ -6,11 +6,14 @@
 
 pub mod cli;
 pub mod device;
+pub mod diff;
 pub mod ioctl;
+pub mod json;
 pub mod list;
 pub mod logging;
 pub mod mount;
 pub mod names;
 pub mod plan;
+pub mod restore;
 pub mod rollback;
 pub mod subvolume;

@@ -13,7 +13,7 @@ use crate::plan::{self, Slot, State};
 use crate::rollback::{self, Target};
 use crate::subvolume::{self, Entry, TOP_LEVEL};
 
-pub fn list(target: &Target) -> Result<()> {
+pub fn list(target: &Target, _json: bool) -> Result<()> {
     let (top, described) = rollback::open(target, true)?;
     let fs = top.fd();
     let names = &target.names;

@@ -45,8 +45,8 @@ pub struct Target {
 pub enum Outcome {
     /// `root` is a fresh snapshot of the blank and nothing is left over.
     RolledBack,
-    /// Nothing was changed; the plan was printed.
-    DryRun,
+    /// Nothing was changed: a dry run, `list` or `diff`.
+    Looked,
     /// Refused or failed before the swap: `root` is the subvolume it was. Already logged.
     Refused,
     /// `root` is a fresh snapshot, but deleting what it replaced failed; the next run finishes.
@@ -103,8 +103,33 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
     })
 }
 
+/// How long old roots are kept under `old_roots/` instead of being deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at most this many.
+    pub count: Option<u32>,
+    /// Keep none older than this many days.
+    pub days: Option<u32>,
+}
+
+impl Retention {
+    pub fn enabled(&self) -> bool {
+        self.count.is_some() || self.days.is_some()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub log: PathBuf,
+    pub dry_run: bool,
+    /// With `dry_run`: the plan as JSON.
+    pub json: bool,
+    pub retention: Retention,
+}
+
 /// `btrfs-rollback run`.
-pub fn run(target: &Target, log_file: &Path, dry_run: bool) -> Result<Outcome> {
+pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
+    let (log_file, dry_run) = (options.log.as_path(), options.dry_run);
     let names = &target.names;
     let (top, described) = open(target, dry_run)?;
     let _lock = top
@@ -142,7 +167,7 @@ pub fn run(target: &Target, log_file: &Path, dry_run: bool) -> Result<Outcome> {
                 "dry run, nothing changed; a run would:\n{}",
                 plan.describe(names)
             );
-            return Ok(Outcome::DryRun);
+            return Ok(Outcome::Looked);
         }
         for line in plan.describe(names).lines() {
             log::debug!("plan: {line}");

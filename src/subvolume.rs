@@ -145,6 +145,7 @@ pub fn children(fs: BorrowedFd<'_>, parent: u64) -> Result<Vec<(u64, u64, OsStri
         tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
         min: (parent, BTRFS_ROOT_REF_KEY, 0),
         max: (parent, BTRFS_ROOT_REF_KEY, u64::MAX),
+        min_transid: 0,
     };
     loop {
         let items = ioctl::tree_search(fs, &range)
@@ -176,6 +177,7 @@ pub fn readonly(fs: BorrowedFd<'_>, id: u64) -> Result<Option<bool>> {
         tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
         min: (id, BTRFS_ROOT_ITEM_KEY, 0),
         max: (id, BTRFS_ROOT_ITEM_KEY, u64::MAX),
+        min_transid: 0,
     };
     let items = ioctl::tree_search(fs, &range)
         .with_context(|| format!("cannot read the root item of subvolume {id}"))?;
@@ -239,6 +241,7 @@ pub fn default_id(fs: BorrowedFd<'_>) -> Result<u64> {
         tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
         min: (dir, BTRFS_DIR_ITEM_KEY, 0),
         max: (dir, BTRFS_DIR_ITEM_KEY, u64::MAX),
+        min_transid: 0,
     };
     let items = ioctl::tree_search(fs, &range).context("cannot read the default subvolume's id")?;
     for item in items.iter().filter(|i| i.item_type == BTRFS_DIR_ITEM_KEY) {
