@@ -36,7 +36,7 @@ let
   policyText = ''${opt}.onFailure = "${cfg.onFailure}"'';
 
   # What the person at the console reads after a failed rollback, in both
-  # kinds of stage 1: shell lines that read `$status`, the exit status of
+  # kinds of stage 1: shell lines that read `$rollbackStatus`, the exit status of
   # btrfs-rollback (or systemd's result when it did not exit).
   failureMessage =
     let
@@ -48,13 +48,13 @@ let
           "Stopping the boot (${policyText}).";
     in
     [
-      ''case "$status" in''
-      "  1|2) state=${esc "subvolume ${cfg.rootSubvolume} on ${cfg.device} was left untouched"} ;;"
-      "  *) state=${
+      ''case "$rollbackStatus" in''
+      "  1|2) rollbackState=${esc "subvolume ${cfg.rootSubvolume} on ${cfg.device} was left untouched"} ;;"
+      "  *) rollbackState=${
         esc "btrfs-rollback ended abnormally; subvolume ${cfg.rootSubvolume} on ${cfg.device} is either the previous root or a fresh snapshot of ${cfg.blankSnapshot}"
       } ;;"
       "esac"
-      ''echo "btrfs-rollback: ROOT NOT ROLLED BACK (exit status $status): $state. "${
+      ''echo "btrfs-rollback: ROOT NOT ROLLED BACK (exit status $rollbackStatus): $rollbackState. "${
         esc "${nextStep} Log: ${cfg.logFile} on the top-level volume of ${cfg.device}, and journalctl -b."
       }''
     ];
@@ -166,10 +166,10 @@ in
       type = lib.types.package;
       default =
         pkgs.btrfs-rollback or (throw ''
-          ${opt}.package is not set and pkgs has no btrfs-rollback.
-          Import the module through the flake (nixosModules.default of
-          github:…/btrfs-rollback sets the package), add the flake's overlays.default
-          to nixpkgs.overlays, or set ${opt}.package yourself.
+          ${opt}.package is not set and pkgs has no btrfs-rollback. Import the module
+          as the btrfs-rollback flake's nixosModules.default (it sets the package), add the
+          flake's overlays.default to nixpkgs.overlays, or set ${opt}.package, e.g. to
+          pkgs.pkgsStatic.callPackage "''${btrfs-rollback-source}/nix/package.nix" { }.
         '');
       defaultText = lib.literalExpression "pkgs.btrfs-rollback";
       description = ''
@@ -419,25 +419,26 @@ in
       # the resume attempt, before the root is mounted.
       (lib.mkIf (!useSystemd) (
         lib.optionalAttrs scriptedAvailable {
-        boot.initrd.extraUtilsCommands = ''
-          copy_bin_and_libs ${cfg.package}/bin/btrfs-rollback
-        '';
-        boot.initrd.extraUtilsCommandsTest = ''
-          $out/bin/btrfs-rollback --version
-        '';
-        boot.initrd.postResumeCommands = lib.mkAfter (
-          ''
-            # boot.initrd.btrfsRollback: exit status 0 and 3 are a rolled-back root.
-            btrfs-rollback ${lib.escapeShellArgs args}
-            status=$?
-            if [ "$status" -ne 0 ] && [ "$status" -ne 3 ]; then
-          ''
-          + indentLines "  " (failureMessage ++ lib.optional (cfg.onFailure == "stop") "fail")
-          + ''
-            fi
-          ''
-        );
-      }))
+          boot.initrd.extraUtilsCommands = ''
+            copy_bin_and_libs ${cfg.package}/bin/btrfs-rollback
+          '';
+          boot.initrd.extraUtilsCommandsTest = ''
+            $out/bin/btrfs-rollback --version
+          '';
+          boot.initrd.postResumeCommands = lib.mkAfter (
+            ''
+              # boot.initrd.btrfsRollback: exit status 0 and 3 are a rolled-back root.
+              btrfs-rollback ${lib.escapeShellArgs args}
+              rollbackStatus=$?
+              if [ "$rollbackStatus" -ne 0 ] && [ "$rollbackStatus" -ne 3 ]; then
+            ''
+            + indentLines "  " (failureMessage ++ lib.optional (cfg.onFailure == "stop") "fail")
+            + ''
+              fi
+            ''
+          );
+        }
+      ))
 
       # systemd stage 1: a oneshot between the opened device and sysroot.mount.
       (lib.mkIf useSystemd {
@@ -484,7 +485,7 @@ in
           postStop =
             ''
               if [ "$SERVICE_RESULT" != success ]; then
-                status=''${EXIT_STATUS:-$SERVICE_RESULT}
+                rollbackStatus=''${EXIT_STATUS:-$SERVICE_RESULT}
             ''
             + indentLines "  " failureMessage
             + ''
