@@ -8,17 +8,19 @@
 #   scripts/bench.sh --smoke   reduced sizes, one run each (well under a minute after the
 #                              build): writes target/bench/benchmarks.{md,svg}; CI runs this and
 #                              asserts no time, only that every rollback gave a fresh root
-#   --cold                     also drop each image copy from the page cache before its run, so
-#                              the filesystem is read from the disk as at boot (on a shared
-#                              machine the disk's latency then swamps the small cases)
+#   --disk                     put the image a run works on in a file on the disk under
+#                              target/bench/ (flushes reach the disk) instead of in memory
+#   --cold                     as --disk, and drop it from the page cache before the run, so the
+#                              filesystem is read from the disk as at boot (on a shared
+#                              machine the other users' disk latency then swamps the small cases)
 #
 # Needs root (loop devices, mount). Installs btrfs-progs, python3 and time with apt-get if
 # missing. Runs in a private mount namespace of its own.
 #
-# Every timed run starts from an identical state: the scenario's prepared image is copied
-# (cp --sparse=always) and flushed, then attached to a fresh loop device: the filesystem's own
-# caches start empty, its reads come from the host's page cache (from the disk with --cold),
-# its commits are flushed to the disk. The three ways run interleaved: ours, baseline, floor,
+# Every timed run starts from an identical state: the scenario's prepared image (built once,
+# under target/bench/img/) is copied (cp --sparse=always) to a tmpfs that this script mounts at
+# target/bench/ram/ (to target/bench/ with --disk/--cold), then attached to a fresh loop device:
+# the filesystem's own caches start empty. The three ways run interleaved: ours, baseline, floor,
 # ours, baseline, floor, ... Each run mounts the top-level volume, rolls back, commits and
 # unmounts; the wall time of the whole command is measured. After every run a fresh mount
 # checks the result (root is a fresh snapshot of root-blank, nothing nested is left, the other
@@ -30,13 +32,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-mode=full cold=0
+mode=full media=ram
 for arg in "$@"; do
   case $arg in
     --smoke) mode=smoke ;;
-    --cold) cold=1 ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench: unknown argument $arg (use --smoke, --cold or nothing)" >&2; exit 2 ;;
+    --disk) media=disk ;;
+    --cold) media=cold ;;
+    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench: unknown argument $arg (use --smoke, --disk, --cold)" >&2; exit 2 ;;
   esac
 done
 
@@ -103,11 +106,13 @@ fi
 mnt=$work/mnt chk=$work/check prep=$work/prep
 loops=()
 cleanup() {
+  local m d
   for m in "$mnt" "$chk" "$prep"; do
     if mountpoint -q "$m" 2>/dev/null; then umount "$m"; fi
   done
   for d in "${loops[@]}"; do losetup -d "$d" 2>/dev/null || true; done
-  rm -f "$work/run.img"
+  rm -f "${runs:-$work}/run.img"
+  if [ -n "${runs:-}" ] && mountpoint -q "$runs" 2>/dev/null; then umount "$runs"; fi
 }
 trap cleanup EXIT
 cleanup
@@ -115,6 +120,16 @@ rm -rf "$work"
 mkdir -p "$work/img" "$work/bin" "$mnt" "$chk" "$prep" "$out"
 # Copies, so that a rebuild in the tree during the run does not change what is measured.
 cp target/release/btrfs-rollback target/release/examples/floor "$work/bin/"
+# Where the copy of an image that a run works on lives: by default in memory (a tmpfs mounted in
+# this private namespace), so that flushes cost what they cost on a fast SSD and the other
+# users of a shared machine's disk do not add their latency; with --disk or --cold in a file
+# under target/bench/ on the disk.
+runs=$work
+if [ "$media" = ram ]; then
+  runs=$work/ram
+  mkdir -p "$runs"
+  mount -t tmpfs -o size=12G,mode=700 bench-ram "$runs"
+fi
 ours=$work/bin/btrfs-rollback
 floor=$work/bin/floor
 if [ -n "$static" ]; then cp "$static" "$work/bin/btrfs-rollback-static"; static=$work/bin/btrfs-rollback-static; fi
@@ -251,11 +266,11 @@ sys.exit(rc)
 EOF
 
 run_once() { # scenario tool run
-  local sc=$1 tool=$2 i=$3 run=$work/run.img dev cmd
+  local sc=$1 tool=$2 i=$3 run=$runs/run.img dev cmd
   rm -f "$run" # a new file each time, never one a loop device may still hold
   cp --sparse=always "$work/img/$sc.img" "$run"
   sync "$run"
-  if [ "$cold" = 1 ]; then
+  if [ "$media" = cold ]; then
     dd if="$run" iflag=nocache count=0 status=none # drop the copy from the page cache
   fi
   sync
@@ -292,7 +307,7 @@ run_once() { # scenario tool run
   echo "disk	$(findmnt -no FSTYPE -T "$work") on $(findmnt -no SOURCE -T "$work") (loop devices on sparse image files)"
   echo "load_before	$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "mode	$mode"
-  echo "cold	$cold"
+  echo "media	$media"
 } >"$work/machine.tsv"
 printf 'scenario\ttool\trun\tms\trss_kib\n' >"$work/results.tsv"
 
@@ -393,10 +408,14 @@ L += [title, "",
       (" --smoke" if mode != "full" else "", machine["date"]), "",
       "Wall time of a whole rollback: mount the top-level volume, replace `root` (and everything",
       "nested in it) with a fresh snapshot of `root-blank`, commit, unmount. Each run starts from an",
-      "identical copy of a prepared sparse image on a fresh loop device (the filesystem's caches start",
-      "empty; %s; commits are flushed to the disk);" % (
-          "the image was dropped from the host's page cache, so reads come from the disk" if machine["cold"] == "1"
-          else "its reads come from the host's page cache, as from a fast disk"),
+      "identical copy of a prepared sparse image on a fresh loop device, so the filesystem's caches",
+      "start empty; %s;" % {
+          "ram": "the copy is in memory (a tmpfs), a disk on which reads and flushes are fast, like a\n"
+                 "fast SSD, and which the other users of this shared machine's disk do not slow down",
+          "disk": "the copy is a file on the host's disk, read from the host's page cache, its flushes\n"
+                  "going to the disk",
+          "cold": "the copy is a file on the host's disk, dropped from the host's page cache, so it is\n"
+                  "read from the disk as at boot"}[machine["media"]],
       "the three ways run interleaved (ours, baseline, floor, ours, ...) at `nice -n -10`, and every",
       "result is checked with a fresh mount afterwards. Median (min – max) over the runs.", "",
       "- **ours**: `btrfs-rollback run --device DEV --mountpoint MNT` (release build)",
