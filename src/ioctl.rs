@@ -12,14 +12,14 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use linux_raw_sys::btrfs::{
-    btrfs_ioctl_get_subvol_info_args, btrfs_ioctl_ino_lookup_args, btrfs_ioctl_search_args, btrfs_ioctl_search_header,
-    btrfs_ioctl_search_key, btrfs_ioctl_vol_args, btrfs_ioctl_vol_args_v2, BTRFS_SUBVOL_RDONLY,
-    BTRFS_SUBVOL_SPEC_BY_ID,
+    btrfs_ioctl_get_subvol_info_args, btrfs_ioctl_ino_lookup_args, btrfs_ioctl_search_args,
+    btrfs_ioctl_search_header, btrfs_ioctl_search_key, btrfs_ioctl_vol_args,
+    btrfs_ioctl_vol_args_v2, BTRFS_SUBVOL_RDONLY, BTRFS_SUBVOL_SPEC_BY_ID,
 };
 use linux_raw_sys::ioctl::{
-    BTRFS_IOC_DEFAULT_SUBVOL, BTRFS_IOC_GET_SUBVOL_INFO, BTRFS_IOC_INO_LOOKUP, BTRFS_IOC_SCAN_DEV, BTRFS_IOC_SNAP_CREATE_V2,
-    BTRFS_IOC_SNAP_DESTROY_V2, BTRFS_IOC_SUBVOL_GETFLAGS, BTRFS_IOC_SUBVOL_SETFLAGS,
-    BTRFS_IOC_SYNC, BTRFS_IOC_TREE_SEARCH,
+    BTRFS_IOC_DEFAULT_SUBVOL, BTRFS_IOC_GET_SUBVOL_INFO, BTRFS_IOC_INO_LOOKUP, BTRFS_IOC_SCAN_DEV,
+    BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SNAP_DESTROY_V2, BTRFS_IOC_SUBVOL_GETFLAGS,
+    BTRFS_IOC_SUBVOL_SETFLAGS, BTRFS_IOC_SYNC, BTRFS_IOC_TREE_SEARCH,
 };
 pub use nix::errno::Errno;
 

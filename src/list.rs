@@ -8,17 +8,23 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::ioctl;
-use crate::names::{quoted, Names};
-use crate::plan::{self, Slot, State};
+use crate::json::Json;
+use crate::names::quoted;
+use crate::plan::{self, nested_json, OldRoot, Retention, Slot};
 use crate::rollback::{self, Target};
 use crate::subvolume::{self, Entry, TOP_LEVEL};
 
-pub fn list(target: &Target, _json: bool) -> Result<()> {
+/// A subvolume directly or indirectly in the top-level directory tree.
+struct TopLevelSubvolume {
+    id: u64,
+    path: PathBuf,
+    readonly: bool,
+}
+
+pub fn list(target: &Target, json: bool) -> Result<()> {
     let (top, described) = rollback::open(target, true)?;
     let fs = top.fd();
     let names = &target.names;
-    let mut out = String::new();
-    let _ = writeln!(out, "device: {described}");
 
     let mut top_level = Vec::new();
     for (id, dirid, name) in subvolume::children(fs, TOP_LEVEL)? {
@@ -29,21 +35,76 @@ pub fn list(target: &Target, _json: bool) -> Result<()> {
         let mut path = PathBuf::from(OsStr::from_bytes(&dir));
         path.push(name);
         let readonly = subvolume::readonly(fs, id)?.unwrap_or(false);
-        top_level.push((id, path, readonly));
+        top_level.push(TopLevelSubvolume { id, path, readonly });
     }
-    top_level.sort_by_key(|(id, _, _)| *id);
-    let _ = writeln!(out, "top-level subvolumes:");
-    for (id, path, readonly) in &top_level {
-        let ro = if *readonly { "  read-only" } else { "" };
-        let _ = writeln!(out, "  ID {id:<6} {}{ro}", quoted(path));
+    top_level.sort_by_key(|s| s.id);
+    let state = rollback::inspect(&top, names)?;
+    let now = rollback::now();
+    let plan = plan::plan(names, &state, &Retention::default(), now);
+    if json {
+        let plan = match &plan {
+            Ok(plan) => plan.to_json(names),
+            Err(e) => Json::Object(vec![("refused", Json::str(format!("{e:#}")))]),
+        };
+        let doc = Json::Object(vec![
+            ("device", Json::path(&target.device)),
+            ("description", Json::str(described)),
+            (
+                "top_level",
+                Json::Array(
+                    top_level
+                        .iter()
+                        .map(|s| {
+                            Json::Object(vec![
+                                ("id", Json::id(s.id)),
+                                ("path", Json::path(&s.path)),
+                                ("readonly", Json::Bool(s.readonly)),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
+            ("default_id", Json::id(state.default_id)),
+            ("root", slot_json(&names.root, &state.root)),
+            ("blank", slot_json(&names.blank, &state.blank)),
+            (
+                "leftovers",
+                Json::Array(
+                    std::iter::once((&names.temp, &state.temp))
+                        .chain(state.asides.iter().map(|(n, s)| (n, s)))
+                        .filter(|(_, s)| s.entry != Entry::Missing)
+                        .map(|(n, s)| slot_json(n, s))
+                        .collect(),
+                ),
+            ),
+            (
+                "old_roots",
+                Json::Array(
+                    state
+                        .old_roots
+                        .iter()
+                        .map(|o| old_root_json(o, now))
+                        .collect(),
+                ),
+            ),
+            ("plan", plan),
+        ]);
+        print!("{}", doc.to_string_pretty());
+        return Ok(());
     }
 
-    let state = rollback::inspect(&top, names)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "device: {described}");
+    let _ = writeln!(out, "top-level subvolumes:");
+    for s in &top_level {
+        let ro = if s.readonly { "  read-only" } else { "" };
+        let _ = writeln!(out, "  ID {:<6} {}{ro}", s.id, quoted(&s.path));
+    }
     let default = state.default_id;
     let default_name = top_level
         .iter()
-        .find(|(id, _, _)| *id == default)
-        .map(|(_, p, _)| quoted(p).to_string())
+        .find(|s| s.id == default)
+        .map(|s| quoted(&s.path).to_string())
         .unwrap_or_else(|| {
             if default == TOP_LEVEL {
                 "the top level".into()
@@ -57,7 +118,41 @@ pub fn list(target: &Target, _json: bool) -> Result<()> {
     if state.temp.entry != Entry::Missing {
         describe_slot(&mut out, "leftover", &names.temp, &state.temp);
     }
-    plan_section(&mut out, names, &state);
+    for (name, slot) in &state.asides {
+        describe_slot(&mut out, "leftover", name, slot);
+    }
+    if !state.old_roots.is_empty() {
+        let _ = writeln!(
+            out,
+            "old roots ({} in {:?}, newest last; `restore NAME` brings one back):",
+            state.old_roots.len(),
+            plan::OLD_ROOTS
+        );
+        for o in &state.old_roots {
+            let _ = writeln!(
+                out,
+                "  {:<24} ID {:<6} {}, {} nested subvolume(s)",
+                quoted(&o.name).to_string(),
+                o.id,
+                age(now - o.created),
+                o.nested.len()
+            );
+        }
+    }
+    match plan {
+        Ok(plan) => {
+            let _ = writeln!(out, "`run` would:");
+            for line in plan.describe(names).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+            for warning in &plan.warnings {
+                let _ = writeln!(out, "  warning: {warning}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "`run` would refuse: {e:#}");
+        }
+    }
     print!("{out}");
     Ok(())
 }
@@ -89,19 +184,63 @@ fn describe_slot(out: &mut String, role: &str, name: &OsStr, slot: &Slot) {
     }
 }
 
-fn plan_section(out: &mut String, names: &Names, state: &State) {
-    match plan::plan(names, state) {
-        Ok(plan) => {
-            let _ = writeln!(out, "`run` would:");
-            for line in plan.describe(names).lines() {
-                let _ = writeln!(out, "  {line}");
-            }
-            for warning in &plan.warnings {
-                let _ = writeln!(out, "  warning: {warning}");
-            }
+/// `{"name", "state": "missing"|"subvolume"|<what it is>, "id", "readonly", "nested": [...]}`
+fn slot_json(name: &OsStr, slot: &Slot) -> Json {
+    let mut fields = vec![("name", Json::os(name))];
+    match &slot.entry {
+        Entry::Missing => fields.push(("state", Json::str("missing"))),
+        Entry::Other(what) => fields.push(("state", Json::str(*what))),
+        Entry::Subvolume { id, readonly } => {
+            fields.push(("state", Json::str("subvolume")));
+            fields.push(("id", Json::id(*id)));
+            fields.push(("readonly", Json::Bool(*readonly)));
+            fields.push(("created", Json::Int(slot.created)));
+            fields.push((
+                "nested",
+                Json::Array(slot.nested.iter().map(nested_json).collect()),
+            ));
         }
-        Err(e) => {
-            let _ = writeln!(out, "`run` would refuse: {e:#}");
-        }
+    }
+    Json::Object(fields)
+}
+
+fn old_root_json(o: &OldRoot, now: i64) -> Json {
+    Json::Object(vec![
+        ("name", Json::os(&o.name)),
+        ("id", Json::id(o.id)),
+        ("created", Json::Int(o.created)),
+        ("age_seconds", Json::Int(now - o.created)),
+        (
+            "nested",
+            Json::Array(o.nested.iter().map(nested_json).collect()),
+        ),
+    ])
+}
+
+/// An age for people: "3 d 4 h old", "12 min old", or "created 2 h in the future".
+fn age(seconds: i64) -> String {
+    let (future, s) = (seconds < 0, seconds.unsigned_abs());
+    let text = match s {
+        s if s >= 86_400 => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s => format!("{} min", s / 60),
+    };
+    if future {
+        format!("created {text} in the future (clock skew)")
+    } else {
+        format!("{text} old")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+
+    #[test]
+    fn ages_read_well() {
+        assert_eq!(age(59), "0 min old");
+        assert_eq!(age(3 * 86_400 + 4 * 3600 + 5), "3 d 4 h old");
+        assert_eq!(age(2 * 3600 + 60), "2 h 1 min old");
+        assert_eq!(age(-7200), "created 2 h 0 min in the future (clock skew)");
     }
 }

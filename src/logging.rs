@@ -189,8 +189,8 @@ pub fn file_line(unix_secs: u64, level: Level, pid: u32, msg: &str) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z [{pid}] {level:<5} {msg}\n")
 }
 
-/// Seconds since the epoch to the UTC calendar (Howard Hinnant's `civil_from_days`).
-fn utc(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+/// Seconds since the epoch to the UTC calendar: (year, month, day, hour, minute, second) (Howard Hinnant's `civil_from_days`).
+pub fn utc(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;

@@ -2,16 +2,23 @@
 //! refusal and every order of steps is unit-tested.
 //!
 //! The order is what makes a rollback crash-safe: nothing is deleted before every check has
-//! passed, `root` is only ever replaced by an atomic exchange with a complete snapshot, and the
-//! old root is deleted only after that exchange is committed.
+//! passed, `root` is only ever replaced by an atomic exchange with a complete snapshot, the old
+//! root is deleted (or kept under `old_roots/`) only after that exchange is committed, and a
+//! kept old root is only ever moved by rename, never copied or deleted until it is pruned.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
+use crate::json::Json;
+use crate::logging::utc;
 use crate::names::{quoted, Names};
 use crate::subvolume::{Entry, Nested};
+
+/// The directory of kept old roots, in the top-level volume.
+pub const OLD_ROOTS: &str = "old_roots";
 
 /// A name in the top-level volume and, if it is a subvolume, everything nested in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +26,11 @@ pub struct Slot {
     pub entry: Entry,
     /// Nested subvolumes, children before parents. Empty unless `entry` is a subvolume.
     pub nested: Vec<Nested>,
+    /// Creation time (seconds since the epoch), for subvolumes.
+    pub created: i64,
+    /// Whether the subvolume changed after it was created (generation > otransid). An
+    /// unchanged leftover is a snapshot of the blank that never served as a root.
+    pub modified: bool,
 }
 
 impl Slot {
@@ -26,10 +38,12 @@ impl Slot {
         Slot {
             entry: Entry::Missing,
             nested: Vec::new(),
+            created: 0,
+            modified: false,
         }
     }
 
-    fn id(&self) -> Option<u64> {
+    pub fn id(&self) -> Option<u64> {
         match self.entry {
             Entry::Subvolume { id, .. } => Some(id),
             _ => None,
@@ -41,6 +55,30 @@ impl Slot {
     }
 }
 
+/// A kept old root: `old_roots/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldRoot {
+    pub name: OsString,
+    pub id: u64,
+    pub created: i64,
+    pub nested: Vec<Nested>,
+}
+
+impl OldRoot {
+    pub fn path(&self) -> PathBuf {
+        Path::new(OLD_ROOTS).join(&self.name)
+    }
+}
+
+/// What `old_roots` is in the top-level volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldRootsDir {
+    Missing,
+    /// A directory or a subvolume: old roots can go in.
+    Usable,
+    Unusable(&'static str),
+}
+
 /// What the top-level volume holds, as far as a rollback cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -48,10 +86,30 @@ pub struct State {
     pub blank: Slot,
     /// A leftover of an interrupted run under the temporary name.
     pub temp: Slot,
-    /// Leftovers set aside by earlier runs (`<temp>.<id>`), still to be deleted.
+    /// Leftovers set aside by earlier runs (`<temp>.<id>`), still to be dealt with.
     pub asides: Vec<(OsString, Slot)>,
     /// The default subvolume's id (`btrfs subvolume get-default`).
     pub default_id: u64,
+    pub old_roots_dir: OldRootsDir,
+    pub old_roots: Vec<OldRoot>,
+    /// The id `btrfs-rollback restore` wrote to the restore marker, if there is one.
+    pub restored: Option<u64>,
+}
+
+/// How long old roots are kept under `old_roots/` instead of being deleted. An old root is
+/// pruned when it is past either limit; the newest one is never pruned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at most this many.
+    pub count: Option<u32>,
+    /// Keep none older than this many days.
+    pub days: Option<u32>,
+}
+
+impl Retention {
+    pub fn enabled(&self) -> bool {
+        self.count.is_some() || self.days.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +117,7 @@ pub enum Step {
     /// Make the subvolume now called `root` the default one (the default follows `root`).
     DefaultToRoot,
     /// Rename a leftover under the temporary name to `<temp>.<id>`, out of the way of the
-    /// swap; it is deleted after the swap. Renaming cannot fail the way deleting can (a
+    /// swap; it is dealt with after the swap. Renaming cannot fail the way deleting can (a
     /// nested subvolume too deep to delete must not block every future rollback).
     SetAside { id: u64 },
     /// `root` is missing: snapshot the blank as `root`.
@@ -75,6 +133,19 @@ pub enum Step {
         id: u64,
         nested: Vec<Nested>,
     },
+    /// Move an old root (or a leftover that served as one) from `from` in the top-level
+    /// volume to `old_roots/<to>`, with what is nested in it.
+    KeepOld {
+        from: OsString,
+        id: u64,
+        to: OsString,
+    },
+    /// Delete a kept old root past the retention limits.
+    PruneOld { old: OldRoot },
+    /// `root` is what `btrfs-rollback restore` put there: keep it this once.
+    KeepRestored { id: u64 },
+    /// Remove a restore marker that no longer applies.
+    ClearRestoreMarker,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +161,23 @@ pub fn aside_name(names: &Names, id: u64) -> OsString {
     name
 }
 
-/// Decide the steps, or refuse with a message that says why and what to do.
-pub fn plan(names: &Names, state: &State) -> Result<Plan> {
+/// The name of a kept old root created at `created`: its UTC creation time,
+/// `2026-11-27_10-04-05`, with `.2`, `.3`, ... if that is `taken`.
+pub fn old_root_name(created: i64, taken: &[OsString]) -> OsString {
+    let (y, mo, d, h, mi, s) = utc(created.max(0) as u64);
+    let base = format!("{y:04}-{mo:02}-{d:02}_{h:02}-{mi:02}-{s:02}");
+    let mut name = OsString::from(&base);
+    let mut n = 1;
+    while taken.contains(&name) {
+        n += 1;
+        name = OsString::from(format!("{base}.{n}"));
+    }
+    name
+}
+
+/// Decide the steps, or refuse with a message that says why and what to do. `now` is the
+/// current time in seconds since the epoch (for the age of old roots).
+pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Result<Plan> {
     let (root, blank, temp) = (
         quoted(&names.root),
         quoted(&names.blank),
@@ -152,29 +238,41 @@ pub fn plan(names: &Names, state: &State) -> Result<Plan> {
              interrupted rollback; make another subvolume the default and run again"
         );
     }
+    let keeping = retention.enabled();
+    if let (true, OldRootsDir::Unusable(what)) = (keeping, state.old_roots_dir) {
+        bail!(
+            "{OLD_ROOTS:?} in the top-level volume is {what}, so old roots cannot be kept there; \
+             move it out of the way and run again"
+        );
+    }
+
+    // A root that `btrfs-rollback restore` put in place is kept once.
+    if let (Some(marked), Some(id)) = (state.restored, state.root.id()) {
+        if marked == id {
+            return Ok(Plan {
+                steps: vec![Step::KeepRestored { id }],
+                warnings,
+            });
+        }
+    }
 
     let mut steps = Vec::new();
+    if state.restored.is_some() {
+        steps.push(Step::ClearRestoreMarker);
+    }
+    let mut keeper = Keeper {
+        taken: state.old_roots.iter().map(|o| o.name.clone()).collect(),
+        kept: Vec::new(),
+        keeping,
+    };
     let default_in_temp = state.temp.id() == Some(default);
-    let asides = state.asides.iter().filter_map(|(name, slot)| {
-        slot.id().map(|id| Step::RemoveLeftover {
-            name: name.clone(),
-            id,
-            nested: slot.nested.clone(),
-        })
-    });
     match state.root.id() {
         None => {
             steps.push(Step::CreateRoot);
             if default_in_temp {
                 steps.push(Step::DefaultToRoot);
             }
-            if let Some(id) = state.temp.id() {
-                steps.push(Step::RemoveLeftover {
-                    name: names.temp.clone(),
-                    id,
-                    nested: state.temp.nested.clone(),
-                });
-            }
+            keeper.leftover(names.temp.clone(), &state.temp, &mut steps);
         }
         Some(old) => {
             if let Some(id) = state.temp.id() {
@@ -187,21 +285,76 @@ pub fn plan(names: &Names, state: &State) -> Result<Plan> {
                 old,
                 default_follows: default == old || default_in_temp,
             });
-            steps.push(Step::DeleteOld {
-                id: old,
-                nested: state.root.nested.clone(),
-            });
+            if keeping {
+                keeper.keep(names.temp.clone(), &state.root, &mut steps);
+            } else {
+                steps.push(Step::DeleteOld {
+                    id: old,
+                    nested: state.root.nested.clone(),
+                });
+            }
             if let Some(id) = state.temp.id() {
-                steps.push(Step::RemoveLeftover {
-                    name: aside_name(names, id),
-                    id,
-                    nested: state.temp.nested.clone(),
+                keeper.leftover(aside_name(names, id), &state.temp, &mut steps);
+            }
+        }
+    }
+    for (name, slot) in &state.asides {
+        keeper.leftover(name.clone(), slot, &mut steps);
+    }
+    if keeping {
+        let mut all: Vec<&OldRoot> = state.old_roots.iter().chain(&keeper.kept).collect();
+        // Newest first, by id: ids grow with creation, whatever the clock said.
+        all.sort_by_key(|o| std::cmp::Reverse(o.id));
+        for (i, old) in all.iter().enumerate().skip(1) {
+            let age = (now - old.created).max(0);
+            let too_many = retention.count.is_some_and(|c| i >= c as usize);
+            let too_old = retention.days.is_some_and(|d| age > i64::from(d) * 86_400);
+            if too_many || too_old {
+                steps.push(Step::PruneOld {
+                    old: (*old).clone(),
                 });
             }
         }
     }
-    steps.extend(asides);
     Ok(Plan { steps, warnings })
+}
+
+/// Names and records old roots kept by one plan.
+struct Keeper {
+    taken: Vec<OsString>,
+    kept: Vec<OldRoot>,
+    keeping: bool,
+}
+
+impl Keeper {
+    /// Keep the subvolume `from` under `old_roots/<its creation time>`.
+    fn keep(&mut self, from: OsString, slot: &Slot, steps: &mut Vec<Step>) {
+        let Some(id) = slot.id() else { return };
+        let to = old_root_name(slot.created, &self.taken);
+        self.taken.push(to.clone());
+        self.kept.push(OldRoot {
+            name: to.clone(),
+            id,
+            created: slot.created,
+            nested: slot.nested.clone(),
+        });
+        steps.push(Step::KeepOld { from, id, to });
+    }
+
+    /// A leftover that served as a root is kept like an old root; one that did not (a fresh
+    /// snapshot never swapped in, unchanged since) is only a copy of the blank.
+    fn leftover(&mut self, name: OsString, slot: &Slot, steps: &mut Vec<Step>) {
+        let Some(id) = slot.id() else { return };
+        if self.keeping && slot.modified {
+            self.keep(name, slot, steps);
+        } else {
+            steps.push(Step::RemoveLeftover {
+                name,
+                id,
+                nested: slot.nested.clone(),
+            });
+        }
+    }
 }
 
 impl Plan {
@@ -261,10 +414,122 @@ impl Plan {
                     );
                     list(&mut out, nested);
                 }
+                Step::KeepOld { from, id, to } => {
+                    let _ = writeln!(
+                        out,
+                        "keep {} (ID {id}) as {}",
+                        quoted(from),
+                        quoted(&Path::new(OLD_ROOTS).join(to))
+                    );
+                }
+                Step::PruneOld { old } => {
+                    let _ = writeln!(
+                        out,
+                        "prune the old root {} (ID {}) and {} subvolume(s) nested in it:",
+                        quoted(&old.path()),
+                        old.id,
+                        old.nested.len()
+                    );
+                    list(&mut out, &old.nested);
+                }
+                Step::KeepRestored { id } => {
+                    let _ = writeln!(
+                        out,
+                        "keep {root} (ID {id}) this once: `btrfs-rollback restore` put it there"
+                    );
+                }
+                Step::ClearRestoreMarker => {
+                    let _ = writeln!(out, "remove the restore marker, which no longer applies");
+                }
             }
         }
         out
     }
+
+    /// The plan as JSON: `{"steps": [{"action": ..., ...}], "warnings": [...]}` (README.md).
+    pub fn to_json(&self, names: &Names) -> Json {
+        let nested = |n: &[Nested]| Json::Array(n.iter().map(nested_json).collect());
+        let steps = self
+            .steps
+            .iter()
+            .map(|step| {
+                let (action, mut fields): (&str, Vec<(&'static str, Json)>) = match step {
+                    Step::DefaultToRoot => ("default_to_root", vec![]),
+                    Step::SetAside { id } => (
+                        "set_aside",
+                        vec![
+                            ("id", Json::id(*id)),
+                            ("to", Json::os(aside_name(names, *id))),
+                        ],
+                    ),
+                    Step::CreateRoot => ("create_root", vec![]),
+                    Step::Swap {
+                        old,
+                        default_follows,
+                    } => (
+                        "swap",
+                        vec![
+                            ("old_id", Json::id(*old)),
+                            ("default_follows", Json::Bool(*default_follows)),
+                        ],
+                    ),
+                    Step::DeleteOld { id, nested: n } => (
+                        "delete_old",
+                        vec![("id", Json::id(*id)), ("nested", nested(n))],
+                    ),
+                    Step::RemoveLeftover {
+                        name,
+                        id,
+                        nested: n,
+                    } => (
+                        "remove_leftover",
+                        vec![
+                            ("name", Json::os(name)),
+                            ("id", Json::id(*id)),
+                            ("nested", nested(n)),
+                        ],
+                    ),
+                    Step::KeepOld { from, id, to } => (
+                        "keep_old",
+                        vec![
+                            ("from", Json::os(from)),
+                            ("id", Json::id(*id)),
+                            ("to", Json::path(&Path::new(OLD_ROOTS).join(to))),
+                        ],
+                    ),
+                    Step::PruneOld { old } => (
+                        "prune_old",
+                        vec![
+                            ("name", Json::path(&old.path())),
+                            ("id", Json::id(old.id)),
+                            ("created", Json::Int(old.created)),
+                            ("nested", nested(&old.nested)),
+                        ],
+                    ),
+                    Step::KeepRestored { id } => ("keep_restored", vec![("id", Json::id(*id))]),
+                    Step::ClearRestoreMarker => ("clear_restore_marker", vec![]),
+                };
+                fields.insert(0, ("action", Json::str(action)));
+                Json::Object(fields)
+            })
+            .collect();
+        Json::Object(vec![
+            ("steps", Json::Array(steps)),
+            (
+                "warnings",
+                Json::Array(self.warnings.iter().map(Json::str).collect()),
+            ),
+        ])
+    }
+}
+
+/// A nested subvolume as JSON: `{"id": 260, "path": "root/var/lib/machines", "readonly": false}`.
+pub fn nested_json(n: &Nested) -> Json {
+    Json::Object(vec![
+        ("id", Json::id(n.id)),
+        ("path", Json::path(&n.path)),
+        ("readonly", Json::Bool(n.readonly)),
+    ])
 }
 
 fn list(out: &mut String, nested: &[Nested]) {
@@ -288,8 +553,17 @@ mod tests {
         Slot {
             entry: Entry::Subvolume { id, readonly },
             nested: Vec::new(),
+            created: 1_795_774_145,
+            modified: true,
         }
     }
+
+    fn plan(names: &Names, state: &State) -> Result<Plan> {
+        super::plan(names, state, &Retention::default(), NOW)
+    }
+
+    const NOW: i64 = 1_795_774_145;
+    const DAY: i64 = 86_400;
 
     fn nested(id: u64, parent: u64, path: &str) -> Nested {
         Nested {
@@ -309,6 +583,9 @@ mod tests {
             temp: Slot::missing(),
             asides: Vec::new(),
             default_id: 5,
+            old_roots_dir: OldRootsDir::Missing,
+            old_roots: Vec::new(),
+            restored: None,
         }
     }
 
@@ -348,7 +625,7 @@ mod tests {
         let mut s = state();
         s.root = Slot {
             entry: Entry::Other("a symbolic link"),
-            nested: vec![],
+            ..Slot::missing()
         };
         let err = plan(&names(), &s).unwrap_err().to_string();
         assert!(err.contains("\"root\" is a symbolic link"), "{err}");
@@ -447,5 +724,152 @@ mod tests {
         s.temp.entry = Entry::Other("a regular file");
         let err = plan(&names(), &s).unwrap_err().to_string();
         assert!(err.contains("root.btrfs-rollback-tmp"), "{err}");
+    }
+
+    fn keep(count: Option<u32>, days: Option<u32>) -> Retention {
+        Retention { count, days }
+    }
+
+    fn old(id: u64, age_days: i64) -> OldRoot {
+        OldRoot {
+            name: old_root_name(NOW - age_days * DAY, &[]),
+            id,
+            created: NOW - age_days * DAY,
+            nested: Vec::new(),
+        }
+    }
+
+    fn pruned(p: &Plan) -> Vec<u64> {
+        p.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::PruneOld { old } => Some(old.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn old_root_names_are_times_and_never_collide() {
+        assert_eq!(old_root_name(NOW, &[]), "2026-11-27_10-09-05");
+        let taken = vec![
+            OsString::from("2026-11-27_10-09-05"),
+            OsString::from("2026-11-27_10-09-05.2"),
+        ];
+        assert_eq!(old_root_name(NOW, &taken), "2026-11-27_10-09-05.3");
+        // A creation time before 1970 (a broken clock) still gives a name.
+        assert_eq!(old_root_name(-5, &[]), "1970-01-01_00-00-00");
+    }
+
+    #[test]
+    fn retention_keeps_the_old_root_instead_of_deleting_it() {
+        let mut s = state();
+        s.root.created = NOW - DAY;
+        let p = super::plan(&names(), &s, &keep(Some(3), None), NOW).unwrap();
+        assert_eq!(p.steps[0], swap(256, false));
+        assert_eq!(
+            p.steps[1],
+            Step::KeepOld {
+                from: "root.btrfs-rollback-tmp".into(),
+                id: 256,
+                to: old_root_name(NOW - DAY, &[]),
+            }
+        );
+        assert_eq!(p.steps.len(), 2);
+    }
+
+    #[test]
+    fn pruning_by_count_never_takes_the_newest() {
+        let mut s = state();
+        s.old_roots = vec![old(100, 3), old(110, 2), old(120, 1)];
+        let p = super::plan(&names(), &s, &keep(Some(2), None), NOW).unwrap();
+        // The old root kept now (256) is the newest; 120 is second; 110 and 100 go.
+        assert_eq!(pruned(&p), vec![110, 100]);
+        let p = super::plan(&names(), &s, &keep(Some(1), None), NOW).unwrap();
+        assert_eq!(pruned(&p), vec![120, 110, 100]);
+    }
+
+    #[test]
+    fn pruning_by_age_uses_creation_time_but_never_takes_the_newest() {
+        let mut s = state();
+        s.root.created = NOW - 40 * DAY;
+        s.old_roots = vec![old(100, 50), old(110, 10)];
+        let p = super::plan(&names(), &s, &keep(None, Some(30)), NOW).unwrap();
+        // 256 (the root being kept, 40 days old) is the newest by id: kept anyway.
+        assert_eq!(pruned(&p), vec![100]);
+    }
+
+    #[test]
+    fn clock_skew_neither_prunes_nor_reorders() {
+        let mut s = state();
+        // Created "in the future" and, the clock since fixed, "long ago": order is by id.
+        s.old_roots = vec![old(100, -400), old(110, 400)];
+        let p = super::plan(&names(), &s, &keep(Some(2), Some(30)), NOW).unwrap();
+        // 256 newest, 110 next (but 400 days old: pruned by age), 100 third (count).
+        assert_eq!(pruned(&p), vec![110, 100]);
+        let p = super::plan(&names(), &s, &keep(Some(5), None), NOW).unwrap();
+        assert_eq!(pruned(&p), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn with_retention_leftovers_that_served_as_roots_are_kept() {
+        let mut s = state();
+        s.temp = sub(400, false);
+        let mut fresh = sub(300, false);
+        fresh.modified = false;
+        s.asides = vec![("root.btrfs-rollback-tmp.300".into(), fresh)];
+        let p = super::plan(&names(), &s, &keep(Some(10), None), NOW).unwrap();
+        assert_eq!(p.steps[0], Step::SetAside { id: 400 });
+        assert!(matches!(p.steps[2], Step::KeepOld { id: 256, .. }));
+        assert!(matches!(p.steps[3], Step::KeepOld { id: 400, .. }));
+        // Never swapped in, unchanged since: only a copy of the blank.
+        assert!(matches!(p.steps[4], Step::RemoveLeftover { id: 300, .. }));
+        // Two kept with the same creation time get distinct names.
+        let names: Vec<_> = p
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::KeepOld { to, .. } => Some(to.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_ne!(names[0], names[1]);
+    }
+
+    #[test]
+    fn old_roots_that_is_a_file_is_refused_only_when_keeping() {
+        let mut s = state();
+        s.old_roots_dir = OldRootsDir::Unusable("not a directory");
+        assert!(plan(&names(), &s).is_ok());
+        let err = super::plan(&names(), &s, &keep(Some(1), None), NOW).unwrap_err();
+        assert!(err.to_string().contains("old_roots"), "{err}");
+    }
+
+    #[test]
+    fn a_restored_root_is_kept_once() {
+        let mut s = state();
+        s.restored = Some(256);
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps, vec![Step::KeepRestored { id: 256 }]);
+        // A marker for another subvolume (the exchange never happened) is stale.
+        s.restored = Some(999);
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps[0], Step::ClearRestoreMarker);
+        assert_eq!(p.steps[1], swap(256, false));
+    }
+
+    #[test]
+    fn plan_json_names_every_action() {
+        let mut s = state();
+        s.temp = sub(400, false);
+        let p = plan(&names(), &s).unwrap();
+        let text = p.to_json(&names()).to_string_pretty();
+        for action in ["set_aside", "swap", "delete_old", "remove_leftover"] {
+            assert!(
+                text.contains(&format!("\"action\": \"{action}\"")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("\"path\": \"root/a/b\""), "{text}");
     }
 }

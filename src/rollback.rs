@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{renameat, renameat2, RenameFlags};
@@ -29,7 +29,8 @@ use crate::ioctl;
 use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
 use crate::names::{quoted, Names};
-use crate::plan::{self, Plan, Slot, State, Step};
+pub use crate::plan::Retention;
+use crate::plan::{self, OldRoot, OldRootsDir, Plan, Slot, State, Step, OLD_ROOTS};
 use crate::subvolume::{self, Entry};
 
 /// Where the filesystem is and how to reach it.
@@ -67,23 +68,37 @@ pub fn open(target: &Target, readonly: bool) -> Result<(TopLevel, String)> {
     Ok((top, described))
 }
 
+/// The file `btrfs-rollback restore` leaves in the top-level volume: the id of the root it
+/// put in place, which the next `run` keeps once.
+pub const RESTORE_MARKER: &str = "btrfs-rollback.restored";
+
 /// Read what the top-level volume holds.
 pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
     let fs = top.fd();
-    let slot = |name: &OsStr| -> Result<Slot> {
-        let entry = subvolume::entry(fs, name)?;
-        let nested = match entry {
-            Entry::Subvolume { id, .. } => subvolume::nested_post_order(fs, id, Path::new(name))?,
-            _ => Vec::new(),
+    let slot = |path: &Path| -> Result<Slot> {
+        let entry = subvolume::entry(fs, path.as_os_str())?;
+        let Entry::Subvolume { id, .. } = entry else {
+            return Ok(Slot {
+                entry,
+                ..Slot::missing()
+            });
         };
-        Ok(Slot { entry, nested })
+        let fd = subvolume::expect(fs, path, id)?;
+        let info = ioctl::get_subvol_info(fd.as_fd())
+            .with_context(|| format!("cannot read the creation time of {}", quoted(path)))?;
+        Ok(Slot {
+            entry,
+            nested: subvolume::nested_post_order(fs, id, path)?,
+            created: info.otime,
+            modified: info.generation > info.otransid,
+        })
     };
     let mut asides = Vec::new();
     for name in subvolume::names_with_prefix(fs, &plan::aside_name(names, 0))? {
         // `<temp>.<id>` is ours only if it is subvolume <id>; anything else is left alone.
         let id = name.as_bytes()[names.temp.len() + 1..].to_vec();
         let id: Option<u64> = String::from_utf8(id).ok().and_then(|s| s.parse().ok());
-        let slot = slot(&name)?;
+        let slot = slot(Path::new(&name))?;
         match (id, &slot.entry) {
             (Some(id), Entry::Subvolume { id: found, .. }) if id == *found => {
                 asides.push((name, slot))
@@ -94,28 +109,58 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
             ),
         }
     }
+    let (old_roots_dir, old_roots) = old_roots(fs, &slot)?;
+    let restored = match std::fs::read_to_string(top.path().join(RESTORE_MARKER)) {
+        // Anything unreadable as an id is stale: 0 is never a root's id.
+        Ok(text) => Some(text.trim().parse().unwrap_or(0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).context(format!("cannot read {RESTORE_MARKER:?}")),
+    };
     Ok(State {
-        root: slot(&names.root)?,
-        blank: slot(&names.blank)?,
-        temp: slot(&names.temp)?,
+        root: slot(Path::new(&names.root))?,
+        blank: slot(Path::new(&names.blank))?,
+        temp: slot(Path::new(&names.temp))?,
         asides,
         default_id: subvolume::default_id(fs)?,
+        old_roots_dir,
+        old_roots,
+        restored,
     })
 }
 
-/// How long old roots are kept under `old_roots/` instead of being deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Retention {
-    /// Keep at most this many.
-    pub count: Option<u32>,
-    /// Keep none older than this many days.
-    pub days: Option<u32>,
-}
-
-impl Retention {
-    pub fn enabled(&self) -> bool {
-        self.count.is_some() || self.days.is_some()
+/// What `old_roots/` is, and the subvolumes in it.
+fn old_roots(
+    fs: BorrowedFd<'_>,
+    slot: &dyn Fn(&Path) -> Result<Slot>,
+) -> Result<(OldRootsDir, Vec<OldRoot>)> {
+    use nix::sys::stat::{fstatat, SFlag};
+    let st = match fstatat(fs, OLD_ROOTS, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(ioctl::Errno::ENOENT) => return Ok((OldRootsDir::Missing, Vec::new())),
+        Err(e) => return Err(e).context(format!("cannot stat {OLD_ROOTS:?}")),
+    };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+        return Ok((OldRootsDir::Unusable("not a directory"), Vec::new()));
     }
+    let dir = subvolume::open_dir(fs, OLD_ROOTS)?;
+    let mut roots = Vec::new();
+    for name in subvolume::names_with_prefix(dir.as_fd(), OsStr::new(""))? {
+        if name == "." || name == ".." {
+            continue;
+        }
+        let path = Path::new(OLD_ROOTS).join(&name);
+        let s = slot(&path)?;
+        if let Entry::Subvolume { id, .. } = s.entry {
+            roots.push(OldRoot {
+                name,
+                id,
+                created: s.created,
+                nested: s.nested,
+            });
+        }
+    }
+    roots.sort_by_key(|r| r.id);
+    Ok((OldRootsDir::Usable, roots))
 }
 
 #[derive(Debug, Clone)]
@@ -158,9 +203,14 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
     );
     // Errors from here on are logged while the log file is still open.
     let result = inspect(&top, names).and_then(|state| {
-        let plan = plan::plan(names, &state).context("refusing to roll back")?;
+        let plan = plan::plan(names, &state, &options.retention, now())
+            .context("refusing to roll back")?;
         for warning in &plan.warnings {
             log::warn!("{warning}");
+        }
+        if dry_run && options.json {
+            print!("{}", plan.to_json(names).to_string_pretty());
+            return Ok(Outcome::Looked);
         }
         if dry_run {
             print!(
@@ -184,14 +234,32 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
     })
 }
 
+/// Seconds since the epoch, now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<Outcome> {
     let fs = top.fd();
     let start = Instant::now();
     // Set once a fresh `root` is committed: from then on a failure is a cleanup failure.
     let mut fresh: Option<u64> = None;
-    let mut deleted_old: Option<(u64, usize)> = None;
+    let mut old_went = String::new();
     for step in &plan.steps {
         let result = match step {
+            Step::KeepRestored { id } => {
+                remove_restore_marker(fs)?;
+                log::info!(
+                    "done: kept {} (ID {id}) this once, as `btrfs-rollback restore` asked; the \
+                     next boot rolls back again",
+                    quoted(&names.root)
+                );
+                return Ok(Outcome::RolledBack);
+            }
+            Step::ClearRestoreMarker => remove_restore_marker(fs),
             Step::DefaultToRoot => default_to_root(fs, names),
             Step::SetAside { id } => set_aside(fs, names, *id),
             Step::CreateRoot => create_root(fs, names).map(|id| fresh = Some(id)),
@@ -199,8 +267,10 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                 old,
                 default_follows,
             } => swap(fs, names, *old, *default_follows).map(|id| fresh = Some(id)),
-            Step::DeleteOld { id, .. } => delete_expected(fs, &names.temp, *id)
-                .map(|nested| deleted_old = Some((*id, nested))),
+            Step::DeleteOld { id, .. } => delete_expected(fs, &names.temp, *id).map(|nested| {
+                old_went =
+                    format!("; deleted the old root (ID {id}) and {nested} nested subvolume(s)")
+            }),
             Step::RemoveLeftover { name, id, .. } => delete_expected(fs, name, *id).map(|nested| {
                 log::info!(
                     "deleted {} (ID {id}), left over from an earlier run, with {nested} \
@@ -208,6 +278,15 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                     quoted(name)
                 );
             }),
+            Step::KeepOld { from, id, to } => keep_old(fs, from, *id, to).map(|()| {
+                if *from == names.temp {
+                    old_went = format!(
+                        "; kept the old root (ID {id}) as {}",
+                        quoted(&Path::new(OLD_ROOTS).join(to))
+                    );
+                }
+            }),
+            Step::PruneOld { old } => prune_old(fs, old),
         };
         if let Err(e) = result {
             let root = quoted(&names.root);
@@ -215,8 +294,8 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
             if fresh.is_some() {
                 log::error!(
                     "{e:#}; the fresh {root} on {device} is in place and committed; what could \
-                     not be deleted stays in the top-level volume under {} (or {}.<ID>), and \
-                     the next run tries again",
+                     not be deleted or kept stays in the top-level volume under {} (or \
+                     {}.<ID>), and the next run tries again",
                     quoted(&names.temp),
                     quoted(&names.temp),
                 );
@@ -226,19 +305,58 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
         }
     }
     let new = fresh.context("internal error: the plan left no fresh root")?;
-    let old = match deleted_old {
-        Some((id, nested)) => {
-            format!("; deleted the old root (ID {id}) and {nested} nested subvolume(s)")
-        }
-        None => String::new(),
-    };
     log::info!(
-        "done: {} is a fresh snapshot of {} (ID {new}){old} in {:.2} s",
+        "done: {} is a fresh snapshot of {} (ID {new}){old_went} in {:.2} s",
         quoted(&names.root),
         quoted(&names.blank),
         start.elapsed().as_secs_f64()
     );
     Ok(Outcome::RolledBack)
+}
+
+/// Move `from` (subvolume `id`) to `old_roots/<to>`, never over an existing name, and commit.
+pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result<()> {
+    match nix::sys::stat::mkdirat(
+        fs,
+        OLD_ROOTS,
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    ) {
+        Ok(()) | Err(ioctl::Errno::EEXIST) => {}
+        Err(e) => return Err(e).context(format!("cannot create {OLD_ROOTS:?}")),
+    }
+    subvolume::expect(fs, from, id)?;
+    let dir = subvolume::open_dir(fs, OLD_ROOTS)?;
+    let dest = Path::new(OLD_ROOTS).join(to);
+    renameat2(fs, from, dir.as_fd(), to, RenameFlags::RENAME_NOREPLACE).with_context(|| {
+        format!(
+            "cannot move {} (ID {id}) to {}",
+            quoted(from),
+            quoted(&dest)
+        )
+    })?;
+    ioctl::sync(fs).with_context(|| format!("cannot commit {}", quoted(&dest)))?;
+    log::info!("kept {} (ID {id}) as {}", quoted(from), quoted(&dest));
+    Ok(())
+}
+
+fn prune_old(fs: BorrowedFd<'_>, old: &OldRoot) -> Result<()> {
+    let nested = delete_expected(fs, old.path().as_os_str(), old.id)?;
+    let (y, mo, d, h, mi, s) = crate::logging::utc(old.created.max(0) as u64);
+    log::info!(
+        "pruned the old root {} (ID {}, created {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC) \
+         with {nested} nested subvolume(s)",
+        quoted(&old.path()),
+        old.id
+    );
+    Ok(())
+}
+
+fn remove_restore_marker(fs: BorrowedFd<'_>) -> Result<()> {
+    match nix::unistd::unlinkat(fs, RESTORE_MARKER, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(ioctl::Errno::ENOENT) => {}
+        Err(e) => return Err(e).context(format!("cannot remove {RESTORE_MARKER:?}")),
+    }
+    ioctl::sync(fs).context("cannot commit the removal of the restore marker")
 }
 
 /// Snapshot the blank under the temporary name, exchange it with `root`, optionally make it
