@@ -31,6 +31,9 @@ in
 
       with subtest("in the initrd: how the unit is ordered"):
           machine.wait_for_unit("initrd.target")
+          # boot.resumeDevice puts resume= on the command line, which pulls
+          # systemd-hibernate-resume.service into the boot.
+          assert f"resume={SWAP_DISK}" in machine.succeed("cat /proc/cmdline")
           after = prop("btrfs-rollback.service", "After").split()
           for unit in ["dev-mapper-cryptroot.device", "local-fs-pre.target", "systemd-hibernate-resume.service"]:
               assert unit in after, f"btrfs-rollback.service is not After={unit}: {after}"
