@@ -17,8 +17,11 @@ in
 {
   systemd-stage-1 = runTest ./systemd.nix;
   systemd-ordering = runTest ./systemd-ordering.nix;
-  systemd-hibernate = runTest ./systemd-hibernate.nix;
   missing-blank-systemd = runTest (import ./missing-blank.nix { systemdStage1 = true; });
+}
+# As nixpkgs' own hibernate tests: x86_64 only.
+// pkgs.lib.optionalAttrs pkgs.stdenv.hostPlatform.isx86_64 {
+  systemd-hibernate = runTest ./systemd-hibernate.nix;
 }
 // pkgs.lib.optionalAttrs hasScriptedStage1 {
   scripted-stage-1 = runTest ./scripted.nix;
