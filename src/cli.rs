@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::diff;
 use crate::list;
 use crate::logging;
-use crate::names::Names;
+use crate::names::{self, Names};
 use crate::restore;
 use crate::rollback::{self, Outcome, Retention, RunOptions, Target};
 
@@ -147,7 +147,11 @@ pub fn main() -> ExitCode {
         Command::Diff(a) => &a.target,
         Command::Restore(a) => &a.target,
     };
-    let target = match target.target() {
+    let checked = target.target().and_then(|target| match &cli.command {
+        Command::Restore(a) => names::check_component("NAME", &a.name).map(|()| target),
+        _ => Ok(target),
+    });
+    let target = match checked {
         Ok(target) => target,
         Err(e) => {
             log::error!("{e:#}");

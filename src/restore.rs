@@ -21,13 +21,13 @@ use nix::fcntl::{renameat2, RenameFlags};
 use crate::ioctl;
 use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
-use crate::names::{check_component, quoted};
+use crate::names::quoted;
 use crate::plan::{old_root_name, OLD_ROOTS};
 use crate::rollback::{self, Outcome, Target, RESTORE_MARKER};
 use crate::subvolume::{self, Entry};
 
+/// `name` must be a single path component (the command line checks it).
 pub fn restore(target: &Target, name: &OsStr) -> Result<Outcome> {
-    check_component("NAME", name)?;
     let names = &target.names;
     let (top, described) = rollback::open(target, false)?;
     let _lock = top

@@ -1,0 +1,226 @@
+//! Privileged tests of old roots (`--keep-old-roots`, `--keep-days`), `restore`, and the JSON
+//! of `list` and `run --dry-run`, on real btrfs, checked with btrfs-progs and a fresh mount.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+macro_rules! privileged {
+    ($name:literal) => {
+        if !privileged($name) {
+            return;
+        }
+    };
+}
+
+/// The old roots kept, by name, with their ids (btrfs-progs' view).
+fn old_roots(disk: &Disk) -> Vec<(PathBuf, u64)> {
+    disk.mount()
+        .subvolumes()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("old_roots") && p.components().count() == 2)
+        .collect()
+}
+
+/// Parse JSON with python3's json module (an independent parser); return it re-dumped in a
+/// canonical form that the test can search.
+fn json_canonical(text: &[u8]) -> String {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys; print(json.dumps(json.load(sys.stdin), sort_keys=True))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "not JSON:\n{}",
+        String::from_utf8_lossy(text)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn privileged_old_roots_are_kept_with_their_nested_subvolumes_and_pruned() {
+    privileged!("privileged_old_roots_are_kept_with_their_nested_subvolumes_and_pruned");
+    let disk = Disk::new("keep");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let root_id = disk.mount().id("root");
+
+    let out = disk.run(&["--keep-old-roots", "2"]);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("kept the old root"),
+        "{}",
+        stderr(&out)
+    );
+    let kept = old_roots(&disk);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].1, root_id, "the old root was not moved whole");
+    {
+        let m = disk.mount();
+        let old = &kept[0].0;
+        // Its nested subvolumes came along, content intact.
+        assert_eq!(
+            fs::read_to_string(m.join(old).join("var/lib/machines/a/b/c/data")).unwrap(),
+            "deep"
+        );
+        assert!(m.join(old).join("etc/junk").exists());
+        assert!(m.is_ro(old.join("srv")));
+        // The fresh root is what the blank holds; siblings untouched.
+        assert_eq!(m.tree("root"), before.blank_tree);
+        for (path, (id, _)) in &before.siblings {
+            assert_eq!(m.subvolumes().get(path), Some(id), "{path:?}");
+        }
+    }
+
+    // Two more boots: each keeps one, and only the newest two survive.
+    for _ in 0..2 {
+        fs::write(disk.mount().join("root/etc/junk"), "again").unwrap();
+        assert_exit(&disk.run(&["--keep-old-roots", "2"]), 0);
+    }
+    let kept = old_roots(&disk);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept.iter().all(|(_, id)| *id != root_id),
+        "the oldest was not pruned: {kept:?}"
+    );
+    // Names never collide, even with three old roots created in the same second.
+    let names: Vec<_> = kept.iter().map(|(p, _)| p.clone()).collect();
+    assert_ne!(names[0], names[1]);
+    // No nested subvolume of a pruned root is left behind.
+    let m = disk.mount();
+    let orphans: Vec<_> = m
+        .subvolumes()
+        .into_keys()
+        .filter(|p| p.starts_with("old_roots") && !names.iter().any(|n| p.starts_with(n)))
+        .collect();
+    assert!(orphans.is_empty(), "{orphans:?}");
+}
+
+#[test]
+fn privileged_keep_days_zero_keeps_only_the_newest() {
+    privileged!("privileged_keep_days_zero_keeps_only_the_newest");
+    let disk = Disk::new("keepdays");
+    impermanence_layout(&disk);
+    for _ in 0..3 {
+        fs::write(disk.mount().join("root/etc/junk"), "boot").unwrap();
+        assert_exit(&disk.run(&["--keep-days", "0"]), 0);
+        // Old roots older than 0 days go; a second must pass for that to be true.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(old_roots(&disk).len(), 1);
+}
+
+#[test]
+fn privileged_old_roots_that_is_a_file_is_refused_with_retention() {
+    privileged!("privileged_old_roots_that_is_a_file_is_refused_with_retention");
+    let disk = Disk::new("keepfile");
+    impermanence_layout(&disk);
+    fs::write(disk.mount().join("old_roots"), "not a directory").unwrap();
+    let subs = disk.mount().subvolumes();
+    let out = disk.run(&["--keep-old-roots", "3"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("\"old_roots\""), "{}", stderr(&out));
+    assert_eq!(disk.mount().subvolumes(), subs);
+}
+
+#[test]
+fn privileged_restore_brings_an_old_root_back_for_one_boot() {
+    privileged!("privileged_restore_brings_an_old_root_back_for_one_boot");
+    let disk = Disk::new("restore");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let first = disk.mount().id("root");
+    assert_exit(&disk.run(&["--keep-old-roots", "5"]), 0);
+    let (name, id) = old_roots(&disk).remove(0);
+    assert_eq!(id, first);
+    fs::write(disk.mount().join("root/etc/since"), "written after").unwrap();
+    let replaced = disk.mount().id("root");
+
+    // Unknown names are refused, nothing changed.
+    let subs = disk.mount().subvolumes();
+    let out = disk.cmd("restore").arg("no-such-root").output().unwrap();
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("no old root"), "{}", stderr(&out));
+    let out = disk.cmd("restore").arg("../root-blank").output().unwrap();
+    assert_exit(&out, 2);
+    assert_eq!(disk.mount().subvolumes(), subs);
+
+    let out = disk
+        .cmd("restore")
+        .arg(name.file_name().unwrap())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    {
+        let m = disk.mount();
+        assert_eq!(m.id("root"), first, "root is not the restored one");
+        assert!(m.join("root/etc/junk").exists());
+        // The replaced root is kept as an old root, with what was written to it.
+        let kept = old_roots(&disk);
+        let (path, _) = kept.iter().find(|(_, id)| *id == replaced).expect("kept");
+        assert_eq!(
+            fs::read_to_string(m.join(path).join("etc/since")).unwrap(),
+            "written after"
+        );
+    }
+    // The next run keeps the restored root once...
+    let out = disk.run(&["--keep-old-roots", "5"]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("this once"), "{}", stderr(&out));
+    assert_eq!(disk.mount().id("root"), first);
+    // ...and the one after rolls back again.
+    assert_exit(&disk.run(&["--keep-old-roots", "5"]), 0);
+    let m = disk.mount();
+    assert_ne!(m.id("root"), first);
+    assert_eq!(m.tree("root"), before.blank_tree);
+}
+
+#[test]
+fn privileged_list_and_dry_run_speak_json() {
+    privileged!("privileged_list_and_dry_run_speak_json");
+    let disk = Disk::new("json");
+    impermanence_layout(&disk);
+    assert_exit(&disk.run(&["--keep-old-roots", "3"]), 0);
+    {
+        let m = disk.mount();
+        m.subvol("root/new\nline \"quoted\"");
+    }
+    let subs = disk.mount().subvolumes();
+    let out = disk.cmd("list").arg("--json").output().unwrap();
+    assert_exit(&out, 0);
+    let list = json_canonical(&out.stdout);
+    for key in [
+        "\"top_level\"",
+        "\"old_roots\"",
+        "\"age_seconds\"",
+        "\"plan\"",
+        "\"action\": \"swap\"",
+        "\"path\": \"root/new\\nline \\\"quoted\\\"\"",
+    ] {
+        assert!(list.contains(key), "{key} missing from {list}");
+    }
+    let out = disk.run(&["--dry-run", "--json"]);
+    assert_exit(&out, 0);
+    let plan = json_canonical(&out.stdout);
+    assert!(plan.contains("\"action\": \"delete_old\""), "{plan}");
+    assert_eq!(
+        disk.mount().subvolumes(),
+        subs,
+        "list or dry run changed something"
+    );
+    // --json without --dry-run is a usage error.
+    assert_exit(&disk.run(&["--json"]), 2);
+    assert!(!Path::new("/nonexistent").exists());
+}
