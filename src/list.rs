@@ -141,7 +141,11 @@ pub fn list(target: &Target, json: bool) -> Result<()> {
     }
     match plan {
         Ok(plan) => {
-            let _ = writeln!(out, "`run` would:");
+            let _ = writeln!(
+                out,
+                "`run` would (without --keep-old-roots/--keep-days; `run --dry-run` shows \
+                 the plan with them):"
+            );
             for line in plan.describe(names).lines() {
                 let _ = writeln!(out, "  {line}");
             }

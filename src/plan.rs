@@ -399,8 +399,9 @@ impl Plan {
                 Step::DeleteOld { id, nested } => {
                     let _ = writeln!(
                         out,
-                        "delete the old {root} (ID {id}) and {} subvolume(s) nested in it:",
-                        nested.len()
+                        "delete the old {root} (ID {id}) and {} subvolume(s) nested in it{}",
+                        nested.len(),
+                        colon(nested)
                     );
                     list(&mut out, nested);
                 }
@@ -408,9 +409,10 @@ impl Plan {
                     let _ = writeln!(
                         out,
                         "delete {} (ID {id}), left over from an earlier run, and {} subvolume(s) \
-                         nested in it:",
+                         nested in it{}",
                         quoted(name),
-                        nested.len()
+                        nested.len(),
+                        colon(nested)
                     );
                     list(&mut out, nested);
                 }
@@ -425,10 +427,11 @@ impl Plan {
                 Step::PruneOld { old } => {
                     let _ = writeln!(
                         out,
-                        "prune the old root {} (ID {}) and {} subvolume(s) nested in it:",
+                        "prune the old root {} (ID {}) and {} subvolume(s) nested in it{}",
                         quoted(&old.path()),
                         old.id,
-                        old.nested.len()
+                        old.nested.len(),
+                        colon(&old.nested)
                     );
                     list(&mut out, &old.nested);
                 }
@@ -530,6 +533,15 @@ pub fn nested_json(n: &Nested) -> Json {
         ("path", Json::path(&n.path)),
         ("readonly", Json::Bool(n.readonly)),
     ])
+}
+
+/// A list of nested subvolumes follows a colon; none, a full stop.
+fn colon(nested: &[Nested]) -> &'static str {
+    if nested.is_empty() {
+        "."
+    } else {
+        ":"
+    }
 }
 
 fn list(out: &mut String, nested: &[Nested]) {

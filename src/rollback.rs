@@ -279,10 +279,13 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                 );
             }),
             Step::KeepOld { from, id, to } => keep_old(fs, from, *id, to).map(|()| {
+                let dest = quoted(&Path::new(OLD_ROOTS).join(to)).to_string();
                 if *from == names.temp {
-                    old_went = format!(
-                        "; kept the old root (ID {id}) as {}",
-                        quoted(&Path::new(OLD_ROOTS).join(to))
+                    old_went = format!("; kept the old root (ID {id}) as {dest}");
+                } else {
+                    log::info!(
+                        "kept {} (ID {id}), left over from an earlier run, as {dest}",
+                        quoted(from)
                     );
                 }
             }),
@@ -335,7 +338,7 @@ pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result
         )
     })?;
     ioctl::sync(fs).with_context(|| format!("cannot commit {}", quoted(&dest)))?;
-    log::info!("kept {} (ID {id}) as {}", quoted(from), quoted(&dest));
+    log::debug!("kept {} (ID {id}) as {}", quoted(from), quoted(&dest));
     Ok(())
 }
 
