@@ -1,0 +1,569 @@
+//! Privileged tests of `btrfs-rollback diff`: the real binary on a real btrfs on a loop device.
+//! Fixtures are built and checked with plain file operations and btrfs-progs, never with the
+//! code under test. See `common/mod.rs` for when they skip.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use common::*;
+
+macro_rules! privileged {
+    ($name:literal) => {
+        if !privileged($name) {
+            return;
+        }
+    };
+}
+
+/// `root` with files, a read-only `root-blank` snapshot of it, `persist` with files.
+fn blank_layout(disk: &Disk) {
+    let m = disk.mount();
+    m.subvol("root");
+    let etc = m.join("root/etc");
+    fs::create_dir_all(etc.join("gonedir/sub")).unwrap();
+    for name in [
+        "keep", "keep2", "modify", "grow", "touch", "chmod", "gone", "replace", "moveme",
+    ] {
+        fs::write(etc.join(name), format!("{name} from the blank\n")).unwrap();
+    }
+    fs::write(etc.join("gonedir/sub/a"), "a").unwrap();
+    fs::write(etc.join("blank with space"), "untouched").unwrap();
+    symlink("keep", etc.join("link")).unwrap();
+    fs::create_dir_all(m.join("root/usr/share/doc")).unwrap();
+    fs::write(m.join("root/usr/share/doc/readme"), "docs").unwrap();
+    fs::create_dir_all(m.join("root/var/lib")).unwrap();
+    sh(Command::new("btrfs")
+        .args(["subvolume", "snapshot", "-r"])
+        .arg(m.join("root"))
+        .arg(m.join("root-blank")));
+    m.subvol("persist");
+    fs::create_dir_all(m.join("persist/etc")).unwrap();
+    fs::write(m.join("persist/etc/kept"), "persisted").unwrap();
+}
+
+/// What a boot does to `root`: every kind of difference, and reads that are none.
+fn change_root(m: &Mounted) {
+    let etc = m.join("root/etc");
+    // Reads (atime) and a second link of an unchanged file are not differences of the file.
+    fs::read(etc.join("keep")).unwrap();
+    fs::read(m.join("root/usr/share/doc/readme")).unwrap();
+    fs::hard_link(etc.join("keep2"), etc.join("hardlink")).unwrap();
+    fs::write(etc.join("added"), "new").unwrap();
+    fs::write(etc.join("with space"), "new").unwrap();
+    fs::write(etc.join("new\nline"), "new").unwrap();
+    // Same size, other bytes; and another size.
+    fs::write(etc.join("modify"), "MODIFY from the blank\n").unwrap();
+    fs::write(etc.join("grow"), "grow from the blank, and more\n").unwrap();
+    sh(Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06"])
+        .arg(etc.join("touch")));
+    fs::set_permissions(etc.join("chmod"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(etc.join("gone")).unwrap();
+    fs::remove_dir_all(etc.join("gonedir")).unwrap();
+    // Replaced by a new inode with the same content, as editors save.
+    fs::write(etc.join("replace.tmp"), "replace from the blank\n").unwrap();
+    fs::rename(etc.join("replace.tmp"), etc.join("replace")).unwrap();
+    fs::rename(etc.join("moveme"), etc.join("moved")).unwrap();
+    // A symlink replaced by a file.
+    fs::remove_file(etc.join("link")).unwrap();
+    fs::write(etc.join("link"), "now a file").unwrap();
+    fs::create_dir_all(m.join("root/var/log")).unwrap();
+    fs::write(m.join("root/var/log/new"), "log").unwrap();
+    m.subvol("root/var/lib/machines");
+    m.subvol("root/var/lib/machines/inner");
+    fs::write(m.join("root/var/lib/machines/inner/file"), "inside").unwrap();
+    m.subvol("root/var/lib/docker");
+    fs::write(m.join("root/var/lib/docker/file"), "inside").unwrap();
+}
+
+/// The text `diff` prints after `change_root`.
+const EXPECTED: &str = "\
++ /etc/added
+* /etc/chmod (metadata only)
+- /etc/gone
+- /etc/gonedir
+~ /etc/grow
++ /etc/hardlink
+~ /etc/link (was a symbolic link)
+~ /etc/modify
++ /etc/moved
+- /etc/moveme
++ \"/etc/new\\nline\"
+* /etc/replace (metadata only)
+* /etc/touch (metadata only)
++ \"/etc/with space\"
+@ /var/lib/docker (subvolume, erased whole)
+@ /var/lib/machines (subvolume, erased whole with 1 nested)
++ /var/log
++ /var/log/new
+7 new, 3 changed, 3 metadata only, 3 gone, 2 subvolumes
+";
+
+fn diff(disk: &Disk, extra: &[&str]) -> Output {
+    let out = disk.cmd("diff").args(extra).output().unwrap();
+    assert!(
+        !is_mounted(&disk.work_mountpoint()),
+        "diff left {} mounted",
+        disk.work_mountpoint().display()
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What `diff` must never change: subvolumes, the log, the trees of root and the blank.
+fn snapshot_state(disk: &Disk) -> (BTreeMap<PathBuf, u64>, Option<u64>, Vec<String>) {
+    let m = disk.mount();
+    let log = fs::metadata(m.join("rollback.log")).ok().map(|m| m.len());
+    let trees = ["root", "root-blank", "persist"]
+        .iter()
+        .map(|s| format!("{:?}", m.tree(s)))
+        .collect();
+    (m.subvolumes(), log, trees)
+}
+
+#[test]
+fn privileged_diff_reports_what_a_rollback_erases() {
+    privileged!("privileged_diff_reports_what_a_rollback_erases");
+    let disk = Disk::new("diff");
+    blank_layout(&disk);
+
+    // Nothing changed yet: nothing to report.
+    let out = diff(&disk, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "0 new, 0 changed, 0 metadata only, 0 gone, 0 subvolumes\n"
+    );
+
+    // First boot: root is the original, the blank a snapshot of it.
+    change_root(&disk.mount());
+    let before = snapshot_state(&disk);
+    let out = diff(&disk, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), EXPECTED, "stderr:\n{}", stderr(&out));
+    assert_eq!(snapshot_state(&disk), before, "diff changed something");
+
+    // Excludes: a directory covers what is in it; `*` within a name, `**` across names;
+    // patterns without a leading `/` match at any depth.
+    let out = diff(
+        &disk,
+        &[
+            "--exclude",
+            "/var/log",
+            "--exclude",
+            "/etc/gone*",
+            "--exclude=/var/**/docker",
+            "--exclude",
+            "*space",
+            "--exclude",
+            "new?line",
+        ],
+    );
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    for gone in [
+        "/var/log",
+        "/etc/gone",
+        "/etc/gonedir",
+        "/var/lib/docker",
+        "with space",
+    ] {
+        assert!(!text.contains(gone), "{gone} not excluded:\n{text}");
+    }
+    // `?` is not a wildcard: the newline name stays.
+    assert!(text.contains("+ \"/etc/new\\nline\"\n"), "{text}");
+    assert!(text.contains("@ /var/lib/machines"), "{text}");
+    assert!(
+        text.ends_with("4 new, 3 changed, 3 metadata only, 1 gone, 1 subvolumes\n"),
+        "{text}"
+    );
+
+    // JSON: parses, and says the same.
+    let out = diff(&disk, &["--json"]);
+    assert_exit(&out, 0);
+    let json = Json::parse(&stdout(&out));
+    assert_eq!(json.get("root").str(), "root");
+    assert_eq!(json.get("blank").str(), "root-blank");
+    assert!(matches!(json.get("since_transid"), Json::Num(_)));
+    let entries = json.get("entries").array();
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e.get("change").str(),
+                e.get("kind").str(),
+                e.get("path").str()
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "new file /etc/added",
+            "metadata file /etc/chmod",
+            "gone file /etc/gone",
+            "gone dir /etc/gonedir",
+            "changed file /etc/grow",
+            "new file /etc/hardlink",
+            "changed file /etc/link",
+            "changed file /etc/modify",
+            "new file /etc/moved",
+            "gone file /etc/moveme",
+            "new file /etc/new\nline",
+            "metadata file /etc/replace",
+            "metadata file /etc/touch",
+            "new file /etc/with space",
+            "subvolume dir /var/lib/docker",
+            "subvolume dir /var/lib/machines",
+            "new dir /var/log",
+            "new file /var/log/new",
+        ]
+    );
+    assert_eq!(entries[6].get("was").str(), "symlink");
+    assert_eq!(entries[15].get("nested"), &Json::Num(1.0));
+    let summary = json.get("summary");
+    for (key, n) in [
+        ("new", 7.0),
+        ("changed", 3.0),
+        ("metadata", 3.0),
+        ("gone", 3.0),
+        ("subvolumes", 2.0),
+    ] {
+        assert_eq!(summary.get(key), &Json::Num(n), "{key}");
+    }
+
+    // A blank that is no snapshot of root (a copy): every file compared, the same answer.
+    {
+        let m = disk.mount();
+        m.subvol("copy");
+        sh(Command::new("cp")
+            .arg("-a")
+            .arg(m.join("root-blank/."))
+            .arg(m.join("copy")));
+    }
+    let out = diff(&disk, &["--blank", "copy"]);
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), EXPECTED, "stderr:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not snapshots of one another"),
+        "{}",
+        stderr(&out)
+    );
+
+    // After a rollback root is a snapshot of the blank: nothing, then the same changes again.
+    assert_exit(&disk.run(&[]), 0);
+    let out = diff(&disk, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "0 new, 0 changed, 0 metadata only, 0 gone, 0 subvolumes\n"
+    );
+    change_root(&disk.mount());
+    let before = snapshot_state(&disk);
+    let out = diff(&disk, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), EXPECTED, "stderr:\n{}", stderr(&out));
+    assert_eq!(snapshot_state(&disk), before, "diff changed something");
+}
+
+#[test]
+fn privileged_diff_sees_a_running_system() {
+    privileged!("privileged_diff_sees_a_running_system");
+    let disk = Disk::new("diff-live");
+    blank_layout(&disk);
+    // Root stays mounted read-write, as `/` of a running system, while diff looks.
+    let m = disk.mount();
+    fs::write(m.join("root/etc/live"), "not committed yet").unwrap();
+    fs::write(m.join("root/etc/modify"), "MODIFY from the blank\n").unwrap();
+    let out = diff(&disk, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "+ /etc/live\n~ /etc/modify\n1 new, 1 changed, 0 metadata only, 0 gone, 0 subvolumes\n",
+        "stderr:\n{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::read(m.join("root/etc/live")).unwrap(),
+        b"not committed yet"
+    );
+}
+
+#[test]
+fn privileged_diff_without_blank_or_root_is_a_clear_error() {
+    privileged!("privileged_diff_without_blank_or_root_is_a_clear_error");
+    let disk = Disk::new("diff-missing");
+    blank_layout(&disk);
+    let state = || {
+        let m = disk.mount();
+        let log = fs::metadata(m.join("rollback.log")).ok().map(|m| m.len());
+        (m.subvolumes(), log)
+    };
+    let before = state();
+    let out = diff(&disk, &["--blank", "no-blank"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"no-blank\" does not exist") && err.contains(&*disk.dev.to_string_lossy()),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = diff(&disk, &["--root", "no-root"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("\"no-root\" does not exist"), "{err}");
+    // The real blank deleted.
+    {
+        let m = disk.mount();
+        btrfs([
+            Path::new("subvolume"),
+            Path::new("delete"),
+            &m.join("root-blank"),
+        ]);
+    }
+    let out = diff(&disk, &[]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("\"root-blank\" does not exist"), "{err}");
+    // Not a subvolume.
+    {
+        let m = disk.mount();
+        fs::create_dir(m.join("plain")).unwrap();
+    }
+    let out = diff(&disk, &["--blank", "plain"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("not a subvolume"), "{}", stderr(&out));
+    let after = state();
+    assert_eq!(after.0.len() + 1, before.0.len(), "{after:?}");
+    assert_eq!(after.1, before.1);
+}
+
+#[test]
+fn privileged_diff_of_200000_files_reports_only_the_changed() {
+    privileged!("privileged_diff_of_200000_files_reports_only_the_changed");
+    let disk = Disk::new("diff-200k");
+    {
+        let m = disk.mount();
+        m.subvol("root");
+        let start = Instant::now();
+        for d in 0..200 {
+            let dir = m.join(format!("root/data/d{d:03}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..1000 {
+                fs::write(dir.join(format!("f{f:04}")), format!("{d} {f}\n")).unwrap();
+            }
+        }
+        sh(Command::new("btrfs")
+            .args(["subvolume", "snapshot", "-r"])
+            .arg(m.join("root"))
+            .arg(m.join("root-blank")));
+        eprintln!(
+            "created 200,000 files and the blank in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let start = Instant::now();
+    let out = diff(&disk, &[]);
+    eprintln!(
+        "diff of 200,000 unchanged files: {:.3} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "0 new, 0 changed, 0 metadata only, 0 gone, 0 subvolumes\n"
+    );
+    {
+        let m = disk.mount();
+        fs::write(m.join("root/data/d000/f0000"), "0 X\n").unwrap();
+        fs::write(m.join("root/data/d099/f0500"), "changed, longer\n").unwrap();
+        fs::remove_file(m.join("root/data/d150/f0999")).unwrap();
+        fs::write(m.join("root/data/d199/new"), "new").unwrap();
+        fs::write(m.join("root/new"), "new").unwrap();
+        fs::set_permissions(
+            m.join("root/data/d042/f0042"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        // Reading many files must not matter.
+        for f in 0..1000 {
+            fs::read(m.join(format!("root/data/d123/f{f:04}"))).unwrap();
+        }
+    }
+    let start = Instant::now();
+    let out = diff(&disk, &[]);
+    eprintln!(
+        "diff of 200,000 files, 6 changed: {:.3} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "~ /data/d000/f0000\n* /data/d042/f0042 (metadata only)\n~ /data/d099/f0500\n\
+         - /data/d150/f0999\n+ /data/d199/new\n+ /new\n\
+         2 new, 2 changed, 1 metadata only, 1 gone, 0 subvolumes\n",
+        "stderr:\n{}",
+        stderr(&out)
+    );
+}
+
+/// Just enough JSON to read `diff --json` back.
+#[derive(Debug, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn parse(text: &str) -> Json {
+        let chars: Vec<char> = text.chars().collect();
+        let mut pos = 0;
+        let value = Self::value(&chars, &mut pos);
+        Self::ws(&chars, &mut pos);
+        assert_eq!(pos, chars.len(), "trailing text in JSON:\n{text}");
+        value
+    }
+
+    fn ws(c: &[char], pos: &mut usize) {
+        while *pos < c.len() && c[*pos].is_whitespace() {
+            *pos += 1;
+        }
+    }
+
+    fn value(c: &[char], pos: &mut usize) -> Json {
+        Self::ws(c, pos);
+        let rest: String = c[*pos..].iter().take(5).collect();
+        match c[*pos] {
+            '{' => {
+                *pos += 1;
+                let mut fields = Vec::new();
+                loop {
+                    Self::ws(c, pos);
+                    if c[*pos] == '}' {
+                        *pos += 1;
+                        break;
+                    }
+                    let Json::Str(key) = Self::value(c, pos) else {
+                        panic!("key is not a string")
+                    };
+                    Self::ws(c, pos);
+                    assert_eq!(c[*pos], ':');
+                    *pos += 1;
+                    fields.push((key, Self::value(c, pos)));
+                    Self::ws(c, pos);
+                    if c[*pos] == ',' {
+                        *pos += 1;
+                    }
+                }
+                Json::Object(fields)
+            }
+            '[' => {
+                *pos += 1;
+                let mut items = Vec::new();
+                loop {
+                    Self::ws(c, pos);
+                    if c[*pos] == ']' {
+                        *pos += 1;
+                        break;
+                    }
+                    items.push(Self::value(c, pos));
+                    Self::ws(c, pos);
+                    if c[*pos] == ',' {
+                        *pos += 1;
+                    }
+                }
+                Json::Array(items)
+            }
+            '"' => {
+                *pos += 1;
+                let mut s = String::new();
+                loop {
+                    let ch = c[*pos];
+                    *pos += 1;
+                    match ch {
+                        '"' => break,
+                        '\\' => {
+                            let e = c[*pos];
+                            *pos += 1;
+                            s.push(match e {
+                                'n' => '\n',
+                                'r' => '\r',
+                                't' => '\t',
+                                'u' => {
+                                    let hex: String = c[*pos..*pos + 4].iter().collect();
+                                    *pos += 4;
+                                    char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap()
+                                }
+                                other => other,
+                            });
+                        }
+                        ch => {
+                            assert!(ch as u32 >= 0x20, "raw control character in a string");
+                            s.push(ch);
+                        }
+                    }
+                }
+                Json::Str(s)
+            }
+            _ if rest.starts_with("null") => {
+                *pos += 4;
+                Json::Null
+            }
+            _ if rest.starts_with("true") => {
+                *pos += 4;
+                Json::Bool(true)
+            }
+            _ if rest.starts_with("false") => {
+                *pos += 5;
+                Json::Bool(false)
+            }
+            _ => {
+                let start = *pos;
+                while *pos < c.len() && (c[*pos] == '-' || c[*pos].is_ascii_digit()) {
+                    *pos += 1;
+                }
+                let n: String = c[start..*pos].iter().collect();
+                Json::Num(n.parse().unwrap_or_else(|_| panic!("bad JSON at {rest:?}")))
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> &Json {
+        let Json::Object(fields) = self else {
+            panic!("not an object: {self:?}")
+        };
+        &fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("no {key:?} in {self:?}"))
+            .1
+    }
+
+    fn str(&self) -> &str {
+        let Json::Str(s) = self else {
+            panic!("not a string: {self:?}")
+        };
+        s
+    }
+
+    fn array(&self) -> &[Json] {
+        let Json::Array(items) = self else {
+            panic!("not an array: {self:?}")
+        };
+        items
+    }
+}
