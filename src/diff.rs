@@ -5,7 +5,7 @@
 //! 1. `root` and the blank share every tree block written before one transaction: the creation
 //!    of `root` as a snapshot of the blank (GET_SUBVOL_INFO `otransid` of `root`), or of the
 //!    blank as a snapshot of `root` (an install before its first rollback). A TREE_SEARCH over
-//!    `root`'s tree with `min_transid` set to it reads only the leaves written since; the
+//!    `root`'s tree with `min_transid` just above it reads only the leaves written since; the
 //!    INODE_ITEMs there with `transid` greater than it are the inodes changed (or created)
 //!    since. Their paths come from their INODE_REF/INODE_EXTREF items, walked up to the
 //!    subvolume's root directory. If neither is a snapshot of the other, every inode is looked
@@ -458,7 +458,9 @@ fn changed_inodes(fs: BorrowedFd<'_>, tree: u64, since: u64) -> Result<Vec<(u64,
         tree_id: tree,
         min: (ROOT_DIR_INO, BTRFS_INODE_ITEM_KEY, 0),
         max: (u64::MAX, 255, u64::MAX),
-        min_transid: since,
+        // Leaves written in `since` itself hold what both share (the snapshot's own commit
+        // flushes everything written before it); what changed after is in later ones.
+        min_transid: if since == 0 { 0 } else { since + 1 },
     };
     loop {
         let items = ioctl::tree_search(fs, &range)
