@@ -62,7 +62,7 @@
 
           rustfmt = pkgs.runCommand "btrfs-rollback-rustfmt" { nativeBuildInputs = [ pkgs.rustfmt ]; } ''
             cd ${native.src}
-            find . -name '*.rs' -print0 | xargs -0 rustfmt --check --edition 2021
+            find . -name '*.rs' -print0 | xargs -0 rustfmt --check --edition ${(lib.importTOML ./Cargo.toml).package.edition}
             touch $out
           '';
         }

@@ -162,6 +162,80 @@ expect_problem "no root file system" '{ fileSystems = lib.mkForce { }; }' \
   'fileSystems."/" is not defined'
 echo
 
+echo "== without the scripted stage 1 (nixpkgs plans to remove it): a module set with stubs"
+sim=$(mktemp --suffix=.nix)
+trap 'rm -f "$sim"' EXIT
+sed "s|MODULE|$module|" >"$sim" <<'NIX'
+# Our module in a module set without the scripted stage 1 options (as after their removal).
+{ nixpkgs, removedStubs ? false, systemd ? true }:
+let
+  lib = import (nixpkgs + "/lib");
+  pkgs = import nixpkgs { system = "x86_64-linux"; };
+  utils = import (nixpkgs + "/nixos/lib/utils.nix") { inherit lib pkgs; config = {}; };
+  t = lib.types;
+  stubs = {
+    options = {
+      assertions = lib.mkOption { type = t.listOf t.unspecified; default = [ ]; };
+      warnings = lib.mkOption { type = t.listOf t.str; default = [ ]; };
+      environment.systemPackages = lib.mkOption { type = t.listOf t.package; default = [ ]; };
+      boot.initrd.enable = lib.mkOption { type = t.bool; default = true; };
+      boot.initrd.luks.devices = lib.mkOption { type = t.attrsOf t.anything; default = { }; };
+      boot.initrd.systemd = {
+        enable = lib.mkOption { type = t.bool; default = true; };
+        emergencyAccess = lib.mkOption { type = t.anything; default = false; };
+        storePaths = lib.mkOption { type = t.listOf t.anything; default = [ ]; };
+        extraBin = lib.mkOption { type = t.attrsOf t.anything; default = { }; };
+        services = lib.mkOption { type = t.attrsOf t.anything; default = { }; };
+      };
+      fileSystems = lib.mkOption {
+        type = t.attrsOf (t.submodule { options = {
+          device = lib.mkOption { type = t.nullOr t.str; default = null; };
+          label = lib.mkOption { type = t.nullOr t.str; default = null; };
+          fsType = lib.mkOption { type = t.str; default = "auto"; };
+          options = lib.mkOption { type = t.listOf t.str; default = [ ]; };
+        }; });
+        default = { };
+      };
+    };
+  };
+  removed = lib.optionals removedStubs (map (n: lib.mkRemovedOptionModule [ "boot" "initrd" n ] "gone") [
+    "postResumeCommands" "postDeviceCommands" "preLVMCommands" "postMountCommands" "extraUtilsCommands" "extraUtilsCommandsTest"
+  ]);
+  eval = lib.evalModules {
+    specialArgs = { inherit utils pkgs; };
+    modules = [ stubs MODULE {
+      boot.initrd.systemd.enable = systemd;
+      fileSystems."/" = { device = "/dev/mapper/cryptroot"; fsType = "btrfs"; options = [ "subvol=root" ]; };
+      boot.initrd.btrfsRollback.enable = true;
+      boot.initrd.btrfsRollback.package = pkgs.writeShellScriptBin "btrfs-rollback" "";
+    } ] ++ removed;
+  };
+in {
+  failed = map (a: a.message) (lib.filter (a: !a.assertion) eval.config.assertions);
+  warnings = eval.config.warnings;
+  unit = eval.config.boot.initrd.systemd.services.btrfs-rollback.serviceConfig.ExecStart or null;
+}
+NIX
+for removed in false true; do
+  for sd in true false; do
+    out=$(nix-instantiate --eval --strict --json "$sim" --arg nixpkgs "$nixpkgs" --arg removedStubs "$removed" --arg systemd "$sd" 2>&1) || {
+      bad "options absent (mkRemovedOptionModule stubs: $removed), systemd stage 1: $sd: evaluation failed:"
+      printf '%s\n' "$out" | tail -n 5 | sed 's/^/       /'
+      continue
+    }
+    if [ "$sd" = true ]; then
+      grep -qF '"failed":[]' <<<"$out" && grep -qF 'btrfs-rollback\"' <<<"$out" &&
+        ok "options absent (stubs: $removed), systemd stage 1: the unit, no assertion" ||
+        bad "options absent (stubs: $removed), systemd stage 1: $out"
+    else
+      grep -qF 'has no scripted stage 1' <<<"$out" &&
+        ok "options absent (stubs: $removed), scripted stage 1 asked for: the assertion fires" ||
+        bad "options absent (stubs: $removed), scripted stage 1: $out"
+    fi
+  done
+done
+echo
+
 echo "== the systems instantiate (derivations only, nothing is built)"
 for kind in '{ }' "{ $systemd }"; do
   drv=$(nix-instantiate --expr "($(system "$kind")).system" 2>/dev/null) &&

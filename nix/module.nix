@@ -12,8 +12,11 @@ let
   opt = "boot.initrd.btrfsRollback";
   useSystemd = config.boot.initrd.systemd.enable;
   # nixpkgs deprecated the scripted stage 1 in 26.05 and plans to remove it:
-  # define its options only where they exist.
-  scriptedAvailable = options.boot.initrd ? postResumeCommands;
+  # define and read its options only where they exist (and are not the
+  # invisible stubs of lib.mkRemovedOptionModule, which throw when read).
+  scriptedAvailable =
+    options.boot.initrd ? postResumeCommands
+    && (options.boot.initrd.postResumeCommands.visible or true) != false;
 
   # The one invocation both kinds of stage 1 run (the VM tests mirror it).
   # Exit status: 0 rolled back; 1 refused or failed before the swap, root
@@ -71,10 +74,10 @@ let
   leftoverHooks = lib.filter (
     name:
     let
-      text = config.boot.initrd.${name};
+      text = config.boot.initrd.${name} or "";
     in
     lib.any (pattern: lib.hasInfix pattern text) leftoverPatterns
-  ) [ "preLVMCommands" "postDeviceCommands" "postMountCommands" ];
+  ) (lib.optionals scriptedAvailable [ "preLVMCommands" "postDeviceCommands" "postMountCommands" ]);
 
   # The root file system and how it names its device and subvolume.
   rootFs = config.fileSystems."/" or null;

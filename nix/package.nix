@@ -23,6 +23,9 @@ rustPlatform.buildRustPackage {
       (lib.fileset.maybeMissing ../tests)
       (lib.fileset.maybeMissing ../examples)
       (lib.fileset.maybeMissing ../README.md)
+      (lib.fileset.maybeMissing ../rustfmt.toml)
+      (lib.fileset.maybeMissing ../.rustfmt.toml)
+      (lib.fileset.maybeMissing ../clippy.toml)
     ];
   };
 
