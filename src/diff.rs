@@ -418,17 +418,15 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
     let mut dirs = Vec::new();
     let mut others = Vec::new();
     for (ino, is_dir) in changed {
-        // None: unlinked but still open, or gone since the search.
-        let Some(path) = paths.path_of(ino)? else {
-            continue;
-        };
-        if walk.excluded(&path) {
-            continue;
-        }
-        if is_dir {
-            dirs.push(path);
-        } else {
-            others.push(path);
+        for path in paths.paths(ino, is_dir)? {
+            if walk.excluded(&path) {
+                continue;
+            }
+            if is_dir {
+                dirs.push(path);
+            } else {
+                others.push(path);
+            }
         }
     }
     // Parents before children, so a new directory is walked before its changed subdirectories.
@@ -504,7 +502,7 @@ fn next_key((objectid, item_type, offset): (u64, u32, u64)) -> Option<(u64, u32,
 }
 
 /// Paths of inodes from their INODE_REF/INODE_EXTREF items, directories cached. No length limit
-/// (INO_LOOKUP stops at 4 KiB).
+/// (INO_LOOKUP stops at 4 KiB), and every link of a file with several.
 struct Paths<'a> {
     fs: BorrowedFd<'a>,
     tree: u64,
@@ -512,44 +510,77 @@ struct Paths<'a> {
 }
 
 impl Paths<'_> {
-    /// The first link of inode `ino`: its parent directory and its name. None if it has none.
-    fn link(&self, ino: u64) -> Result<Option<(u64, OsString)>> {
-        let range = SearchRange {
+    /// The links of inode `ino`: (parent directory, name) of each, in key order.
+    fn links(&self, ino: u64) -> Result<Vec<(u64, OsString)>> {
+        let mut out = Vec::new();
+        let mut range = SearchRange {
             tree_id: self.tree,
             min: (ino, BTRFS_INODE_REF_KEY, 0),
             max: (ino, BTRFS_INODE_EXTREF_KEY, u64::MAX),
             min_transid: 0,
         };
-        let items = ioctl::tree_search(self.fs, &range).with_context(|| {
-            format!(
-                "cannot read the links of inode {ino} in subvolume {}",
-                self.tree
-            )
-        })?;
-        for item in &items {
-            let d = &item.data;
-            // INODE_REF: key offset = parent; payload index u64, name_len u16, name.
-            // INODE_EXTREF: payload parent u64, index u64, name_len u16, name.
-            let (parent, at) = match item.item_type {
-                BTRFS_INODE_REF_KEY if d.len() >= 10 => (item.offset, 8),
-                BTRFS_INODE_EXTREF_KEY if d.len() >= 18 => {
-                    (u64::from_le_bytes(d[0..8].try_into().unwrap()), 16)
+        loop {
+            let items = ioctl::tree_search(self.fs, &range).with_context(|| {
+                format!(
+                    "cannot read the links of inode {ino} in subvolume {}",
+                    self.tree
+                )
+            })?;
+            let Some(last) = items.last() else { break };
+            let next = next_key((last.objectid, last.item_type, last.offset));
+            for item in &items {
+                // One item holds one or more packed entries. INODE_REF (key offset = the
+                // parent): index u64, name_len u16, name. INODE_EXTREF: parent u64, index u64,
+                // name_len u16, name.
+                let extref = match item.item_type {
+                    BTRFS_INODE_REF_KEY => false,
+                    BTRFS_INODE_EXTREF_KEY => true,
+                    _ => continue,
+                };
+                let mut d = &item.data[..];
+                loop {
+                    let (parent, at) = match extref {
+                        false if d.len() >= 10 => (item.offset, 8),
+                        true if d.len() >= 18 => {
+                            (u64::from_le_bytes(d[0..8].try_into().unwrap()), 16)
+                        }
+                        _ => break,
+                    };
+                    let len = u16::from_le_bytes(d[at..at + 2].try_into().unwrap()) as usize;
+                    let Some(name) = d.get(at + 2..at + 2 + len) else {
+                        break;
+                    };
+                    if !(name.is_empty() || name.contains(&b'/') || name == b"." || name == b"..") {
+                        out.push((parent, OsString::from_vec(name.to_vec())));
+                    }
+                    d = &d[at + 2 + len..];
                 }
-                _ => continue,
-            };
-            let len = u16::from_le_bytes(d[at..at + 2].try_into().unwrap()) as usize;
-            let Some(name) = d.get(at + 2..at + 2 + len) else {
-                continue;
-            };
-            if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
-                continue;
             }
-            return Ok(Some((parent, OsString::from_vec(name.to_vec()))));
+            match next {
+                Some(key) => range.min = key,
+                None => break,
+            }
         }
-        Ok(None)
+        Ok(out)
     }
 
-    /// The path of inode `ino` relative to the subvolume; None if it is not linked anywhere.
+    /// Every path of inode `ino` relative to the subvolume (one for a directory); none if it
+    /// is not linked anywhere (unlinked but still open, or gone since the search).
+    fn paths(&mut self, ino: u64, is_dir: bool) -> Result<Vec<PathBuf>> {
+        if is_dir || ino == ROOT_DIR_INO {
+            return Ok(self.path_of(ino)?.into_iter().collect());
+        }
+        let mut out = Vec::new();
+        for (parent, name) in self.links(ino)? {
+            if let Some(dir) = self.path_of(parent)? {
+                out.push(dir.join(name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The path of directory `ino` relative to the subvolume (cached, with those above it);
+    /// None if it is not linked anywhere.
     fn path_of(&mut self, ino: u64) -> Result<Option<PathBuf>> {
         let mut chain: Vec<(u64, OsString)> = Vec::new();
         let mut cur = ino;
@@ -566,7 +597,7 @@ impl Paths<'_> {
                     self.tree
                 );
             }
-            match self.link(cur)? {
+            match self.links(cur)?.into_iter().next() {
                 Some((parent, name)) => {
                     chain.push((cur, name));
                     cur = parent;
@@ -767,7 +798,21 @@ impl Walk<'_> {
         let Some(mine) = self.root.list(dir)? else {
             return Ok(());
         };
-        let theirs = self.blank.list(dir)?.unwrap_or_default();
+        let Some(theirs) = self.blank.list(dir)? else {
+            // Not a directory in the blank: new, or in the place of something else; either
+            // way, all it holds is new.
+            self.compare(dir)?;
+            if !self.inside_walked(dir) {
+                self.walked.insert(dir.to_path_buf());
+                for name in mine.keys() {
+                    let path = dir.join(name);
+                    if !self.excluded(&path) && !self.subvolumes.contains(&path) {
+                        self.add_new(&path)?;
+                    }
+                }
+            }
+            return Ok(());
+        };
         for (name, ino) in &mine {
             let path = dir.join(name);
             if self.excluded(&path) || self.subvolumes.contains(&path) {

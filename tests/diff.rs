@@ -35,6 +35,14 @@ fn blank_layout(disk: &Disk) {
     fs::write(etc.join("gonedir/sub/a"), "a").unwrap();
     fs::write(etc.join("blank with space"), "untouched").unwrap();
     symlink("keep", etc.join("link")).unwrap();
+    fs::create_dir_all(etc.join("other")).unwrap();
+    fs::write(etc.join("twolinks"), "twolinks from the blank\n").unwrap();
+    fs::hard_link(etc.join("twolinks"), etc.join("other/twolinks2")).unwrap();
+    fs::create_dir_all(etc.join("movedir/sub")).unwrap();
+    fs::write(etc.join("movedir/sub/deep"), "deep").unwrap();
+    fs::create_dir_all(etc.join("wasdir")).unwrap();
+    fs::write(etc.join("wasdir/x"), "x").unwrap();
+    fs::write(etc.join("wasfile"), "a file").unwrap();
     fs::create_dir_all(m.join("root/usr/share/doc")).unwrap();
     fs::write(m.join("root/usr/share/doc/readme"), "docs").unwrap();
     fs::create_dir_all(m.join("root/var/lib")).unwrap();
@@ -73,6 +81,16 @@ fn change_root(m: &Mounted) {
     // A symlink replaced by a file.
     fs::remove_file(etc.join("link")).unwrap();
     fs::write(etc.join("link"), "now a file").unwrap();
+    // Both links of a file changed through one.
+    fs::write(etc.join("twolinks"), "TWOLINKS from the blank, longer\n").unwrap();
+    // A directory of the blank moved: all it holds is new at its new place.
+    fs::rename(etc.join("movedir"), etc.join("newplace")).unwrap();
+    // Types changed both ways.
+    fs::remove_dir_all(etc.join("wasdir")).unwrap();
+    fs::write(etc.join("wasdir"), "now a file").unwrap();
+    fs::remove_file(etc.join("wasfile")).unwrap();
+    fs::create_dir(etc.join("wasfile")).unwrap();
+    fs::write(etc.join("wasfile/inner"), "inner").unwrap();
     fs::create_dir_all(m.join("root/var/log")).unwrap();
     fs::write(m.join("root/var/log/new"), "log").unwrap();
     m.subvol("root/var/lib/machines");
@@ -93,16 +111,25 @@ const EXPECTED: &str = "\
 ~ /etc/link (was a symbolic link)
 ~ /etc/modify
 + /etc/moved
+- /etc/movedir
 - /etc/moveme
 + \"/etc/new\\nline\"
++ /etc/newplace
++ /etc/newplace/sub
++ /etc/newplace/sub/deep
+~ /etc/other/twolinks2
 * /etc/replace (metadata only)
 * /etc/touch (metadata only)
+~ /etc/twolinks
+~ /etc/wasdir (was a directory)
+~ /etc/wasfile (was a file)
++ /etc/wasfile/inner
 + \"/etc/with space\"
 @ /var/lib/docker (subvolume, erased whole)
 @ /var/lib/machines (subvolume, erased whole with 1 nested)
 + /var/log
 + /var/log/new
-7 new, 3 changed, 3 metadata only, 3 gone, 2 subvolumes
+11 new, 7 changed, 3 metadata only, 4 gone, 2 subvolumes
 ";
 
 fn diff(disk: &Disk, extra: &[&str]) -> Output {
@@ -183,7 +210,7 @@ fn privileged_diff_reports_what_a_rollback_erases() {
     assert!(text.contains("+ \"/etc/new\\nline\"\n"), "{text}");
     assert!(text.contains("@ /var/lib/machines"), "{text}");
     assert!(
-        text.ends_with("4 new, 3 changed, 3 metadata only, 1 gone, 1 subvolumes\n"),
+        text.ends_with("8 new, 7 changed, 3 metadata only, 2 gone, 1 subvolumes\n"),
         "{text}"
     );
 
@@ -218,10 +245,19 @@ fn privileged_diff_reports_what_a_rollback_erases() {
             "changed file /etc/link",
             "changed file /etc/modify",
             "new file /etc/moved",
+            "gone dir /etc/movedir",
             "gone file /etc/moveme",
             "new file /etc/new\nline",
+            "new dir /etc/newplace",
+            "new dir /etc/newplace/sub",
+            "new file /etc/newplace/sub/deep",
+            "changed file /etc/other/twolinks2",
             "metadata file /etc/replace",
             "metadata file /etc/touch",
+            "changed file /etc/twolinks",
+            "changed file /etc/wasdir",
+            "changed dir /etc/wasfile",
+            "new file /etc/wasfile/inner",
             "new file /etc/with space",
             "subvolume dir /var/lib/docker",
             "subvolume dir /var/lib/machines",
@@ -229,14 +265,22 @@ fn privileged_diff_reports_what_a_rollback_erases() {
             "new file /var/log/new",
         ]
     );
-    assert_eq!(entries[6].get("was").str(), "symlink");
-    assert_eq!(entries[15].get("nested"), &Json::Num(1.0));
+    let entry = |path: &str| {
+        entries
+            .iter()
+            .find(|e| e.get("path").str() == path)
+            .unwrap_or_else(|| panic!("no {path}"))
+    };
+    assert_eq!(entry("/etc/link").get("was").str(), "symlink");
+    assert_eq!(entry("/etc/wasfile").get("was").str(), "file");
+    assert_eq!(entry("/var/lib/machines").get("nested"), &Json::Num(1.0));
+    assert!(matches!(entry("/var/lib/docker").get("id"), Json::Num(_)));
     let summary = json.get("summary");
     for (key, n) in [
-        ("new", 7.0),
-        ("changed", 3.0),
+        ("new", 11.0),
+        ("changed", 7.0),
         ("metadata", 3.0),
-        ("gone", 3.0),
+        ("gone", 4.0),
         ("subvolumes", 2.0),
     ] {
         assert_eq!(summary.get(key), &Json::Num(n), "{key}");
