@@ -329,16 +329,19 @@ fn subvolume_info(fs: BorrowedFd<'_>, name: &OsStr, role: &str) -> Result<(Owned
     let id = match subvolume::entry(fs, name)? {
         Entry::Subvolume { id, .. } => id,
         Entry::Missing if role == "root" => bail!(
-            "{role} {} does not exist in the top-level volume: there is nothing to compare \
-             (the next run creates it from the blank)",
+            "the root subvolume {} does not exist in the top-level volume: there is nothing \
+             to compare (the next run creates it from the blank)",
             quoted(name)
         ),
         Entry::Missing => bail!(
-            "the {role} snapshot {} does not exist in the top-level volume: there is nothing \
+            "the blank snapshot {} does not exist in the top-level volume: there is nothing \
              to compare with",
             quoted(name)
         ),
-        other => bail!("{role} {} is {other}, not a subvolume", quoted(name)),
+        other => bail!(
+            "{} is {other}: the {role} must be a subvolume",
+            quoted(name)
+        ),
     };
     let fd = subvolume::expect(fs, name, id)?;
     let info = ioctl::get_subvol_info(fd.as_fd())
@@ -376,6 +379,7 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
         patterns,
         subvolumes: HashSet::new(),
         walked: HashSet::new(),
+        compared: HashSet::new(),
         entries: BTreeMap::new(),
     };
 
@@ -785,6 +789,8 @@ struct Walk<'a> {
     subvolumes: HashSet<PathBuf>,
     /// New directories already walked whole.
     walked: HashSet<PathBuf>,
+    /// Paths already compared with the blank.
+    compared: HashSet<PathBuf>,
     entries: BTreeMap<PathBuf, Found>,
 }
 
@@ -878,7 +884,10 @@ impl Walk<'_> {
 
     /// A changed path of root: compare it with the same path in the blank.
     fn compare(&mut self, rel: &Path) -> Result<()> {
-        if self.entries.contains_key(rel) || self.inside_walked(rel) {
+        if self.entries.contains_key(rel)
+            || self.inside_walked(rel)
+            || !self.compared.insert(rel.to_path_buf())
+        {
             return Ok(());
         }
         let Some(mine) = self.root.lstat(rel)? else {
