@@ -7,9 +7,11 @@
 //!    blank as a snapshot of `root` (an install before its first rollback). A TREE_SEARCH over
 //!    `root`'s tree with `min_transid` just above it reads only the leaves written since; the
 //!    INODE_ITEMs there with `transid` greater than it are the inodes changed (or created)
-//!    since. Their paths come from their INODE_REF/INODE_EXTREF items, walked up to the
-//!    subvolume's root directory. If neither is a snapshot of the other, every inode is looked
-//!    at (slower, same result) and a warning says so.
+//!    since; those the blank has with the same generation and ctime only had their access
+//!    time changed and are dropped. The paths of the others come from their
+//!    INODE_REF/INODE_EXTREF items, walked up to the subvolume's root directory. If neither
+//!    is a snapshot of the other, every inode is looked at (slower, same result) and a
+//!    warning says so.
 //! 2. Every changed directory is listed on both sides, through a read-only mount of the top
 //!    level: names only in `root` are new (a new directory is walked: all of it is new), names
 //!    only in the blank are gone (reported once, not what was below them), a name in both that
@@ -406,7 +408,12 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
     }
 
     let started = Instant::now();
-    let changed = changed_inodes(fs, root_info.id, since.unwrap_or(0))?;
+    let changed = changed_inodes(
+        fs,
+        root_info.id,
+        since.unwrap_or(0),
+        since.map(|_| blank_info.id),
+    )?;
     log::debug!(
         "{} inode(s) of {} changed since transaction {} ({:.2} s)",
         changed.len(),
@@ -450,12 +457,17 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
 }
 
 /// The inodes of subvolume `tree` whose INODE_ITEM was written after transaction `since`
-/// (all of them for 0), with whether each is a directory.
-fn changed_inodes(fs: BorrowedFd<'_>, tree: u64, since: u64) -> Result<Vec<(u64, bool)>> {
-    let transid_at = std::mem::offset_of!(btrfs_inode_item, transid);
-    let mode_at = std::mem::offset_of!(btrfs_inode_item, mode);
-    let size = std::mem::size_of::<btrfs_inode_item>();
+/// (all of them for 0), with whether each is a directory. With `blank` (the tree that shares
+/// `since` with `tree`), an inode that the blank has with the same generation and the same
+/// ctime is left out: only its access time changed (reading it on a running system).
+fn changed_inodes(
+    fs: BorrowedFd<'_>,
+    tree: u64,
+    since: u64,
+    blank: Option<u64>,
+) -> Result<Vec<(u64, bool)>> {
     let mut out = Vec::new();
+    let mut atime_only = 0usize;
     let mut range = SearchRange {
         tree_id: tree,
         min: (ROOT_DIR_INO, BTRFS_INODE_ITEM_KEY, 0),
@@ -470,26 +482,79 @@ fn changed_inodes(fs: BorrowedFd<'_>, tree: u64, since: u64) -> Result<Vec<(u64,
         let Some(last) = items.last() else { break };
         let next = next_key((last.objectid, last.item_type, last.offset));
         for item in items.iter().filter(|i| i.item_type == BTRFS_INODE_ITEM_KEY) {
-            if item.data.len() < size {
-                bail!(
+            let inode = InodeItem::parse(&item.data).with_context(|| {
+                format!(
                     "short INODE_ITEM for inode {} in subvolume {tree}",
                     item.objectid
-                );
+                )
+            })?;
+            if inode.transid <= since {
+                continue;
             }
-            let d = &item.data;
-            let transid = u64::from_le_bytes(d[transid_at..transid_at + 8].try_into().unwrap());
-            let mode = u32::from_le_bytes(d[mode_at..mode_at + 4].try_into().unwrap());
-            if transid > since {
-                let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
-                out.push((item.objectid, is_dir));
+            if let Some(blank) = blank.filter(|_| inode.generation <= since) {
+                let theirs = inode_item(fs, blank, item.objectid)?;
+                if theirs
+                    .is_some_and(|b| b.generation == inode.generation && b.ctime == inode.ctime)
+                {
+                    atime_only += 1;
+                    continue;
+                }
             }
+            out.push((item.objectid, inode.mode & libc::S_IFMT == libc::S_IFDIR));
         }
         match next {
             Some(key) => range.min = key,
             None => break,
         }
     }
+    if atime_only > 0 {
+        log::debug!("{atime_only} inode(s) of subvolume {tree} only had their access time changed");
+    }
     Ok(out)
+}
+
+/// The fields of a btrfs_inode_item this module reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InodeItem {
+    generation: u64,
+    transid: u64,
+    mode: u32,
+    /// Seconds and nanoseconds, as stored.
+    ctime: [u8; 12],
+}
+
+impl InodeItem {
+    fn parse(d: &[u8]) -> Option<InodeItem> {
+        use std::mem::offset_of;
+        if d.len() < std::mem::size_of::<btrfs_inode_item>() {
+            return None;
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(d[at..at + 8].try_into().unwrap());
+        let mode_at = offset_of!(btrfs_inode_item, mode);
+        let ctime_at = offset_of!(btrfs_inode_item, ctime);
+        Some(InodeItem {
+            generation: u64_at(offset_of!(btrfs_inode_item, generation)),
+            transid: u64_at(offset_of!(btrfs_inode_item, transid)),
+            mode: u32::from_le_bytes(d[mode_at..mode_at + 4].try_into().unwrap()),
+            ctime: d[ctime_at..ctime_at + 12].try_into().unwrap(),
+        })
+    }
+}
+
+/// The INODE_ITEM of inode `ino` in subvolume `tree`, if there is one.
+fn inode_item(fs: BorrowedFd<'_>, tree: u64, ino: u64) -> Result<Option<InodeItem>> {
+    let range = SearchRange {
+        tree_id: tree,
+        min: (ino, BTRFS_INODE_ITEM_KEY, 0),
+        max: (ino, BTRFS_INODE_ITEM_KEY, 0),
+        min_transid: 0,
+    };
+    let items = ioctl::tree_search(fs, &range)
+        .with_context(|| format!("cannot read inode {ino} of subvolume {tree}"))?;
+    Ok(items
+        .iter()
+        .find(|i| i.item_type == BTRFS_INODE_ITEM_KEY)
+        .and_then(|i| InodeItem::parse(&i.data)))
 }
 
 /// The key right after `key`, in the kernel's order.
