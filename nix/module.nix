@@ -314,11 +314,10 @@ in
               [ ${lib.concatMapStringsSep " " (o: ''"${o}"'') rootOptions} ].
               ${
                 if subvolOptions == [ ] then
-                  ''Without subvol= the file system's default subvolume is mounted, whatever it is; name the rolled-back subvolume explicitly.''
+                  ''Without subvol= the file system's default subvolume is mounted, whatever it is. Add "subvol=${cfg.rootSubvolume}" to fileSystems."/".options.''
                 else
-                  ''Either change the option to "subvol=${cfg.rootSubvolume}" or set ${opt}.rootSubvolume to the subvolume you mount.''
+                  ''Change it to "subvol=${cfg.rootSubvolume}", or set ${opt}.rootSubvolume to the subvolume you mount.''
               }
-              Add "subvol=${cfg.rootSubvolume}" to fileSystems."/".options.
             '';
           }
           {
@@ -409,7 +408,7 @@ in
             (the lib.mkAfter block with "btrfs subvolume delete" in your impermanence module).
           ''
           ++
-            lib.optional (useSystemd && cfg.onFailure == "stop" && config.boot.initrd.systemd.emergencyAccess == false)
+            lib.optional (useSystemd && cfg.onFailure == "stop" && lib.elem config.boot.initrd.systemd.emergencyAccess [ false null ])
               ''
                 ${opt}.onFailure = "stop" sends a failed rollback to emergency.target, but
                 boot.initrd.systemd.emergencyAccess is false, so there is no shell there: the
