@@ -34,7 +34,16 @@ let
     cfg.logFile
     "--wait"
     (toString cfg.waitSeconds)
-  ] ++ cfg.extraArgs;
+  ]
+  ++ lib.optionals (cfg.keepOldRoots != null) [
+    "--keep-old-roots"
+    (toString cfg.keepOldRoots)
+  ]
+  ++ lib.optionals (cfg.keepDays != null) [
+    "--keep-days"
+    (toString cfg.keepDays)
+  ]
+  ++ cfg.extraArgs;
 
   policyText = ''${opt}.onFailure = "${cfg.onFailure}"'';
 
@@ -240,6 +249,31 @@ in
         appear before it gives up (exit status 1, root untouched). With systemd in stage 1
         the unit already starts after the device's unit, so the wait only matters for the
         scripted stage 1.
+      '';
+    };
+
+    keepOldRoots = lib.mkOption {
+      type = lib.types.nullOr lib.types.ints.positive;
+      default = null;
+      example = 10;
+      description = ''
+        Keep old roots instead of deleting them: each boot's old root, with every subvolume
+        nested in it, is moved to `old_roots/<its creation time>` on the top-level volume, and
+        at most this many are kept (the newest always). `null` (the default) deletes the old
+        root, unless {option}`boot.initrd.btrfsRollback.keepDays` is set. See what the next
+        boot erases with `btrfs-rollback diff`, and bring an old root back with
+        `btrfs-rollback restore NAME` (names from `btrfs-rollback list`).
+      '';
+    };
+
+    keepDays = lib.mkOption {
+      type = lib.types.nullOr lib.types.ints.unsigned;
+      default = null;
+      example = 30;
+      description = ''
+        Keep old roots (as {option}`boot.initrd.btrfsRollback.keepOldRoots` does) for this many
+        days after they were created; older ones are pruned at boot, the newest never. With
+        both options set, an old root goes when it is past either limit.
       '';
     };
 
