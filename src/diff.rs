@@ -71,6 +71,7 @@
 //! `was` appears only on `changed` entries whose type changed; `id` and `nested` only on
 //! `subvolume` entries. Paths start with `/`; bytes that are not UTF-8 become U+FFFD.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -79,6 +80,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -98,6 +100,12 @@ use crate::subvolume::{self, Entry};
 
 /// The inode number of a subvolume's root directory.
 const ROOT_DIR_INO: u64 = BTRFS_FIRST_FREE_OBJECTID as u64;
+
+/// How directories are opened: never through a symlink.
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
 
 /// `btrfs-rollback diff`.
 pub fn diff(target: &Target, exclude: &[String], json: bool) -> Result<()> {
@@ -442,6 +450,7 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
     }
     // Parents before children, so a new directory is walked before its changed subdirectories.
     dirs.sort();
+    others.sort();
     for dir in &dirs {
         walk.directory(dir)?;
     }
@@ -704,10 +713,12 @@ impl Paths<'_> {
 /// opened one component at a time without following symlinks and without leaving the
 /// subvolume.
 struct Side<'a> {
-    fd: OwnedFd,
+    fd: Rc<OwnedFd>,
     dev: u64,
     tree: u64,
     name: &'a OsStr,
+    /// The last directory opened, to open what is below it from there (paths come sorted).
+    last: RefCell<(PathBuf, Rc<OwnedFd>)>,
 }
 
 impl<'a> Side<'a> {
@@ -715,7 +726,9 @@ impl<'a> Side<'a> {
         let dev = fstat(&fd)
             .with_context(|| format!("cannot stat {}", quoted(name)))?
             .st_dev;
+        let fd = Rc::new(fd);
         Ok(Side {
+            last: RefCell::new((PathBuf::new(), fd.clone())),
             fd,
             dev,
             tree,
@@ -728,24 +741,32 @@ impl<'a> Side<'a> {
     }
 
     /// The directory at `rel`; None if it is missing, not a directory, or another subvolume.
-    fn dir(&self, rel: &Path) -> Result<Option<OwnedFd>> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let mut cur = openat(&self.fd, ".", flags, Mode::empty())
-            .with_context(|| self.context("open", Path::new("")))?;
-        for component in rel.components() {
+    fn dir(&self, rel: &Path) -> Result<Option<Rc<OwnedFd>>> {
+        let (mut cur, rest) = {
+            let last = self.last.borrow();
+            match rel.strip_prefix(&last.0) {
+                Ok(rest) => (last.1.clone(), rest.to_path_buf()),
+                Err(_) => (self.fd.clone(), rel.to_path_buf()),
+            }
+        };
+        if rest.as_os_str().is_empty() {
+            return Ok(Some(cur));
+        }
+        for component in rest.components() {
             let Component::Normal(name) = component else {
                 continue;
             };
-            cur = match openat(&cur, name, flags, Mode::empty()) {
-                Ok(fd) => fd,
+            cur = match openat(&*cur, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => Rc::new(fd),
                 Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
                 Err(e) => return Err(e).with_context(|| self.context("open", rel)),
             };
-            let st = fstat(&cur).with_context(|| self.context("stat", rel))?;
+            let st = fstat(&*cur).with_context(|| self.context("stat", rel))?;
             if st.st_dev != self.dev {
                 return Ok(None);
             }
         }
+        *self.last.borrow_mut() = (rel.to_path_buf(), cur.clone());
         Ok(Some(cur))
     }
 
@@ -758,7 +779,7 @@ impl<'a> Side<'a> {
         let Some(parent) = self.dir(rel.parent().unwrap_or(Path::new("")))? else {
             return Ok(None);
         };
-        match fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        match fstatat(&*parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(e).with_context(|| self.context("stat", rel)),
@@ -772,7 +793,7 @@ impl<'a> Side<'a> {
         let Some(parent) = self.dir(parent)? else {
             return Ok(None);
         };
-        match readlinkat(&parent, name) {
+        match readlinkat(&*parent, name) {
             Ok(target) => Ok(Some(target)),
             Err(Errno::ENOENT | Errno::EINVAL) => Ok(None),
             Err(e) => Err(e).with_context(|| self.context("read the link", rel)),
@@ -787,7 +808,7 @@ impl<'a> Side<'a> {
             return Ok(None);
         };
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
-        match openat(&parent, name, flags, Mode::empty()) {
+        match openat(&*parent, name, flags, Mode::empty()) {
             Ok(fd) => Ok(Some(File::from(fd))),
             Err(Errno::ENOENT | Errno::ELOOP) => Ok(None),
             Err(e) => Err(e).with_context(|| self.context("open", rel)),
@@ -799,6 +820,9 @@ impl<'a> Side<'a> {
         let Some(fd) = self.dir(rel)? else {
             return Ok(None);
         };
+        // A descriptor of its own: reading moves its position.
+        let fd = openat(&*fd, ".", DIR_FLAGS, Mode::empty())
+            .with_context(|| self.context("open", rel))?;
         let mut dir = nix::dir::Dir::from_fd(fd).with_context(|| self.context("read", rel))?;
         let mut out = BTreeMap::new();
         for entry in dir.iter() {
