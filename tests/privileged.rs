@@ -1,6 +1,7 @@
 //! Privileged tests: the real binary on a real btrfs on a loop device, checked with btrfs-progs
 //! and a fresh mount. See `common/mod.rs` for when they skip.
 
+#[macro_use]
 mod common;
 
 use std::fs;
@@ -11,14 +12,6 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-macro_rules! privileged {
-    ($name:literal) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 #[test]
 fn privileged_rolls_back_an_impermanence_layout() {

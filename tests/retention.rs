@@ -1,6 +1,7 @@
 //! Privileged tests of old roots (`--keep-old-roots`, `--keep-days`), `restore`, and the JSON
 //! of `list` and `run --dry-run`, on real btrfs, checked with btrfs-progs and a fresh mount.
 
+#[macro_use]
 mod common;
 
 use std::fs;
@@ -8,14 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
-
-macro_rules! privileged {
-    ($name:literal) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// The old roots kept, by name, with their ids (btrfs-progs' view).
 fn old_roots(disk: &Disk) -> Vec<(PathBuf, u64)> {

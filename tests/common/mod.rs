@@ -16,6 +16,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Start a privileged test: returns from it (skips) outside CI when a requirement is missing,
+/// and panics under CI=true. Use with `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! privileged {
+    ($name:literal) => {
+        if !crate::common::privileged($name) {
+            return;
+        }
+    };
+}
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_btrfs-rollback");
 
