@@ -10,8 +10,8 @@
 //!    since; those the blank has with the same generation and ctime only had their access
 //!    time changed and are dropped. The paths of the others come from their
 //!    INODE_REF/INODE_EXTREF items, walked up to the subvolume's root directory. If neither
-//!    is a snapshot of the other, every inode is looked at (slower, same result) and a
-//!    warning says so.
+//!    is a snapshot of the other, or the blank was written after that transaction (a
+//!    writable blank), every inode is looked at (slower, same result) and a warning says so.
 //! 2. Every changed directory is listed on both sides, through a read-only mount of the top
 //!    level: names only in `root` are new (a new directory is walked: all of it is new), names
 //!    only in the blank are gone (reported once, not what was below them), a name in both that
@@ -368,18 +368,46 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
         log::debug!("syncfs failed ({e}); recent changes may be missed");
     }
     let related = |a: &SubvolInfo, b: &SubvolInfo| a.parent_uuid == b.uuid && b.uuid != [0; 16];
-    let since = if related(&root_info, &blank_info) {
+    let shared = if related(&root_info, &blank_info) {
         Some(root_info.otransid)
     } else if related(&blank_info, &root_info) {
         Some(blank_info.otransid)
     } else {
-        log::warn!(
-            "{} and {} are not snapshots of one another: comparing every file, which takes longer",
-            quoted(&names.root),
-            quoted(&names.blank)
-        );
         None
     };
+    // The blank's generation is the last transaction that wrote its tree: what it shares with
+    // root, or later if it was changed since (a writable blank), which root's tree cannot show.
+    let since = match shared {
+        Some(t) if blank_info.generation <= t => Some(t),
+        Some(_) => {
+            log::warn!(
+                "{} was changed after {} was made from it: comparing every file, which takes \
+                 longer",
+                quoted(&names.blank),
+                quoted(&names.root)
+            );
+            None
+        }
+        None => {
+            log::warn!(
+                "{} and {} are not snapshots of one another: comparing every file, which takes \
+                 longer",
+                quoted(&names.root),
+                quoted(&names.blank)
+            );
+            None
+        }
+    };
+    log::debug!(
+        "{} (ID {}, created in transaction {}), {} (ID {}, created in {}, last written in {})",
+        quoted(&names.root),
+        root_info.id,
+        root_info.otransid,
+        quoted(&names.blank),
+        blank_info.id,
+        blank_info.otransid,
+        blank_info.generation
+    );
     let root = Side::new(root_fd, root_info.id, &names.root)?;
     let blank = Side::new(blank_fd, blank_info.id, &names.blank)?;
     let mut walk = Walk {

@@ -177,6 +177,11 @@ fn privileged_diff_reports_what_a_rollback_erases() {
     let out = diff(&disk, &[]);
     assert_exit(&out, 0);
     assert_eq!(stdout(&out), EXPECTED, "stderr:\n{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("comparing every file"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(snapshot_state(&disk), before, "diff changed something");
 
     // Excludes: a directory covers what is in it; `*` within a name, `**` across names;
@@ -317,6 +322,11 @@ fn privileged_diff_reports_what_a_rollback_erases() {
     let out = diff(&disk, &[]);
     assert_exit(&out, 0);
     assert_eq!(stdout(&out), EXPECTED, "stderr:\n{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("comparing every file"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(snapshot_state(&disk), before, "diff changed something");
 }
 
@@ -457,6 +467,33 @@ fn privileged_diff_of_200000_files_reports_only_the_changed() {
          - /data/d150/f0999\n+ /data/d199/new\n+ /new\n\
          2 new, 2 changed, 1 metadata only, 1 gone, 0 subvolumes\n",
         "stderr:\n{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn privileged_diff_of_a_blank_changed_after_root_was_made() {
+    privileged!("privileged_diff_of_a_blank_changed_after_root_was_made");
+    let disk = Disk::new("diff-late-blank");
+    blank_layout(&disk);
+    assert_exit(&disk.run(&[]), 0);
+    {
+        let m = disk.mount();
+        m.set_ro("root-blank", false);
+        fs::write(m.join("root-blank/etc/late"), "added to the blank").unwrap();
+        m.set_ro("root-blank", true);
+    }
+    let out = diff(&disk, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "- /etc/late\n0 new, 0 changed, 0 metadata only, 1 gone, 0 subvolumes\n",
+        "stderr:\n{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("was changed after"),
+        "{}",
         stderr(&out)
     );
 }
