@@ -2,6 +2,7 @@
 //! Fixtures are built and checked with plain file operations and btrfs-progs, never with the
 //! code under test. See `common/mod.rs` for when they skip.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -12,14 +13,6 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use common::*;
-
-macro_rules! privileged {
-    ($name:literal) => {
-        if !privileged($name) {
-            return;
-        }
-    };
-}
 
 /// `root` with files, a read-only `root-blank` snapshot of it, `persist` with files.
 fn blank_layout(disk: &Disk) {
