@@ -6,7 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -58,6 +60,7 @@ fn change_root(m: &Mounted) {
     fs::write(etc.join("added"), "new").unwrap();
     fs::write(etc.join("with space"), "new").unwrap();
     fs::write(etc.join("new\nline"), "new").unwrap();
+    fs::write(etc.join(OsStr::from_bytes(b"bad\xff")), "not UTF-8").unwrap();
     // Same size, other bytes; and another size.
     fs::write(etc.join("modify"), "MODIFY from the blank\n").unwrap();
     fs::write(etc.join("grow"), "grow from the blank, and more\n").unwrap();
@@ -96,6 +99,7 @@ fn change_root(m: &Mounted) {
 /// The text `diff` prints after `change_root`.
 const EXPECTED: &str = "\
 + /etc/added
++ \"/etc/bad\\xFF\"
 * /etc/chmod (metadata only)
 - /etc/gone
 - /etc/gonedir
@@ -122,7 +126,7 @@ const EXPECTED: &str = "\
 @ /var/lib/machines (subvolume, erased whole with 1 nested)
 + /var/log
 + /var/log/new
-11 new, 7 changed, 3 metadata only, 4 gone, 2 subvolumes
+12 new, 7 changed, 3 metadata only, 4 gone, 2 subvolumes
 ";
 
 fn diff(disk: &Disk, extra: &[&str]) -> Output {
@@ -208,7 +212,7 @@ fn privileged_diff_reports_what_a_rollback_erases() {
     assert!(text.contains("+ \"/etc/new\\nline\"\n"), "{text}");
     assert!(text.contains("@ /var/lib/machines"), "{text}");
     assert!(
-        text.ends_with("8 new, 7 changed, 3 metadata only, 2 gone, 1 subvolumes\n"),
+        text.ends_with("9 new, 7 changed, 3 metadata only, 2 gone, 1 subvolumes\n"),
         "{text}"
     );
 
@@ -235,6 +239,7 @@ fn privileged_diff_reports_what_a_rollback_erases() {
         lines,
         [
             "new file /etc/added",
+            "new file /etc/bad\u{fffd}",
             "metadata file /etc/chmod",
             "gone file /etc/gone",
             "gone dir /etc/gonedir",
@@ -275,7 +280,7 @@ fn privileged_diff_reports_what_a_rollback_erases() {
     assert!(matches!(entry("/var/lib/docker").get("id"), Json::Num(_)));
     let summary = json.get("summary");
     for (key, n) in [
-        ("new", 11.0),
+        ("new", 12.0),
         ("changed", 7.0),
         ("metadata", 3.0),
         ("gone", 4.0),
