@@ -44,7 +44,7 @@
 //! - /etc/gone                          in the blank, not in root
 //! @ /var/lib/docker (subvolume, erased whole)
 //! @ /var/lib/machines (subvolume, erased whole with 3 nested)
-//! 3 new, 1 changed, 1 metadata only, 1 gone, 2 subvolumes
+//! 1 new, 1 changed, 1 metadata only, 1 gone, 2 subvolumes
 //! ```
 //!
 //! JSON output (`--json`), a stable shape; keys appear in this order:
@@ -55,8 +55,9 @@
 //!   "blank": "root-blank",
 //!   "root_id": 256,                  their subvolume ids
 //!   "blank_id": 257,
-//!   "since_transid": 12,             the shared transaction, null if root and the blank are
-//!                                    not snapshots of one another (everything compared)
+//!   "since_transid": 12,             the shared transaction; null when everything was
+//!                                    compared (not snapshots of one another, or the blank
+//!                                    was written after root was made from it)
 //!   "entries": [                     sorted by path like the text output
 //!     {"path": "/etc/x", "change": "new", "kind": "file"},
 //!     {"path": "/etc/y", "change": "changed", "kind": "symlink", "was": "file"},
