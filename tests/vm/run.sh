@@ -2,9 +2,11 @@
 # Stage-1 boot test of btrfs-rollback: QEMU (TCG), Debian's kernel, LUKS2, an
 # initramfs whose /init does what NixOS's scripted stage 1 does, and power cuts.
 #
-#   tests/vm/run.sh [--power-cuts N] [--jobs J] [--keep] [--skip-power-cuts]
+#   tests/vm/run.sh [--power-cuts N] [--refine M] [--nested N] [--jobs J] [--keep] [--skip-power-cuts]
 #
 #   --power-cuts N   number of SIGKILL instants over the rollback (default 24)
+#   --refine M       then M more between the last cut that found the old root and
+#                    the first that found the fresh one (default 6)
 #   --nested N       nested subvolumes under root for the power-cut image (default 300)
 #   --jobs J         VMs run at the same time (default: number of cores, at most 2)
 #   --keep           keep every disk image (default: only those of failed scenarios)
@@ -20,6 +22,7 @@
 set -uo pipefail
 
 CUTS=24
+REFINE=6
 NESTED=300
 KEEP=0
 SKIP_CUTS=0
@@ -28,11 +31,12 @@ JOBS=$(nproc 2>/dev/null || echo 1)
 while [ $# -gt 0 ]; do
     case "$1" in
         --power-cuts) CUTS=$2; shift ;;
+        --refine) REFINE=$2; shift ;;
         --nested) NESTED=$2; shift ;;
         --jobs|-j) JOBS=$2; shift ;;
         --keep) KEEP=1 ;;
         --skip-power-cuts) SKIP_CUTS=1 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -51,6 +55,7 @@ log() { echo "[$(($(date +%s) - T0))s] $*"; }
 fatal() { echo "FATAL: $*" >&2; echo "0 passed, 1 failed"; exit 2; }
 
 # ---------------------------------------------------------------- host tools
+is_static() { ! ldd "$1" 2>&1 | grep -q '=>'; }
 ensure_tools() {
     local need=()
     command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
@@ -59,7 +64,7 @@ ensure_tools() {
     command -v depmod >/dev/null || need+=(kmod)
     command -v cpio >/dev/null || need+=(cpio)
     command -v xz >/dev/null || need+=(xz-utils)
-    if ! BB=$(command -v busybox) || ldd "$BB" >/dev/null 2>&1; then
+    if ! BB=$(command -v busybox) || ! is_static "$BB"; then
         need+=(busybox-static)
     fi
     if [ ${#need[@]} -gt 0 ]; then
@@ -71,7 +76,7 @@ ensure_tools() {
             fatal "apt-get install ${need[*]} failed (see $WORK/apt.log)"
     fi
     BB=$(command -v busybox)
-    ldd "$BB" >/dev/null 2>&1 && fatal "$BB is not static (install busybox-static)"
+    is_static "$BB" || fatal "$BB is not static (install busybox-static)"
 }
 
 # ---------------------------------------------------------------- the binary
@@ -87,7 +92,7 @@ build_binary() {
         cargo build --release --target x86_64-unknown-linux-gnu) >"$WORK/cargo.log" 2>&1 ||
         { tail -n 30 "$WORK/cargo.log"; fatal "cargo build failed (see $WORK/cargo.log)"; }
     BIN=$REPO/target/x86_64-unknown-linux-gnu/release/btrfs-rollback
-    ldd "$BIN" >/dev/null 2>&1 && fatal "$BIN is not statically linked"
+    is_static "$BIN" || fatal "$BIN is not statically linked"
     log "btrfs-rollback under test: $BIN"
 }
 
@@ -309,7 +314,8 @@ sc_missing_blank() {
     [ "$(val "$l" post.nested)" = 5 ] || why+=" nested=$(val "$l" post.nested)(want-5)"
     [ "$(val "$l" post.blank_exists)" = 0 ] || why+=" blank-still-there(test-bug)"
     # the binary's own words on the console, between the markers
-    msg=$(clean "$l" | sed -n '/^RB-START/,/^RB-END/p' | grep -v '^RB-' | grep -i 'blank' | head -n 1)
+    msg=$(clean "$l" | sed -n '/^RB-START/,/^RB-END/p' | grep -v '^RB-' | grep -v '^\[ *[0-9.]*\]' |
+        grep -i 'blank' | grep -i -E 'error|not exist|missing|not found|no such' | head -n 1)
     [ -n "$msg" ] || why+=" no-message-naming-the-blank-on-the-console"
     if [ -z "$why" ]; then pass missing-blank "(rc 1, root untouched; console: \"$msg\"; $(($(date +%s) - s))s)"
     else fail missing-blank "($why; see $l)"; fi
@@ -363,7 +369,7 @@ sc_cut_baseline() {
     fresh "$l" post || why+="$BAD"
     if [ -z "$why" ]; then
         secs "$t2 - $t1" >"$WORK/cut-duration"
-        pass cut-baseline "(uncut rollback of root with $((NESTED + 5)) nested subvolumes: $(cat "$WORK/cut-duration"))s from start to exit; boot $(($(date +%s) - s))s)"
+        pass cut-baseline "(uncut rollback of root with $((NESTED + 5)) nested subvolumes: $(cat "$WORK/cut-duration")s from start to exit; boot $(($(date +%s) - s))s)"
     else
         fail cut-baseline "($why; see $l)"
     fi
@@ -372,6 +378,7 @@ sc_cut_baseline() {
 sc_cut() { # index delay
     local i=$1 d=$2 name img l c pid state why= t1
     name=$(printf 'power-cut-%02d' "$i")
+    exec 2>>"$LOGS/$name.stderr" # bash's "Killed" notices
     img=$IMGS/$name.img l=$LOGS/$name.log c=$LOGS/$name-after.log
     cp --sparse=always "$IMGS/base-big.img" "$img"
     rm -f "$l"
@@ -401,7 +408,19 @@ sc_cut() { # index delay
         why+=" NO-VALID-ROOT-AFTER-CUT(subvol=$(val "$c" pre.root_is_subvol),mounted=$(val "$c" pre.root_mounted),top=$(val "$c" pre.top_subvols))"
         echo 1 >"$RES/$name.noroot"
     fi
-    state+=", leftovers: subvolumes $(val "$c" pre.top_subvols) nested $(val "$c" pre.nested)"
+    state+=", top level: $(val "$c" pre.top_subvols) nested in root: $(val "$c" pre.nested), subvolumes in all: $(val "$c" pre.subvols_total)"
+    # Where the cut fell, read off the disk: is root the old one or a fresh
+    # one, and is there an extra subvolume at the top level (the temporary one)?
+    local phase extra
+    extra=$(val "$c" pre.top_subvols | tr ',' '\n' | grep -cvxE 'nix|persist|root|root-blank|')
+    if ! valid_root "$c" pre; then phase=no-root
+    elif [ "$(val "$c" pre.root_stale_marker)" = 1 ]; then
+        if [ "$extra" = 0 ]; then phase=before-snapshot; else phase=snapshot-not-swapped; fi
+    else
+        if [ "$extra" = 0 ]; then phase=after-deletion; else phase=swapped-deleting; fi
+    fi
+    state+=" [$phase]"
+    echo "$d $phase" >"$RES/$name.phase"
     [ "$(val "$c" run.rc)" = 0 ] || why+=" next-rollback-exit-status=$(val "$c" run.rc)"
     fresh "$c" post || why+=" not-converged:$BAD"
     if [ -z "$why" ]; then pass "$name" "(delay ${d}s: $state; next rollback converged)"
@@ -433,17 +452,22 @@ fetch_kernel
 build_initramfs
 log "running VMs, $JOBS at a time; serial logs in $LOGS"
 
+big_pid=
+if [ "$SKIP_CUTS" = 0 ]; then
+    spawn sc_setup setup-big big "$IMGS/base-big.img"
+    big_pid=$!
+fi
 spawn sc_setup setup normal "$IMGS/base-normal.img"
-[ "$SKIP_CUTS" = 1 ] || spawn sc_setup setup-big big "$IMGS/base-big.img"
-wait
-if [ -s "$RES/setup" ] && grep -q '^PASS' "$RES/setup"; then
+wait $!
+if grep -qs '^PASS' "$RES/setup"; then
     spawn sc_rollback
     spawn sc_missing_blank
     spawn sc_late
     spawn sc_negative
 fi
-if [ "$SKIP_CUTS" = 0 ] && grep -q '^PASS' "$RES/setup-big"; then
-    spawn sc_cut_baseline
+if [ -n "$big_pid" ]; then
+    wait "$big_pid"
+    grep -qs '^PASS' "$RES/setup-big" && spawn sc_cut_baseline
 fi
 wait
 if [ "$SKIP_CUTS" = 0 ] && [ -s "$WORK/cut-duration" ]; then
@@ -456,6 +480,19 @@ if [ "$SKIP_CUTS" = 0 ] && [ -s "$WORK/cut-duration" ]; then
         spawn sc_cut "$i" "$d"
     done
     wait
+    # Then more cuts between the last instant that found the old root and the
+    # first that found the fresh one: the snapshot, the swap and its commit.
+    if [ "$REFINE" -gt 0 ]; then
+        lo=$(cat "$RES"/*.phase 2>/dev/null | awk '$2 ~ /^(before-snapshot|snapshot-not-swapped)$/ && $1 > m { m = $1 } END { print m + 0 }')
+        hi=$(cat "$RES"/*.phase 2>/dev/null | awk -v T="$T" 'BEGIN { m = T } $2 ~ /^(swapped-deleting|after-deletion)$/ && $1 < m { m = $1 } END { print m }')
+        log "power cuts: $REFINE more between ${lo}s (old root) and ${hi}s (fresh root)"
+        for ((k = 1; k <= REFINE; k++)); do
+            d=$(awk -v lo="$lo" -v hi="$hi" -v k=$k -v n="$REFINE" 'BEGIN { printf "%.3f", lo + (hi - lo) * k / (n + 1) }')
+            spawn sc_cut $((CUTS + k - 1)) "$d"
+        done
+        wait
+    fi
+    echo "power cuts by where they fell: $(cat "$RES"/*.phase 2>/dev/null | awk '{ n[$2]++ } END { for (p in n) printf "%s %d, ", p, n[p] }' | sed 's/, $//')"
     tried=$(ls "$RES" | grep -c '^power-cut-[0-9]*$')
     noroot=$(ls "$RES" | grep -c '\.noroot$')
     echo "power cuts: $tried tried, $noroot found no valid root"
