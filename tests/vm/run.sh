@@ -172,7 +172,7 @@ build_initramfs() {
     rm -f "$IR"/{bin,sbin,usr/bin,usr/sbin}/btrfs-rollback
     install -m 755 "$BIN" "$IR/bin/btrfs-rollback"
     install -m 755 "$HERE/init" "$IR/init"
-    [ -e /dev/console ] && mknod "$IR/dev/console" c 5 1 2>/dev/null
+    mknod "$IR/dev/console" c 5 1 2>/dev/null
     # kernel modules, in dependency order
     local mods="virtio_pci virtio_blk dm_mod dm_crypt cryptd aesni_intel xts algif_skcipher af_alg crc32c_intel btrfs"
     local m f
