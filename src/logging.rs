@@ -115,6 +115,15 @@ impl Drop for LogFile {
     }
 }
 
+/// Make what the log file holds so far durable (after a step that must be on record even if
+/// the power goes right after: the swap). Failures are ignored: the log never stops a run.
+pub fn sync_file() {
+    let sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(file) = sinks.file.as_ref() {
+        let _ = file.sync_data();
+    }
+}
+
 /// Open `path` for appending: relative to `dir` (the top-level volume), or as given if absolute.
 /// Writes the lines logged so far. A file past `cap` bytes is first moved to `<path>.old`.
 pub fn attach_file(dir: BorrowedFd<'_>, path: &Path, cap: u64) -> std::io::Result<LogFile> {

@@ -262,11 +262,17 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
             Step::ClearRestoreMarker => remove_restore_marker(fs),
             Step::DefaultToRoot => default_to_root(fs, names),
             Step::SetAside { id } => set_aside(fs, names, *id),
-            Step::CreateRoot => create_root(fs, names).map(|id| fresh = Some(id)),
+            Step::CreateRoot => create_root(fs, names).map(|id| {
+                fresh = Some(id);
+                logging::sync_file();
+            }),
             Step::Swap {
                 old,
                 default_follows,
-            } => swap(fs, names, *old, *default_follows).map(|id| fresh = Some(id)),
+            } => swap(fs, names, *old, *default_follows).map(|id| {
+                fresh = Some(id);
+                logging::sync_file();
+            }),
             Step::DeleteOld { id, .. } => delete_expected(fs, &names.temp, *id).map(|nested| {
                 old_went =
                     format!("; deleted the old root (ID {id}) and {nested} nested subvolume(s)")
