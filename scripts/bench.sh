@@ -590,11 +590,11 @@ for j, t in enumerate(["baseline", "ours", "floor"]):
         S.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s"/>' % (x, Y(min(v)), x, Y(max(v)), color))
         S.append('<circle cx="%.1f" cy="%.1f" r="4" fill="%s"><title>%s, %d nested: %s (%d run%s)</title></circle>' % (
             x, Y(statistics.median(v)), color, label, n, fmt(statistics.median(v)), len(v), "" if len(v) == 1 else "s"))
-        if t != "floor":  # the floor runs close to ours; its values are in the table
-            dy = -10 if t == "baseline" else 18
-            S.append('<text x="%.1f" y="%.1f" font-size="11" text-anchor="%s" fill="%s">%s</text>' % (
-                x + (6 if n == pts[0][0] else -6), Y(statistics.median(v)) + dy,
-                "start" if n == pts[0][0] else "end", color, fmt(statistics.median(v))))
+        # the median's value: above the point for baseline and ours, below it for the floor
+        dy = 18 if t == "floor" else -10
+        S.append('<text x="%.1f" y="%.1f" font-size="11" text-anchor="%s" fill="%s">%s</text>' % (
+            x + (6 if n == pts[0][0] else -6), Y(statistics.median(v)) + dy,
+            "start" if n == pts[0][0] else "end", color, fmt(statistics.median(v))))
     ly = mt + 20 + j * 22
     S.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>' % (ml + pw + 12, ly, ml + pw + 34, ly, color))
     S.append('<circle cx="%d" cy="%d" r="4" fill="%s"/>' % (ml + pw + 23, ly, color))
