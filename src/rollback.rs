@@ -68,6 +68,9 @@ pub fn open(target: &Target, readonly: bool) -> Result<(TopLevel, String)> {
     Ok((top, described))
 }
 
+/// How many lines of the plan go to the log file.
+const PLAN_LINES: usize = 60;
+
 /// The file `btrfs-rollback restore` leaves in the top-level volume: the id of the root it
 /// put in place, which the next `run` keeps once.
 pub const RESTORE_MARKER: &str = "btrfs-rollback.restored";
@@ -219,8 +222,14 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
             );
             return Ok(Outcome::Looked);
         }
-        for line in plan.describe(names).lines() {
+        // The plan goes to the log file; a huge one only in part (it rotates at 1 MiB).
+        let described = plan.describe(names);
+        let lines: Vec<&str> = described.lines().collect();
+        for line in lines.iter().take(PLAN_LINES) {
             log::debug!("plan: {line}");
+        }
+        if lines.len() > PLAN_LINES {
+            log::debug!("plan: ... {} more lines", lines.len() - PLAN_LINES);
         }
         execute(&top, names, &plan, &target.device)
     });

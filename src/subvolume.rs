@@ -276,6 +276,9 @@ pub fn clear_readonly(fs: BorrowedFd<'_>, path: &Path, id: u64) -> Result<()> {
     })
 }
 
+/// How many deletions of one tree are logged one by one.
+const LOG_EACH: usize = 50;
+
 /// Delete subvolume `top` (at `top_path`) and everything nested in it, children first.
 /// Returns how many nested subvolumes were deleted (`top` not counted). Commits at the end.
 pub fn delete_tree(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<usize> {
@@ -324,7 +327,12 @@ pub fn delete_tree(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<usiz
                 })
             }
         }
-        log::debug!("deleted {} (subvolume {})", quoted(&sub.path), sub.id);
+        // Name the first few; thousands of lines at every boot would rotate the log away.
+        if i < LOG_EACH {
+            log::debug!("deleted {} (subvolume {})", quoted(&sub.path), sub.id);
+        } else if i == LOG_EACH {
+            log::debug!("... deleting the rest without a line each");
+        }
     }
     ioctl::sync(fs).context("cannot commit the deletions")?;
     Ok(deleted)
