@@ -3,7 +3,7 @@
 # against the raw-ioctl floor, on real btrfs in sparse loop images under target/bench/ (never a
 # real disk), plus the footprint (static binary size, peak RSS, time of --version).
 #
-#   scripts/bench.sh           full run (about 25 minutes): writes docs/benchmarks.md and
+#   scripts/bench.sh           full run (about 5 minutes): writes docs/benchmarks.md and
 #                              docs/benchmarks.svg
 #   scripts/bench.sh --smoke   reduced sizes, one run each (well under a minute after the
 #                              build): writes target/bench/benchmarks.{md,svg}; CI runs this and
@@ -31,6 +31,12 @@
 #   baseline  the snippet user configs use (below, written to target/bench/baseline.sh)
 #   floor     target/release/examples/floor DEV MNT: the same ioctls with no tool around them
 # (both binaries copied to target/bench/bin/ right after the build, and run from there)
+# Also timed, the same way (a fresh copy of the image on a fresh loop device for every run, so
+# the filesystem's caches start empty each time): `btrfs-rollback diff --device DEV --mountpoint
+# MNT`, its stdout to a file, on two images: diff-N (N files in the blank, root a snapshot of
+# it with 6 changes: 2 files modified, 2 created, 2 deleted; the output must be exactly those
+# 6) and files-100000 (every file new in root: the worst case). A wrong output stops the
+# benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -253,6 +259,58 @@ for sc in order:
         "%.2fx" % (o / f) if o and f else "–"))
 L.append("")
 
+# diff: its time against the number of changes and the number of files (diff.tsv; older runs
+# have none)
+dt = collections.defaultdict(list)
+try:
+    for line in list(open(work + "/diff.tsv"))[1:]:
+        sc, _, ms, kib, cms, *counts = line.rstrip("\n").split("\t")
+        dt[sc].append((float(ms), int(kib), float(cms), tuple(int(c) for c in counts)))
+except FileNotFoundError:
+    pass
+if dt:
+    def ddescribe(sc):
+        kind, n = sc.rsplit("-", 1)
+        n = int(n)
+        if kind == "diff":
+            return "%s files in the blank; root a snapshot of it with 6 changed (2 modified, 2 created, 2 deleted)" % format(n, ",")
+        if kind == "files":
+            return "%s files created in root after the blank (every one new: the worst case)" % format(n, ",")
+        return sc
+    def dentries(c):
+        parts = [(c[0], "new"), (c[1], "changed"), (c[2], "metadata only"), (c[3], "gone"), (c[4], "subvolumes")]
+        return ", ".join("%s %s" % (format(k, ","), w) for k, w in parts if k) or "none"
+    L += ["## diff", "",
+          "Wall time of `btrfs-rollback diff --device DEV --mountpoint MNT` (mount read-only, list what",
+          "the next rollback would erase, unmount; its output to a file on the same tmpfs as the image),",
+          "each run on a fresh copy of the prepared image on a fresh loop device, so the filesystem's",
+          "caches start empty every time. Median (min – max) over the runs; every run's output was",
+          "checked (the 6 changes exactly; every file new).", "",
+          "| scenario | wall time | CPU time | peak RSS | entries reported |", "|---|---|---|---|---|"]
+    for sc, rs in sorted(dt.items(), key=lambda kv: (not kv[0].startswith("diff-"), int(kv[0].rsplit("-", 1)[1]))):
+        ms = [r[0] for r in rs]
+        wall = "%s (1 run)" % fmt(ms[0]) if len(ms) == 1 else "%s (%s – %s, %d runs)" % (
+            fmt(statistics.median(ms)), fmt(min(ms)), fmt(max(ms)), len(ms))
+        L.append("| %s | %s | %s | %.1f MiB | %s |" % (
+            ddescribe(sc), wall, fmt(statistics.median(r[2] for r in rs)),
+            max(r[1] for r in rs) / 1024, dentries(rs[0][3])))
+    L.append("")
+    few = [sc for sc in dt if sc.startswith("diff-")]
+    many = sorted((int(sc.rsplit("-", 1)[1]), sc) for sc in dt if sc.startswith("files-") and sc.rsplit("-", 1)[1] != "0")
+    if few and many:
+        f = few[-1]
+        fm = statistics.median(r[0] for r in dt[f])
+        per = lambda sc: statistics.median(r[0] for r in dt[sc]) * 1000 / sum(dt[sc][0][3][:4])
+        mu = [statistics.median(p["mount"][i] + p["umount"][i] for i in range(len(p["mount"])))
+              for p in phases.values() if p.get("mount")]
+        L += ["With %s files and 6 changes diff takes %s%s; with %s new files it takes %s (%s per entry "
+              "reported%s): its time follows the number of changes, not the number of files." % (
+                  format(int(f.rsplit("-", 1)[1]), ","), fmt(fm),
+                  " (for comparison, the floor's mount and unmount together: %s, median over all its runs)" % fmt(statistics.median(mu)) if mu else "",
+                  format(many[-1][0], ","), fmt(statistics.median(r[0] for r in dt[many[-1][1]])),
+                  "%.0f µs" % per(many[-1][1]),
+                  "; %.0f µs with %s" % (per(many[0][1]), format(many[0][0], ",")) if len(many) > 1 else ""), ""]
+
 L += ["## Footprint", "", "| | |", "|---|---|"]
 if "static_size" in foot:
     L.append("| static binary (stripped, `x86_64-unknown-linux-gnu`, `+crt-static`) | %s bytes (%.2f MiB) |" % (format(int(foot["static_size"]), ","), int(foot["static_size"]) / 2**20))
@@ -269,12 +327,16 @@ for sc in order:
         "%.1f MiB" % (statistics.median(rss[(sc, t)]) / 1024) if rss.get((sc, t)) else "–" for t in tools)))
 L.append("")
 L += ["## The baseline", "", "```bash"] + open(work + "/baseline.sh").read().rstrip("\n").split("\n") + ["```", "",
-      "Rerun: `scripts/bench.sh` as root (about 25 minutes, 8 of them the baseline at 5,000 nested;",
+      "Rerun: `scripts/bench.sh` as root (about 5 minutes, 2 of them the baseline at 5,000 nested;",
       "`--smoke` for a quick check).", ""]
 open(out + "/benchmarks.md", "w").write("\n".join(L))
 
+print("\n".join(L[L.index("## Rollback wall time"):L.index("## The baseline")]))
+
 # --- the plot: time against nested subvolumes, log-log -------------------------------------
 pts = sorted((int(sc.split("-")[1]), sc) for sc in order if sc.startswith("nested-"))
+if not pts:  # BENCH_SCENARIOS without any nested-N: no plot
+    sys.exit(0)
 W, H = 720, 470
 ml, mr, mt, mb = 80, 150, 50, 60
 pw, ph = W - ml - mr, H - mt - mb
@@ -340,7 +402,6 @@ S.append('<text x="%d" y="%d" font-size="11" fill="#555">%s, %s CPUs, kernel %s,
     ml, mt - 8, machine["cpu"], machine["nproc"], machine["kernel"], machine["date"]))
 S.append("</svg>")
 open(out + "/benchmarks.svg", "w").write("\n".join(S) + "\n")
-print("\n".join(L[L.index("## Rollback wall time"):L.index("## The baseline")]))
 EOF
 }
 
@@ -377,9 +438,9 @@ fi
 work=$PWD/target/bench
 if [ "$mode" = full ] && [ -z "${BENCH_SCENARIOS:-}" ]; then out=$PWD/docs; else out=$work; fi
 
-# --- scenarios: name, runs of ours and the floor, runs of the baseline -------------------------
-# BENCH_SCENARIOS="nested-1000 1 1;chain-100 2 1" replaces the list (the report then goes to
-# target/bench/, as with --smoke).
+# --- scenarios: name, runs of ours and the floor, runs of the baseline[, runs of diff] ----------
+# BENCH_SCENARIOS="nested-1000 1 1;chain-100 2 1;diff-2000 0 0 1" replaces the list (the report
+# then goes to target/bench/, as with --smoke).
 if [ -n "${BENCH_SCENARIOS:-}" ]; then
   IFS=';' read -r -a scenarios <<<"$BENCH_SCENARIOS"
   if [ "$mode" = full ]; then mode=custom; fi
@@ -392,14 +453,16 @@ elif [ "$mode" = full ]; then
     "nested-5000 5 1"
     "chain-100 7 5"
     "files-0 7 7"
-    "files-10000 5 5"
-    "files-100000 7 7"
+    "files-10000 5 5 5"
+    "files-100000 7 7 7"
+    "diff-200000 0 0 7"
   )
 else
   scenarios=(
     "impermanence 1 1"
     "nested-10 1 1"
     "nested-100 1 1"
+    "diff-2000 0 0 1"
   )
 fi
 
@@ -518,6 +581,9 @@ prepare() {
   btrfs -q subvolume create "$prep/root"
   mkdir -p "$prep/root/etc" "$prep/root/var/lib" "$prep/root/var/log" "$prep/root/tmp"
   echo "installed system" >"$prep/root/etc/blank-marker"
+  if [[ $name = diff-* ]]; then # the installed system's files, in the blank
+    python3 "$work/mk.py" files "$prep/root/usr/share/files" "${name#diff-}"
+  fi
   btrfs -q subvolume snapshot -r "$prep/root" "$prep/root-blank"
   btrfs -q subvolume create "$prep/persist"
   btrfs -q subvolume create "$prep/nix"
@@ -539,9 +605,27 @@ prepare() {
     nested-*) python3 "$work/mk.py" pile "$r/var/lib/docker/btrfs/subvolumes" "${name#nested-}" ;;
     chain-*) python3 "$work/mk.py" chain "$r" "${name#chain-}" ;;
     files-*) python3 "$work/mk.py" files "$r/var/tmp/files" "${name#files-}" ;;
+    diff-*)
+      # A booted system: root is a fresh snapshot of the blank (holding its N files), then
+      # 2 files modified, 2 created (one of them etc/dirty), 2 deleted. diff must report
+      # exactly these ($img.expect) and nothing else.
+      local n=${name#diff-} f=usr/share/files a b
+      a=$(printf 'd%03d/f%06d' 0 0) b=$(printf 'd%03d/f%06d' $(((n - 1) / 1000)) $((n - 1)))
+      btrfs -q subvolume delete "$r"
+      btrfs -q subvolume snapshot "$prep/root-blank" "$r"
+      echo "changed at boot" >>"$r/$f/$a"
+      echo "changed at boot" >>"$r/$f/$b"
+      echo "state nobody persisted" >"$r/etc/dirty"
+      echo "boot log" >"$r/var/log/boot.log"
+      rm "$r/$f/$(printf 'd%03d/f%06d' 0 1)" "$r/$f/$(printf 'd%03d/f%06d' $(((n - 2) / 1000)) $((n - 2)))"
+      printf '%s\n' "~ /$f/$a" "~ /$f/$b" "+ /etc/dirty" "+ /var/log/boot.log" \
+        "- /$f/$(printf 'd%03d/f%06d' 0 1)" "- /$f/$(printf 'd%03d/f%06d' $(((n - 2) / 1000)) $((n - 2)))" |
+        sort >"$img.expect"
+      ;;
     *) echo "bench: unknown scenario $name" >&2; exit 1 ;;
   esac
   btrfs subvolume list -o "$r" >/dev/null
+  btrfs filesystem sync "$prep"
   umount "$prep"
   detach "$dev"
 }
@@ -608,6 +692,57 @@ run_once() { # scenario tool run
   printf '  %-15s %-8s run %d: %9.1f ms  %6d KiB  cpu %7.1f ms\n' "$sc" "$tool" "$i" "$ms" "$rss" "$cpu"
 }
 
+diff_once() { # scenario run: time `btrfs-rollback diff` on a fresh copy of the image, check it
+  local sc=$1 i=$2 run=$runs/run.img out=$runs/diff.out dev summary got
+  rm -f "$run"
+  cp --sparse=always "$work/img/$sc.img" "$run"
+  sync "$run"
+  if [ "$media" = cold ]; then
+    dd if="$run" iflag=nocache count=0 status=none
+  fi
+  sync
+  attach "$run"
+  dev=$attached
+  echo "--- $sc diff $i: $ours diff --device $dev --mountpoint $mnt >$out" >>"$work/runs.log"
+  if ! nice -n -10 python3 "$work/timeit.py" "$work/t" "$ours" diff --device "$dev" --mountpoint "$mnt" \
+    >"$out" 2>>"$work/runs.log"; then
+    echo "bench: $sc: diff failed; see $work/runs.log" >&2
+    tail -20 "$work/runs.log" >&2
+    exit 1
+  fi
+  if mountpoint -q "$mnt"; then
+    echo "bench: $sc: diff left $mnt mounted" >&2
+    exit 1
+  fi
+  detach "$dev"
+  summary=$(tail -1 "$out")
+  echo "$summary ($(($(wc -l <"$out") - 1)) entries listed)" >>"$work/runs.log"
+  # "N new, N changed, N metadata only, N gone, N subvolumes" -> N N N N N
+  got=$(sed -n 's/^\([0-9]*\) new, \([0-9]*\) changed, \([0-9]*\) metadata only, \([0-9]*\) gone, \([0-9]*\) subvolumes$/\1 \2 \3 \4 \5/p' <<<"$summary")
+  [ -n "$got" ] || { echo "bench: $sc: diff printed no summary line: $summary" >&2; exit 1; }
+  local n=${sc#*-} want
+  case $sc in
+    diff-*)
+      want="2 2 0 2 0"
+      if ! head -n -1 "$out" | sort | cmp -s - "$work/img/$sc.img.expect"; then
+        echo "bench: $sc: diff did not report exactly the 6 changes:" >&2
+        head -n -1 "$out" | sort | diff "$work/img/$sc.img.expect" - >&2 || true
+        exit 1
+      fi
+      ;;
+    files-*) # all new: etc/dirty, var/tmp, var/tmp/files, its directories of 1000 and the files
+      if [ "$n" = 0 ]; then want="1 0 0 0 0"; else want="$((n + (n + 999) / 1000 + 3)) 0 0 0 0"; fi ;;
+    *) want="" ;;
+  esac
+  if [ -n "$want" ] && [ "$got" != "$want" ]; then
+    echo "bench: $sc: diff reported $summary (expected new/changed/metadata/gone/subvolumes $want)" >&2
+    exit 1
+  fi
+  read -r ms rss cpu _ <"$work/t"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$i" "$ms" "$rss" "$cpu" "${got// /$'\t'}" >>"$work/diff.tsv"
+  printf '  %-15s %-8s run %d: %9.1f ms  %6d KiB  cpu %7.1f ms  (%s)\n' "$sc" diff "$i" "$ms" "$rss" "$cpu" "$summary"
+}
+
 # --- machine facts ----------------------------------------------------------------------------
 {
   echo "date	$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -625,19 +760,23 @@ run_once() { # scenario tool run
   echo "media	$media"
 } >"$work/machine.tsv"
 printf 'scenario\ttool\trun\tms\trss_kib\tcpu_ms\n' >"$work/results.tsv"
+printf 'scenario\trun\tms\trss_kib\tcpu_ms\tnew\tchanged\tmetadata\tgone\tsubvolumes\n' >"$work/diff.tsv"
 
 # --- rollback wall time -----------------------------------------------------------------------
 for s in "${scenarios[@]}"; do
-  read -r sc n nb <<<"$s"
+  read -r sc n nb nd <<<"$s"
+  nd=${nd:-0}
   echo "== $sc: preparing the image"
   prepare "$sc"
-  echo "== $sc: $n run(s) of ours and the floor, $nb of the baseline, interleaved"
+  if [ "$n" -gt 0 ]; then echo "== $sc: $n run(s) of ours and the floor, $nb of the baseline, interleaved"; fi
   for ((i = 1; i <= n; i++)); do
     run_once "$sc" ours "$i"
     if [ "$i" -le "$nb" ]; then run_once "$sc" baseline "$i"; fi
     run_once "$sc" floor "$i"
   done
-  if [ "$mode" = full ]; then rm -f "$work/img/$sc.img"; fi
+  if [ "$nd" -gt 0 ]; then echo "== $sc: $nd run(s) of diff"; fi
+  for ((i = 1; i <= nd; i++)); do diff_once "$sc" "$i"; done
+  if [ "$mode" = full ]; then rm -f "$work/img/$sc.img" "$work/img/$sc.img.expect"; fi
 done
 echo "load_after	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$work/machine.tsv"
 
