@@ -39,7 +39,7 @@ pub fn list(target: &Target, json: bool) -> Result<()> {
     }
     top_level.sort_by_key(|s| s.id);
     let state = rollback::inspect(&top, names)?;
-    let now = rollback::now();
+    let now = crate::logging::now();
     let plan = plan::plan(names, &state, &Retention::default(), now);
     if json {
         let plan = match &plan {

@@ -58,7 +58,7 @@ impl Log for Logger {
                 let _ = kmsg.write_all(kmsg_record(record.level(), &msg).as_bytes());
             }
         }
-        let line = file_line(now(), record.level(), std::process::id(), &msg);
+        let line = file_line(now() as u64, record.level(), std::process::id(), &msg);
         let sinks = &mut *sinks;
         match sinks.file.as_mut() {
             Some(file) => {
@@ -164,10 +164,11 @@ pub fn attach_file(dir: BorrowedFd<'_>, path: &Path, cap: u64) -> std::io::Resul
     Ok(LogFile { path: shown })
 }
 
-fn now() -> u64 {
+/// Seconds since the epoch, now (0 if the clock is before 1970).
+pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
 

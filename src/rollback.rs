@@ -199,14 +199,19 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
         }
     };
     log::info!(
-        "rolling back {} to {} on {described} (version {})",
+        "{} {} to {} on {described} (version {})",
+        if dry_run {
+            "dry run: would roll back"
+        } else {
+            "rolling back"
+        },
         quoted(&names.root),
         quoted(&names.blank),
         env!("CARGO_PKG_VERSION"),
     );
     // Errors from here on are logged while the log file is still open.
     let result = inspect(&top, names).and_then(|state| {
-        let plan = plan::plan(names, &state, &options.retention, now())
+        let plan = plan::plan(names, &state, &options.retention, logging::now())
             .context("refusing to roll back")?;
         for warning in &plan.warnings {
             log::warn!("{warning}");
@@ -241,14 +246,6 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
         );
         Ok(Outcome::Refused)
     })
-}
-
-/// Seconds since the epoch, now.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<Outcome> {
