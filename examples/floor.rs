@@ -17,8 +17,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use btrfs_rollback::ioctl::{renameat2, Rename};
 use btrfs_rollback::{ioctl, subvolume};
-use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+use nix::fcntl::AT_FDCWD;
 use nix::mount::{mount, umount, MsFlags};
 
 const ROOT: &str = "root";
@@ -52,7 +53,7 @@ fn main() -> Result<()> {
         let fs = top.as_fd();
         let blank = subvolume::open_dir(fs, BLANK)?;
         ioctl::snap_create(fs, OsStr::new(TEMP), blank.as_fd(), false)?;
-        renameat2(fs, TEMP, fs, ROOT, RenameFlags::RENAME_EXCHANGE).context("renameat2")?;
+        renameat2(fs, TEMP.as_ref(), fs, ROOT.as_ref(), Rename::Exchange).context("renameat2")?;
         ioctl::sync(fs)?;
         lap("snapshot+exchange+sync", &mut phases);
 

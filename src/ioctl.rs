@@ -1,4 +1,5 @@
-//! The btrfs ioctls this tool uses: one safe function per ioctl, each error naming its ioctl.
+//! The btrfs ioctls this tool uses: one safe function per ioctl, each error naming its ioctl,
+//! and the one system call the libraries do not wrap on every target (`renameat2`).
 //!
 //! This is the only module allowed to use `unsafe`. Structs and request numbers come from
 //! `linux-raw-sys` (generated from the kernel's `include/uapi/linux/btrfs.h`), never by hand.
@@ -325,4 +326,47 @@ pub fn get_subvol_info(subvol: BorrowedFd<'_>) -> Result<SubvolInfo> {
         uuid: args.uuid,
         parent_uuid: args.parent_uuid,
     })
+}
+
+/// How `renameat2` renames: `Exchange` swaps two existing names atomically (one btrfs
+/// transaction), `NoReplace` fails with EEXIST instead of replacing the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rename {
+    Exchange,
+    NoReplace,
+}
+
+/// renameat2(2) as a raw system call. glibc and nix wrap it only on glibc targets (nix 0.31
+/// gates `nix::fcntl::renameat2` on `target_env = "gnu"`), and musl, which NixOS's static
+/// build uses, has no wrapper: the system call is the same everywhere.
+pub fn renameat2(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+    how: Rename,
+) -> std::result::Result<(), Errno> {
+    let flags = match how {
+        Rename::Exchange => libc::RENAME_EXCHANGE,
+        Rename::NoReplace => libc::RENAME_NOREPLACE,
+    };
+    let old = std::ffi::CString::new(old.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let new = std::ffi::CString::new(new.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
+    // unsigned int flags); both paths are NUL-terminated and live until the call returns.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            old_dir.as_raw_fd(),
+            old.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
 }

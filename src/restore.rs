@@ -16,9 +16,8 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{renameat2, RenameFlags};
 
-use crate::ioctl;
+use crate::ioctl::{self, Rename};
 use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
 use crate::names::quoted;
@@ -86,12 +85,12 @@ fn restore_on(top: &TopLevel, target: &Target, name: &OsStr) -> Result<Outcome> 
     write_marker(top, restored)?;
     let dir = subvolume::open_dir(fs, OLD_ROOTS)?;
     let Some(current) = current else {
-        renameat2(
+        ioctl::renameat2(
             dir.as_fd(),
             name,
             fs,
             names.root.as_os_str(),
-            RenameFlags::RENAME_NOREPLACE,
+            Rename::NoReplace,
         )
         .with_context(|| {
             format!(
@@ -108,12 +107,12 @@ fn restore_on(top: &TopLevel, target: &Target, name: &OsStr) -> Result<Outcome> 
         );
         return Ok(Outcome::RolledBack);
     };
-    renameat2(
+    ioctl::renameat2(
         dir.as_fd(),
         name,
         fs,
         names.root.as_os_str(),
-        RenameFlags::RENAME_EXCHANGE,
+        Rename::Exchange,
     )
     .with_context(|| {
         format!(
@@ -139,12 +138,12 @@ fn restore_on(top: &TopLevel, target: &Target, name: &OsStr) -> Result<Outcome> 
     let created = ioctl::get_subvol_info(replaced.as_fd())?.otime;
     let taken = subvolume::names_with_prefix(dir.as_fd(), OsStr::new(""))?;
     let new_name = old_root_name(created, &taken);
-    let kept_as = match renameat2(
+    let kept_as = match ioctl::renameat2(
         dir.as_fd(),
         name,
         dir.as_fd(),
         new_name.as_os_str(),
-        RenameFlags::RENAME_NOREPLACE,
+        Rename::NoReplace,
     ) {
         Ok(()) => {
             ioctl::sync(fs).context("cannot commit the rename of the replaced root")?;

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{renameat, renameat2, RenameFlags};
+use nix::fcntl::renameat;
 
 use crate::device;
-use crate::ioctl;
+use crate::ioctl::{self, Rename};
 use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
 use crate::names::{quoted, Names};
@@ -342,7 +342,7 @@ pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result
     subvolume::expect(fs, from, id)?;
     let dir = subvolume::open_dir(fs, OLD_ROOTS)?;
     let dest = Path::new(OLD_ROOTS).join(to);
-    renameat2(fs, from, dir.as_fd(), to, RenameFlags::RENAME_NOREPLACE).with_context(|| {
+    ioctl::renameat2(fs, from, dir.as_fd(), to, Rename::NoReplace).with_context(|| {
         format!(
             "cannot move {} (ID {id}) to {}",
             quoted(from),
@@ -384,12 +384,12 @@ fn swap(fs: BorrowedFd<'_>, names: &Names, old: u64, default_follows: bool) -> R
         quoted(&names.blank),
         quoted(&names.temp)
     );
-    if let Err(e) = renameat2(
+    if let Err(e) = ioctl::renameat2(
         fs,
         names.temp.as_os_str(),
         fs,
         names.root.as_os_str(),
-        RenameFlags::RENAME_EXCHANGE,
+        Rename::Exchange,
     ) {
         // `root` is untouched; take the unused snapshot away again.
         if ioctl::snap_destroy_by_id(fs, new).is_ok() {
