@@ -161,6 +161,16 @@ pub fn aside_name(names: &Names, id: u64) -> OsString {
     name
 }
 
+/// The id in a set-aside name `<temp>.<id>` (the inverse of `aside_name`); `None` for any
+/// other name, including ids with leading zeros or signs, which this tool never writes.
+pub fn aside_id(names: &Names, name: &std::ffi::OsStr) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let rest = name.as_bytes().strip_prefix(names.temp.as_bytes())?;
+    let digits = std::str::from_utf8(rest.strip_prefix(b".")?).ok()?;
+    let id: u64 = digits.parse().ok()?;
+    (aside_name(names, id) == name).then_some(id)
+}
+
 /// The name of a kept old root created at `created`: its UTC creation time,
 /// `2026-11-27_10-04-05`, with `.2`, `.3`, ... if that is `taken`.
 pub fn old_root_name(created: i64, taken: &[OsString]) -> OsString {
@@ -237,6 +247,25 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
             "the default subvolume (ID {default}) is nested inside {temp}, a leftover of an \
              interrupted rollback; make another subvolume the default and run again"
         );
+    }
+    // Whatever an earlier run could not delete is old data still on the disk: say so at every
+    // run until it is gone (the steps below try again).
+    for (name, slot) in
+        std::iter::once((&names.temp, &state.temp)).chain(state.asides.iter().map(|(n, s)| (n, s)))
+    {
+        if let Some(id) = slot.id() {
+            warnings.push(format!(
+                "{} (ID {id}, {} nested subvolume(s)), left over from an earlier run, is still \
+                 on the disk{}",
+                quoted(name),
+                slot.nested.len(),
+                if slot.modified {
+                    ": it served as a root and may hold its files"
+                } else {
+                    ""
+                }
+            ));
+        }
     }
     let keeping = retention.enabled();
     if let (true, OldRootsDir::Unusable(what)) = (keeping, state.old_roots_dir) {
@@ -759,6 +788,25 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn aside_names_round_trip() {
+        let n = names();
+        for id in [256, 257, 1 << 40, u64::MAX] {
+            assert_eq!(aside_id(&n, &aside_name(&n, id)), Some(id));
+        }
+        for bad in [
+            "root.btrfs-rollback-tmp",
+            "root.btrfs-rollback-tmp.",
+            "root.btrfs-rollback-tmp.0256",
+            "root.btrfs-rollback-tmp.+256",
+            "root.btrfs-rollback-tmp.256x",
+            "root.btrfs-rollback-tmp.18446744073709551616",
+            "other.btrfs-rollback-tmp.256",
+        ] {
+            assert_eq!(aside_id(&n, std::ffi::OsStr::new(bad)), None, "{bad}");
+        }
     }
 
     #[test]

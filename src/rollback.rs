@@ -15,7 +15,6 @@
 //!    failure here is exit status 3: the fresh root is in place.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -97,10 +96,11 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
         })
     };
     let mut asides = Vec::new();
-    for name in subvolume::names_with_prefix(fs, &plan::aside_name(names, 0))? {
+    let mut prefix = names.temp.clone();
+    prefix.push(".");
+    for name in subvolume::names_with_prefix(fs, &prefix)? {
         // `<temp>.<id>` is ours only if it is subvolume <id>; anything else is left alone.
-        let id = name.as_bytes()[names.temp.len() + 1..].to_vec();
-        let id: Option<u64> = String::from_utf8(id).ok().and_then(|s| s.parse().ok());
+        let id = plan::aside_id(names, &name);
         let slot = slot(Path::new(&name))?;
         match (id, &slot.entry) {
             (Some(id), Entry::Subvolume { id: found, .. }) if id == *found => {
