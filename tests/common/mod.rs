@@ -31,6 +31,7 @@ macro_rules! privileged {
 /// musl build, the one users ship), else the one cargo built for these tests.
 pub fn bin() -> std::ffi::OsString {
     std::env::var_os("BTRFS_ROLLBACK_TEST_BIN")
+        .filter(|b| !b.is_empty())
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_btrfs-rollback").into())
 }
 
