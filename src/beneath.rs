@@ -54,7 +54,9 @@ pub fn open(dir: BorrowedFd<'_>, path: &Path, flags: OFlag, mode: u32) -> Result
     if !is_plain_relative(path) && path != Path::new(".") {
         return Err(Errno::EXDEV);
     }
-    let mut flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    // Not O_NOFOLLOW: RESOLVE_NO_SYMLINKS already refuses a link at the last component, with
+    // ELOOP, where O_NOFOLLOW with O_DIRECTORY would say ENOTDIR.
+    let mut flags = flags | OFlag::O_CLOEXEC;
     // openat2 refuses O_NONBLOCK with O_PATH (EINVAL); an O_PATH open never blocks anyway.
     if !flags.contains(OFlag::O_PATH) {
         flags |= OFlag::O_NONBLOCK;
@@ -68,7 +70,7 @@ pub fn open(dir: BorrowedFd<'_>, path: &Path, flags: OFlag, mode: u32) -> Result
                 | ResolveFlag::RESOLVE_NO_XDEV,
         );
     match openat2(dir, path, how) {
-        Err(Errno::ENOSYS) => walk(dir, path, flags, mode),
+        Err(Errno::ENOSYS) => walk(dir, path, flags | OFlag::O_NOFOLLOW, mode),
         other => other,
     }
 }
@@ -96,21 +98,23 @@ fn walk(dir: BorrowedFd<'_>, path: &Path, flags: OFlag, mode: u32) -> Result<Own
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| {
-            // O_DIRECTORY is checked before O_NOFOLLOW: a link says ENOTDIR. Say ELOOP, as
-            // openat2 does.
-            let st = nix::sys::stat::fstatat(at, *d, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
-            match st {
-                Ok(st) if e == Errno::ENOTDIR && kind_of_mode(st.st_mode) == "a symbolic link" => {
-                    Errno::ELOOP
-                }
-                _ => e,
-            }
-        })?;
+        .map_err(|e| link_is_eloop(at, d, e))?;
         here = Some(next);
     }
     let at = here.as_ref().map_or(dir, |fd| fd.as_fd());
-    openat(at, *last, flags, Mode::from_bits_truncate(mode))
+    openat(at, *last, flags, Mode::from_bits_truncate(mode)).map_err(|e| link_is_eloop(at, last, e))
+}
+
+/// With O_DIRECTORY, the kernel checks for a directory before O_NOFOLLOW: a link says ENOTDIR.
+/// Say ELOOP, as openat2 does.
+fn link_is_eloop(at: BorrowedFd<'_>, name: &OsStr, e: Errno) -> Errno {
+    let st = nix::sys::stat::fstatat(at, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+    match st {
+        Ok(st) if e == Errno::ENOTDIR && kind_of_mode(st.st_mode) == "a symbolic link" => {
+            Errno::ELOOP
+        }
+        _ => e,
+    }
 }
 
 /// Open the directory that holds `path` (below `dir`, as `open` does) for `*at` calls on the
@@ -211,6 +215,20 @@ mod tests {
             Errno::ELOOP
         );
         assert!(walk(fd, Path::new("sub/file"), rd | OFlag::O_NOFOLLOW, 0).is_ok());
+        assert_eq!(
+            open_parent(fd, Path::new("link/x")).unwrap_err(),
+            Errno::ELOOP
+        );
+        assert_eq!(
+            walk(
+                fd,
+                Path::new("link"),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                0
+            )
+            .unwrap_err(),
+            Errno::ELOOP
+        );
         let (parent, name) = open_parent(fd, Path::new("sub/file")).unwrap();
         assert_eq!(name, "file");
         assert_eq!(kind(parent.as_fd()).unwrap(), "a directory");

@@ -134,10 +134,10 @@ pub fn sync_file() {
 /// moved to `<path>.old`.
 ///
 /// A relative path is resolved below `dir` without following any symbolic link (see
-/// `beneath.rs`); the command line refuses `..`. Whatever is at the path and is not a regular
-/// file (a FIFO, a symbolic link, a directory) is moved aside to
-/// `<path>.moved-aside.<unix time>` with a warning, and a fresh log file is created. Nothing
-/// here blocks. An error means the run goes on without a log file (the caller warns).
+/// `beneath.rs`); the command line refuses `..`. A FIFO, socket or symbolic link at the path
+/// is moved aside to `<path>.moved-aside.<unix time>` with a warning, and a fresh log file is
+/// created; a directory is left alone (the run goes on without a log file). Nothing here
+/// blocks. An error means the run goes on without a log file (the caller warns).
 pub fn attach_file(dir: BorrowedFd<'_>, path: &Path, cap: u64) -> std::io::Result<LogFile> {
     let shown = if path.is_absolute() {
         path.to_path_buf()
@@ -197,6 +197,13 @@ fn open_log(parent: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> std::io::Resu
     use nix::sys::stat::fstatat;
     match fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) if beneath::kind_of_mode(st.st_mode) == "a regular file" => {}
+        // A directory may be anything, `persist` included: never moved.
+        Ok(st) if beneath::kind_of_mode(st.st_mode) == "a directory" => {
+            return Err(std::io::Error::other(format!(
+                "{} is a directory, not a log file; it is left alone",
+                shown.display()
+            )))
+        }
         Ok(st) => {
             let what = beneath::kind_of_mode(st.st_mode);
             let mut aside = name.to_os_string();
