@@ -58,10 +58,7 @@ fn checksums(m: &Mounted, dir: &str) -> String {
 
 /// Keep one old root (a run with --keep-old-roots) and return its name in old_roots/.
 fn keep_one_old_root(disk: &Disk) -> PathBuf {
-    assert_exit(
-        &bounded(&mut disk.cmd("run").args(["--keep-old-roots", "5"])),
-        0,
-    );
+    assert_exit(&bounded(disk.cmd("run").args(["--keep-old-roots", "5"])), 0);
     let subs = disk.mount().subvolumes();
     let old = subs
         .keys()
