@@ -331,6 +331,10 @@ fn privileged_a_mounted_root_is_refused() {
     let before = Before::take(&disk, "root", "root-blank");
     let out = bounded(disk.cmd("run").arg("--force-mounted"));
     let err = stderr(&out);
+    eprintln!(
+        "run --force-mounted with root mounted: {:?}\n{err}",
+        out.status
+    );
     assert!(err.contains("going on because of --force-mounted"), "{err}");
     assert!(matches!(out.status.code(), Some(0 | 3)), "{err}");
     let m = disk.mount();
@@ -505,4 +509,28 @@ fn privileged_restore_logs_where_it_is_told_and_refuses_a_linked_old_roots() {
         log_len,
         "restore wrote to rollback.log though --log said restore.log"
     );
+}
+
+#[test]
+fn privileged_log_rotation_never_writes_through_a_link() {
+    privileged!("privileged_log_rotation_never_writes_through_a_link");
+    let disk = Disk::new("rotate");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        fs::write(m.join("rollback.log"), vec![b'x'; 2 << 20]).unwrap();
+        symlink("persist/etc/ssh/key", m.join("rollback.log.old")).unwrap();
+    }
+    let persist_before = checksums(&disk.mount(), "persist");
+    let before = Before::take(&disk, "root", "root-blank");
+    let out = bounded(&mut disk.cmd("run"));
+    assert_exit(&out, 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    let m = disk.mount();
+    assert_eq!(checksums(&m, "persist"), persist_before);
+    // The rename replaced the link itself with the full log.
+    let old = fs::symlink_metadata(m.join("rollback.log.old")).unwrap();
+    assert!(old.is_file());
+    assert_eq!(old.len(), 2 << 20);
+    assert!(fs::metadata(m.join("rollback.log")).unwrap().len() < 64 << 10);
 }
