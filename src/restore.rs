@@ -289,7 +289,9 @@ fn write_marker(fs: BorrowedFd<'_>, id: u64) -> Result<()> {
         .map_err(anyhow::Error::from)
         .and_then(|()| Ok(nix::fcntl::renameat(fs, MARKER_TEMP, fs, RESTORE_MARKER)?));
     if let Err(e) = renamed {
-        let _ = unlinkat(fs, MARKER_TEMP, UnlinkatFlags::NoRemoveDir);
+        if let Err(e) = unlinkat(fs, MARKER_TEMP, UnlinkatFlags::NoRemoveDir) {
+            log::warn!("cannot remove {MARKER_TEMP:?} again ({e}); the next restore replaces it");
+        }
         return Err(e).context(format!(
             "cannot write the restore marker {RESTORE_MARKER:?} in the top-level volume (if it \
              is a directory, move it away)"

@@ -104,6 +104,27 @@ fn privileged_fifos_at_the_log_and_the_marker_do_not_hang_the_run() {
         .is_fifo());
     // The stale marker was removed.
     assert!(fs::symlink_metadata(m.join("btrfs-rollback.restored")).is_err());
+    drop(m);
+
+    // restore with FIFOs at the marker and at its temporary name: replaced, not opened.
+    let name = keep_one_old_root(&disk);
+    let kept_id = disk.mount().id(Path::new("old_roots").join(&name));
+    {
+        let m = disk.mount();
+        mkfifo(&m.join("btrfs-rollback.restored"));
+        mkfifo(&m.join("btrfs-rollback.restored.tmp"));
+    }
+    let out = bounded(disk.cmd("restore").arg(&name));
+    assert_exit(&out, 0);
+    let m = disk.mount();
+    assert_eq!(m.id("root"), kept_id);
+    assert_eq!(
+        fs::read_to_string(m.join("btrfs-rollback.restored"))
+            .unwrap()
+            .trim(),
+        kept_id.to_string()
+    );
+    assert!(!m.join("btrfs-rollback.restored.tmp").exists());
 }
 
 #[test]
@@ -344,6 +365,15 @@ fn privileged_a_mounted_root_is_refused() {
         assert_eq!(m.subvolumes().get(path), Some(id), "{path:?}");
         assert_eq!(&m.tree(path), tree, "{path:?}");
     }
+    drop(live);
+
+    // restore --force-mounted goes on too: the mounted root is exchanged under the mount.
+    let live = Live::mount(&disk, "root", "live-restore");
+    let kept_id = disk.mount().id(Path::new("old_roots").join(&name));
+    let out = bounded(disk.cmd("restore").arg("--force-mounted").arg(&name));
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("going on because of --force-mounted"));
+    assert_eq!(disk.mount().id("root"), kept_id);
     drop(live);
 }
 
