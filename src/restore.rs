@@ -226,6 +226,9 @@ fn restore_on(
     };
     // The replaced root now sits at old_roots/NAME: give it its own name.
     let replaced = subvolume::expect(dir.as_fd(), name, current)?;
+    if let Err(e) = rollback::mark_retired(replaced.as_fd(), old_path.as_os_str()) {
+        log::warn!("{e:#}; retention will never prune it");
+    }
     let created = ioctl::get_subvol_info(replaced.as_fd())
         .with_context(|| format!("cannot read the creation time of {}", quoted(&old_path)))?
         .otime;
