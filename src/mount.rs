@@ -106,7 +106,7 @@ impl TopLevel {
 
     /// Refuse to go on if `root` or anything inside it is mounted on this system (a running
     /// system's `/`): changing it would delete files under a running system. With `force`,
-    /// only warn. `doing` says what would be done ("roll back", "restore").
+    /// only warn. `doing` says what would be done to it ("roll back", "replace").
     pub fn check_not_in_use(&self, root: &std::ffi::OsStr, force: bool, doing: &str) -> Result<()> {
         let mounted = self.mounts_inside(root).with_context(|| {
             format!(
