@@ -78,9 +78,15 @@ struct TargetArgs {
 struct RunArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// Log file to append to: relative to the top-level volume, or an absolute path.
+    /// Log file to append to: relative to the top-level volume (no "..", no symbolic links
+    /// on the way), or an absolute path.
     #[arg(long, value_name = "PATH", default_value = "rollback.log")]
     log: PathBuf,
+    /// Go on even if ROOT, or a subvolume nested in it, is mounted on this system (as the
+    /// running system's `/`): the running system's files are then deleted under it. Without
+    /// it, a mounted ROOT is refused (exit 1).
+    #[arg(long)]
+    force_mounted: bool,
     /// Print the plan (every subvolume that would go, by path and id) and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -143,8 +149,34 @@ struct DiffArgs {
 struct RestoreArgs {
     #[command(flatten)]
     target: TargetArgs,
+    /// Log file to append to, as for `run`.
+    #[arg(long, value_name = "PATH", default_value = "rollback.log")]
+    log: PathBuf,
+    /// Go on even if ROOT, or a subvolume nested in it, is mounted on this system: the running
+    /// system's `/` is then exchanged under it. Without it, a mounted ROOT is refused (exit 1).
+    #[arg(long)]
+    force_mounted: bool,
     /// The old root to restore, a name in old_roots/ (as `list` shows it).
     name: OsString,
+}
+
+/// `--log`: no `..` anywhere, and a relative path must name a file below the top level.
+fn check_log(path: &std::path::Path) -> Result<()> {
+    use std::path::Component;
+    if path.components().any(|c| c == Component::ParentDir) {
+        anyhow::bail!(
+            "--log {} contains \"..\": give a path below the top-level volume (or an absolute \
+             path)",
+            names::quoted(path)
+        );
+    }
+    if !path.is_absolute() && !crate::beneath::is_plain_relative(path) {
+        anyhow::bail!(
+            "--log {} names no file: give a file name relative to the top-level volume",
+            names::quoted(path)
+        );
+    }
+    Ok(())
 }
 
 impl TargetArgs {
@@ -168,7 +200,10 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => &a.target,
     };
     let checked = target.target().and_then(|target| match &cli.command {
-        Command::Restore(a) => names::check_component("NAME", &a.name).map(|()| target),
+        Command::Restore(a) => names::check_component("NAME", &a.name)
+            .and_then(|()| check_log(&a.log))
+            .map(|()| target),
+        Command::Run(a) => check_log(&a.log).map(|()| target),
         _ => Ok(target),
     });
     let target = match checked {
@@ -183,6 +218,7 @@ pub fn main() -> ExitCode {
             &target,
             &RunOptions {
                 log: a.log.clone(),
+                force_mounted: a.force_mounted,
                 dry_run: a.dry_run,
                 json: a.json,
                 retention: a.retention.retention(),
@@ -192,7 +228,14 @@ pub fn main() -> ExitCode {
             list::list(&target, &a.retention.retention(), a.json).map(|()| Outcome::Looked)
         }
         Command::Diff(a) => diff::diff(&target, &a.exclude, a.json).map(|()| Outcome::Looked),
-        Command::Restore(a) => restore::restore(&target, &a.name),
+        Command::Restore(a) => restore::restore(
+            &target,
+            &restore::RestoreOptions {
+                log: a.log.clone(),
+                force_mounted: a.force_mounted,
+            },
+            &a.name,
+        ),
     };
     match result {
         Ok(Outcome::RolledBack | Outcome::Looked) => ExitCode::SUCCESS,
@@ -250,5 +293,31 @@ mod tests {
             panic!("not run")
         };
         assert!(args.target.target().is_err());
+    }
+
+    #[test]
+    fn log_paths_may_not_climb() {
+        for bad in [
+            "../escape.log",
+            "logs/../../x",
+            "/run/../etc/passwd",
+            ".",
+            "",
+        ] {
+            assert!(check_log(std::path::Path::new(bad)).is_err(), "{bad:?}");
+        }
+        for ok in [
+            "rollback.log",
+            "logs/rollback.log",
+            "/run/btrfs-rollback.log",
+        ] {
+            assert!(check_log(std::path::Path::new(ok)).is_ok(), "{ok:?}");
+        }
+        let cli = Cli::try_parse_from(["btrfs-rollback", "restore", "--log", "x.log", "NAME"]);
+        let Command::Restore(args) = cli.unwrap().command else {
+            panic!("not restore")
+        };
+        assert_eq!(args.log, PathBuf::from("x.log"));
+        assert!(!args.force_mounted);
     }
 }

@@ -4,6 +4,7 @@
 //! `unsafe` lives in `ioctl.rs` only.
 #![deny(unsafe_code)]
 
+pub mod beneath;
 pub mod cli;
 pub mod device;
 pub mod diff;
@@ -12,6 +13,7 @@ pub mod json;
 pub mod list;
 pub mod logging;
 pub mod mount;
+pub mod mountinfo;
 pub mod names;
 pub mod plan;
 pub mod restore;

@@ -113,12 +113,7 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
         }
     }
     let (old_roots_dir, old_roots) = old_roots(fs, &slot)?;
-    let restored = match std::fs::read_to_string(top.path().join(RESTORE_MARKER)) {
-        // Anything unreadable as an id is stale: 0 is never a root's id.
-        Ok(text) => Some(text.trim().parse().unwrap_or(0)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).context(format!("cannot read {RESTORE_MARKER:?}")),
-    };
+    let restored = crate::restore::read_marker(fs)?;
     Ok(State {
         root: slot(Path::new(&names.root))?,
         blank: slot(Path::new(&names.blank))?,
@@ -190,6 +185,8 @@ fn retired_mark(fd: BorrowedFd<'_>, path: &Path) -> Option<i64> {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub log: PathBuf,
+    /// Go on even if `root` is mounted somewhere (see `TopLevel::check_not_in_use`).
+    pub force_mounted: bool,
     pub dry_run: bool,
     /// With `dry_run`: the plan as JSON.
     pub json: bool,
@@ -231,34 +228,43 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
         env!("CARGO_PKG_VERSION"),
     );
     // Errors from here on are logged while the log file is still open.
-    let result = inspect(&top, names).and_then(|state| {
-        let plan = plan::plan(names, &state, &options.retention, logging::now())
-            .context("refusing to roll back")?;
-        for warning in &plan.warnings {
-            log::warn!("{warning}");
+    let in_use = match top.check_not_in_use(&names.root, options.force_mounted, "roll back") {
+        Err(e) if dry_run => {
+            log::warn!("a run would refuse: {e:#}");
+            Ok(())
         }
-        if dry_run && options.json {
-            print!("{}", plan.to_json(names).to_string_pretty());
-            return Ok(Outcome::Looked);
-        }
-        if dry_run {
-            print!(
-                "dry run, nothing changed; a run would:\n{}",
-                plan.describe(names)
-            );
-            return Ok(Outcome::Looked);
-        }
-        // The plan goes to the log file; a huge one only in part (it rotates at 1 MiB).
-        let described = plan.describe(names);
-        let lines: Vec<&str> = described.lines().collect();
-        for line in lines.iter().take(PLAN_LINES) {
-            log::debug!("plan: {line}");
-        }
-        if lines.len() > PLAN_LINES {
-            log::debug!("plan: ... {} more lines", lines.len() - PLAN_LINES);
-        }
-        execute(&top, names, &plan, &target.device)
-    });
+        other => other,
+    };
+    let result = in_use
+        .and_then(|()| inspect(&top, names))
+        .and_then(|state| {
+            let plan = plan::plan(names, &state, &options.retention, logging::now())
+                .context("refusing to roll back")?;
+            for warning in &plan.warnings {
+                log::warn!("{warning}");
+            }
+            if dry_run && options.json {
+                print!("{}", plan.to_json(names).to_string_pretty());
+                return Ok(Outcome::Looked);
+            }
+            if dry_run {
+                print!(
+                    "dry run, nothing changed; a run would:\n{}",
+                    plan.describe(names)
+                );
+                return Ok(Outcome::Looked);
+            }
+            // The plan goes to the log file; a huge one only in part (it rotates at 1 MiB).
+            let described = plan.describe(names);
+            let lines: Vec<&str> = described.lines().collect();
+            for line in lines.iter().take(PLAN_LINES) {
+                log::debug!("plan: {line}");
+            }
+            if lines.len() > PLAN_LINES {
+                log::debug!("plan: ... {} more lines", lines.len() - PLAN_LINES);
+            }
+            execute(&top, names, &plan, &target.device)
+        });
     result.or_else(|e| {
         log::error!(
             "{e:#}; {} on {} was not changed",
