@@ -51,12 +51,14 @@ let
   # kinds of stage 1: shell lines that read `$rollbackStatus`, the exit status of
   # btrfs-rollback (or systemd's result when it did not exit).
   #
-  # `prefix` is put before the line: "<3>" makes it an error in the journal
-  # (systemd reads kernel-style priority prefixes on a unit's stdout).
+  # In the unit (`inUnit`), the line starts with "<3>": an error in the journal
+  # (systemd reads kernel-style priority prefixes on a unit's stdout), and a
+  # start timeout has its own words.
   esc = lib.escapeShellArg;
   failureMessage =
-    prefix:
+    inUnit:
     let
+      prefix = lib.optionalString inUnit "<3>";
       nextStep =
         if cfg.onFailure == "continue" then
           "Booting the previous root (${policyText})."
@@ -66,9 +68,11 @@ let
     [
       ''case "$rollbackStatus" in''
       "  1|2) rollbackState=${esc "subvolume ${cfg.rootSubvolume} on ${cfg.device} was left untouched"} ;;"
-      "  timeout) rollbackState=${
-        esc "btrfs-rollback did not finish within ${toString startTimeout} s (${opt}.waitSeconds + ${opt}.timeoutSeconds) and was stopped; subvolume ${cfg.rootSubvolume} on ${cfg.device} is either the previous root or a fresh snapshot of ${cfg.blankSnapshot}"
-      } ;;"
+    ]
+    ++ lib.optional inUnit "  timeout) rollbackState=${
+      esc "btrfs-rollback did not finish within ${toString startTimeout} s (${opt}.waitSeconds + ${opt}.timeoutSeconds) and was stopped; subvolume ${cfg.rootSubvolume} on ${cfg.device} is either the previous root or a fresh snapshot of ${cfg.blankSnapshot}"
+    } ;;"
+    ++ [
       "  *) rollbackState=${
         esc "btrfs-rollback ended abnormally; subvolume ${cfg.rootSubvolume} on ${cfg.device} is either the previous root or a fresh snapshot of ${cfg.blankSnapshot}"
       } ;;"
@@ -122,7 +126,7 @@ let
         echo ${esc "<12>${cleanupMessage}"} > /dev/kmsg || true
       elif [ "$rollbackStatus" -ne 0 ]; then
     ''
-    + indentLines "  " (failureMessage "" ++ lib.optional (cfg.onFailure == "stop") "fail")
+    + indentLines "  " (failureMessage false ++ lib.optional (cfg.onFailure == "stop") "fail")
     + ''
       fi
     '';
@@ -748,7 +752,7 @@ in
                   rollbackStatus=''${EXIT_STATUS:-$SERVICE_RESULT}
                 fi
             ''
-            + indentLines "  " (failureMessage "<3>")
+            + indentLines "  " (failureMessage true)
             + ''
               fi
             '';
