@@ -29,6 +29,7 @@ in
           assert_booted_from_root()
           assert_unit_ran()
           assert_rollback_logged(0)
+          assert_settings_known()
 
       with subtest("a reboot erases / and the subvolumes nested in it, and keeps /persist"):
           write_darlings()
