@@ -98,7 +98,7 @@ fi
 
 if [ -s "$work/cases.jsonl" ]; then
   python3 - "$work/cases.jsonl" "$binary" "$work" >"$work/judged" <<'PY' || true
-import json, os, re, subprocess, sys
+import json, os, subprocess, sys
 
 cases_file, binary, work = sys.argv[1:4]
 squeeze = lambda s: " ".join(s.split())
@@ -142,11 +142,11 @@ for line in open(cases_file):
         values = dict(l.split(" = ", 1) for l in case["config-file"].splitlines() if l and not l.startswith("#"))
         for sub in ["run", "list", "diff", "restore"]:
             out = subprocess.run([binary, "--config", path, sub, "--help"], capture_output=True, text=True)
-            help_text = squeeze(out.stdout)
-            flags = [k for k in values if f"--{k} <" in help_text]
-            # "--device <PATH> The unlocked btrfs block device [default: /dev/mapper/crypt]"
-            missing = [f"--{k} [default: {values[k]}]" for k in flags if not re.search(
-                rf"--{re.escape(k)} <[^>]*>((?! --[a-z]).)*?\[default: {re.escape(values[k])}\]", help_text)]
+            # "      --device <PATH>  The unlocked btrfs block device [default: /dev/mapper/crypt]"
+            lines = {k: l for l in out.stdout.splitlines() for k in values if l.strip().startswith(f"--{k} <")}
+            flags = [k for k in values if k in lines]
+            missing = [f"--{k} [default: {values[k]}]" for k in flags
+                       if not lines[k].rstrip().endswith(f"[default: {values[k]}]")]
             report(out.returncode == 0 and not missing and "device" in flags,
                    f"{name}: btrfs-rollback --config FILE {sub} --help: defaults from the file for {', '.join(flags)}",
                    f"exit {out.returncode}; not shown as defaults: {missing}\n{out.stdout}{out.stderr}")

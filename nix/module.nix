@@ -134,12 +134,12 @@ let
   # Hand-written rollbacks, as the usual guides have them: in the scripted
   # hooks (the impermanence README uses postResumeCommands, the seed guide
   # postDeviceCommands) and, since systemd stage 1 became the default, in a unit.
+  # (Not the bare blank name: a name like "root" is in nixpkgs' own hooks.)
   leftoverPatterns = [
     "btrfs subvolume delete"
     "btrfs subvolume snapshot"
     "btrfs subvol delete"
     "btrfs subvol snapshot"
-    cfg.blankSnapshot
   ];
   looksLikeRollback = text: lib.any (pattern: lib.hasInfix pattern text) leftoverPatterns;
   leftoverHooks = map (name: "boot.initrd.${name}") (
@@ -619,9 +619,10 @@ in
         environment.etc."btrfs-rollback.conf".text = configFileText;
 
         warnings =
-          lib.optional (rootFs != null && rootDevice != null && !devicesComparable) ''
+          lib.optional (rootFs != null && rootDevice != null && lib.hasPrefix "/" cfg.device && !devicesComparable) ''
             ${opt}: cannot check statically that ${opt}.device ("${cfg.device}") is the
-            device of fileSystems."/" ("${rootDevice}"): one of them is a /dev/disk/by-* link.
+            device of fileSystems."/" ("${rootDevice}"): one of them is a /dev/disk/by-* link or
+            /dev/dm-N.
             Make sure both name the same opened btrfs device (for a root on LUKS:
             "/dev/mapper/<name of the boot.initrd.luks.devices entry>"), or the rollback
             resets a different file system than the one mounted as "/".
@@ -653,7 +654,7 @@ in
           ++ lib.optional (leftovers != [ ]) ''
             ${opt} is enabled, but ${lib.concatStringsSep " and " leftovers} still
             ${if lib.length leftovers == 1 then "contains" else "contain"} what looks like a hand-written rollback (btrfs subvolume
-            delete/snapshot, or "${cfg.blankSnapshot}"). Running both erases the root twice, and a
+            delete/snapshot). Running both erases the root twice, and a
             hand-written rollback usually runs before resume from hibernation. Remove the old
             snippet (the block with "btrfs subvolume delete" in your impermanence module) or unit.
           ''
