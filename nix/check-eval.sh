@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The evaluation tier: the NixOS side evaluated against a real nixpkgs, nothing built.
 #
-#   nix/check-eval.sh [NIXPKGS] [--real-package]
+#   nix/check-eval.sh [NIXPKGS] [--real-package] [--cases "NAME..."]
 #
 # NIXPKGS  a nixpkgs tree; without it, scripts/nixpkgs.sh finds one ($NIXPKGS, the offline
 #          ../shared/nixpkgs tarball CI has, or <nixpkgs>). With none (or no nix-instantiate)
 #          the tier is skipped with the reason, or fails under CI=true.
 # --real-package  instantiate the VM tests with nix/package.nix (pkgsStatic) instead of a stub.
+# --cases "NAME..."  only these cases of nix/check-eval.nix, and nothing else (while working on one).
 #
 # Checks, each an ok/FAIL line: every case of nix/check-eval.nix (what our module's
 # assertions and warnings say for a layout, and what the scripted hook, the unit, its
@@ -30,12 +31,15 @@ skip() {
 
 real=false
 nixpkgs=
-for arg in "$@"; do
-  case $arg in
+only=
+while [ $# -gt 0 ]; do
+  case $1 in
     --real-package) real=true ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) nixpkgs=$arg ;;
+    --cases) only=$2; shift ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) nixpkgs=$1 ;;
   esac
+  shift
 done
 command -v nix-instantiate >/dev/null || skip "no nix-instantiate (apt-get install nix-bin)"
 command -v python3 >/dev/null || skip "no python3"
@@ -66,6 +70,7 @@ echo
 echo "== the cases of nix/check-eval.nix (assertions, warnings, rendered hook, unit, config file)"
 cases=$(nix-instantiate --eval --strict --json "$here/check-eval.nix" --arg nixpkgs "$nixpkgs" --arg module "$module" |
   python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)))')
+[ -z "$only" ] || cases=$only
 # A few systems per evaluation: each costs ~10 s and ~300 MB, the memory stays with the process.
 set -- $cases
 while [ $# -gt 0 ]; do
@@ -156,6 +161,11 @@ PY
   failures=$((failures + $(grep -c '^FAIL ' "$work/judged" || true)))
 fi
 echo
+if [ -n "$only" ]; then
+  echo "evaluation tier, cases $only only: $passes passed, $failures failed"
+  [ "$failures" -eq 0 ]
+  exit
+fi
 
 echo "== without the scripted stage 1 (nixpkgs plans to remove it): a module set with stubs"
 sed "s|MODULE|$module|" >"$work/sim.nix" <<'NIX'
