@@ -111,6 +111,22 @@ let
             "<3>"
             "timeout)"
           ];
+          runs = [
+            {
+              setE = false;
+              env.FAKE_STATUS = "3";
+              stdout = ''
+                btrfs-rollback: OLD ROOT NOT FULLY DELETED (exit status 3): the fresh root from root-blank is in place, but parts of the old root are still on /dev/mapper/cryptroot; the next boot tries again. What is left: the lines above, rollback.log on the top-level volume, and btrfs-rollback list.
+              '';
+            }
+            {
+              setE = false;
+              env.FAKE_STATUS = "2";
+              stdout = ''
+                btrfs-rollback: ROOT NOT ROLLED BACK (exit status 2): subvolume root on /dev/mapper/cryptroot was left untouched. Booting the previous root (boot.initrd.btrfsRollback.onFailure = "continue"). Log: rollback.log on the top-level volume of /dev/mapper/cryptroot, and journalctl -b.
+              '';
+            }
+          ];
         };
         "extraUtilsCommands" = {
           text = sys.config.boot.initrd.extraUtilsCommands;
@@ -145,6 +161,23 @@ let
           has = [
             ''Stopping the boot (boot.initrd.btrfsRollback.onFailure = "stop")''
             "\n  fail\n"
+          ];
+          # FAKE_STATUS: the exit status of check-eval.sh's stand-in btrfs-rollback; stage
+          # 1's `fail` is a function that prints "fail called". Stage 1 runs without set -e.
+          runs = [
+            {
+              setE = false;
+              env.FAKE_STATUS = "1";
+              stdout = ''
+                btrfs-rollback: ROOT NOT ROLLED BACK (exit status 1): subvolume root on /dev/mapper/cryptroot was left untouched. Stopping the boot (boot.initrd.btrfsRollback.onFailure = "stop"). Log: rollback.log on the top-level volume of /dev/mapper/cryptroot, and journalctl -b.
+                fail called
+              '';
+            }
+            {
+              setE = false;
+              env.FAKE_STATUS = "0";
+              stdout = "";
+            }
           ];
         };
       };
@@ -187,12 +220,61 @@ let
             "timeout) rollbackState='btrfs-rollback did not finish within 310 s (boot.initrd.btrfsRollback.waitSeconds + boot.initrd.btrfsRollback.timeoutSeconds) and was stopped"
             ''echo "<3>btrfs-rollback: ROOT NOT ROLLED BACK (exit status $rollbackStatus): $rollbackState. "'Booting the previous root''
           ];
+          # Run by bash with the environment systemd gives ExecStopPost=.
+          runs = [
+            {
+              env = {
+                SERVICE_RESULT = "exit-code";
+                EXIT_CODE = "exited";
+                EXIT_STATUS = "1";
+              };
+              stdout = ''
+                <3>btrfs-rollback: ROOT NOT ROLLED BACK (exit status 1): subvolume root on /dev/mapper/cryptroot was left untouched. Booting the previous root (boot.initrd.btrfsRollback.onFailure = "continue"). Log: rollback.log on the top-level volume of /dev/mapper/cryptroot, and journalctl -b.
+              '';
+            }
+            {
+              env = {
+                SERVICE_RESULT = "timeout";
+                EXIT_CODE = "killed";
+                EXIT_STATUS = "TERM";
+              };
+              stdout = ''
+                <3>btrfs-rollback: ROOT NOT ROLLED BACK (exit status timeout): btrfs-rollback did not finish within 310 s (boot.initrd.btrfsRollback.waitSeconds + boot.initrd.btrfsRollback.timeoutSeconds) and was stopped; subvolume root on /dev/mapper/cryptroot is either the previous root or a fresh snapshot of root-blank. Booting the previous root (boot.initrd.btrfsRollback.onFailure = "continue"). Log: rollback.log on the top-level volume of /dev/mapper/cryptroot, and journalctl -b.
+              '';
+            }
+            {
+              env = {
+                SERVICE_RESULT = "success";
+                EXIT_CODE = "exited";
+                EXIT_STATUS = "3";
+              };
+              stdout = "";
+            }
+          ];
         };
         "its ExecStartPost (postStart)" = {
           text = (serviceOf sys).postStart;
           has = [
             ''if [ "$(systemctl show --property=ExecMainStatus --value btrfs-rollback.service || true)" = 3 ]; then''
             "echo '<4>btrfs-rollback: OLD ROOT NOT FULLY DELETED (exit status 3): the fresh root from root-blank is in place, but parts of the old root are still on /dev/mapper/cryptroot; the next boot tries again."
+          ];
+          # FAKE_MAIN_STATUS: what check-eval.sh's stand-in systemctl prints for ExecMainStatus.
+          runs = [
+            {
+              env.FAKE_MAIN_STATUS = "3";
+              stdout = ''
+                <4>btrfs-rollback: OLD ROOT NOT FULLY DELETED (exit status 3): the fresh root from root-blank is in place, but parts of the old root are still on /dev/mapper/cryptroot; the next boot tries again. What is left: the lines above, rollback.log on the top-level volume, and btrfs-rollback list.
+              '';
+            }
+            {
+              env.FAKE_MAIN_STATUS = "0";
+              stdout = "";
+            }
+            {
+              # systemctl fails: nothing said, and ExecStartPost does not fail the unit.
+              env.FAKE_MAIN_STATUS = "fail";
+              stdout = "";
+            }
           ];
         };
         "initrd /etc/btrfs-rollback.conf" = {
@@ -229,6 +311,18 @@ let
         "its ExecStopPost (postStop)" = {
           text = (serviceOf sys).postStop;
           has = [ ''Stopping the boot (boot.initrd.btrfsRollback.onFailure = "stop")'' ];
+          runs = [
+            {
+              env = {
+                SERVICE_RESULT = "exit-code";
+                EXIT_CODE = "exited";
+                EXIT_STATUS = "1";
+              };
+              stdout = ''
+                <3>btrfs-rollback: ROOT NOT ROLLED BACK (exit status 1): subvolume root on /dev/mapper/cryptroot was left untouched. Stopping the boot (boot.initrd.btrfsRollback.onFailure = "stop"). Log: rollback.log on the top-level volume of /dev/mapper/cryptroot, and journalctl -b.
+              '';
+            }
+          ];
         };
       };
     };
@@ -524,6 +618,7 @@ let
         has = r.has or [ ];
         lacks = r.lacks or [ ];
         equals = r.equals or null;
+        runs = r.runs or [ ];
       }) ((case.renders or (_: { })) sys);
       # The configuration file, for check-eval.sh to feed to the real binary.
       config-file =

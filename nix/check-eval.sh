@@ -106,6 +106,15 @@ if [ -s "$work/cases.jsonl" ]; then
 import json, os, subprocess, sys
 
 cases_file, binary, work = sys.argv[1:4]
+fake_bin = os.path.join(work, "bin")
+os.makedirs(fake_bin, exist_ok=True)
+for tool, body in [
+    ("systemctl", '[ "$FAKE_MAIN_STATUS" = fail ] && exit 1; echo "$FAKE_MAIN_STATUS"'),
+    ("btrfs-rollback", 'exit "$FAKE_STATUS"'),
+]:
+    with open(os.path.join(fake_bin, tool), "w") as f:
+        f.write("#!/bin/sh\n" + body + "\n")
+    os.chmod(os.path.join(fake_bin, tool), 0o755)
 squeeze = lambda s: " ".join(s.split())
 
 def report(good, what, detail=""):
@@ -137,6 +146,17 @@ for line in open(cases_file):
         checks = len(r["has"]) + len(r["lacks"]) + (r["equals"] is not None)
         report(not (missing or present or wrong), f"{name}: {label}: {checks} content check(s)",
                detail + "text:\n" + text[:3000])
+        for run in r["runs"]:
+            # As a unit script runs it (set -e; stage 1 without), with stand-ins for
+            # systemctl, the binary and stage 1's fail; kmsg writes go nowhere.
+            env = dict(os.environ, PATH=fake_bin + ":" + os.environ["PATH"], **run["env"])
+            script = ("set -e\n" if run.get("setE", True) else "") + "fail() { echo fail called; }\n" \
+                + text.replace("/dev/kmsg", "/dev/null")
+            out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+            report(out.returncode == 0 and out.stdout == run["stdout"],
+                   f"{name}: {label}: run with {' '.join(f'{k}={v}' for k, v in run['env'].items())}: "
+                   + (repr(out.stdout.strip()[:90]) + "…" if out.stdout else "says nothing"),
+                   f"exit {out.returncode}, expected stdout {run['stdout']!r}, got {out.stdout!r} {out.stderr!r}")
     if case["config-file"] is not None:
         # The file as the module writes it, read by the real binary: its values are the
         # defaults --help shows, for every subcommand that has the option.
