@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::config;
 use crate::diff;
 use crate::list;
 use crate::logging;
@@ -35,6 +36,11 @@ struct Cli {
     /// Log every step (also on stderr; RUST_LOG=debug does the same).
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Read the defaults of these options from PATH (`key = value` lines, keys as the long
+    /// options) instead of $BTRFS_ROLLBACK_CONFIG or /etc/btrfs-rollback.conf, which the
+    /// NixOS module writes. Options given here win.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -190,8 +196,21 @@ impl TargetArgs {
     }
 }
 
+/// Parse `args` with the configuration file's values as the defaults.
+fn parse(args: Vec<OsString>) -> std::result::Result<Cli, ExitCode> {
+    let config = config::load(config::explicit_path(&args).as_deref()).map_err(|e| {
+        eprintln!("btrfs-rollback: error: {e:#}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let matches = config.apply(Cli::command()).get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     logging::init(cli.verbose);
     let target = match &cli.command {
         Command::Run(a) => &a.target,
@@ -251,7 +270,6 @@ pub fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn command_line_is_consistent() {
@@ -271,6 +289,42 @@ mod tests {
         assert_eq!(args.target.wait, 10);
         assert_eq!(args.log, PathBuf::from("rollback.log"));
         assert!(!args.dry_run);
+    }
+
+    #[test]
+    fn defaults_come_from_the_configuration_and_flags_win() {
+        let file =
+            std::env::temp_dir().join(format!("btrfs-rollback-cli-{}.conf", std::process::id()));
+        std::fs::write(
+            &file,
+            "device = /dev/vdb\nroot = @\nblank = @blank\nlog = logs/r.log\nwait = 3\n\
+             keep-old-roots = 5\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["btrfs-rollback", "--config", file.to_str().unwrap(), "run"];
+            args.extend(extra);
+            let cli = parse(args.into_iter().map(OsString::from).collect()).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("not run")
+            };
+            args
+        };
+        let args = parse(&[]);
+        assert_eq!(args.target.device, PathBuf::from("/dev/vdb"));
+        assert_eq!(args.target.root, OsString::from("@"));
+        assert_eq!(args.target.blank, OsString::from("@blank"));
+        assert_eq!(args.target.wait, 3);
+        assert_eq!(args.target.mountpoint, PathBuf::from("/mnt"));
+        assert_eq!(args.log, PathBuf::from("logs/r.log"));
+        assert_eq!(args.keep_old_roots, Some(5));
+        let args = parse(&["--device", "/dev/vdc", "--keep-old-roots", "2"]);
+        assert_eq!(args.target.device, PathBuf::from("/dev/vdc"));
+        assert_eq!(args.keep_old_roots, Some(2));
+        assert_eq!(args.target.root, OsString::from("@"));
+        std::fs::remove_file(&file).unwrap();
+        let missing = vec!["btrfs-rollback", "--config", "/nonexistent/b.conf", "list"];
+        assert!(super::parse(missing.into_iter().map(OsString::from).collect()).is_err());
     }
 
     #[test]
