@@ -317,10 +317,10 @@ mod tests {
         assert_eq!(args.target.wait, 3);
         assert_eq!(args.target.mountpoint, PathBuf::from("/mnt"));
         assert_eq!(args.log, PathBuf::from("logs/r.log"));
-        assert_eq!(args.keep_old_roots, Some(5));
+        assert_eq!(args.retention.keep_old_roots, Some(5));
         let args = parse(&["--device", "/dev/vdc", "--keep-old-roots", "2"]);
         assert_eq!(args.target.device, PathBuf::from("/dev/vdc"));
-        assert_eq!(args.keep_old_roots, Some(2));
+        assert_eq!(args.retention.keep_old_roots, Some(2));
         assert_eq!(args.target.root, OsString::from("@"));
         std::fs::remove_file(&file).unwrap();
         let missing = vec!["btrfs-rollback", "--config", "/nonexistent/b.conf", "list"];

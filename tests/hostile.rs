@@ -431,7 +431,7 @@ fn privileged_mountpoint_parents_are_never_created() {
     impermanence_layout(&disk);
     let subs = disk.mount().subvolumes();
     let deep = disk.dir.join("a/b/c");
-    let out = bounded(Command::new(bin()).args(["run", "--wait", "2"]).args([
+    let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
         "--device".as_ref(),
         disk.dev.as_os_str(),
         "--mountpoint".as_ref(),
@@ -446,7 +446,7 @@ fn privileged_mountpoint_parents_are_never_created() {
     // With the parent there, only the last component is made, and removed again.
     fs::create_dir_all(disk.dir.join("a/b")).unwrap();
     let before = Before::take(&disk, "root", "root-blank");
-    let out = bounded(Command::new(bin()).args(["run", "--wait", "2"]).args([
+    let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
         "--device".as_ref(),
         disk.dev.as_os_str(),
         "--mountpoint".as_ref(),
@@ -464,7 +464,7 @@ fn privileged_mountpoint_parents_are_never_created() {
     // A symbolic link as the mountpoint is refused, not followed.
     symlink(disk.dir.join("a/b"), disk.dir.join("link")).unwrap();
     let subs = disk.mount().subvolumes();
-    let out = bounded(Command::new(bin()).args(["run", "--wait", "2"]).args([
+    let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
         "--device".as_ref(),
         disk.dev.as_os_str(),
         "--mountpoint".as_ref(),

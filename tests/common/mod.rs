@@ -35,6 +35,14 @@ pub fn bin() -> std::ffi::OsString {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_btrfs-rollback").into())
 }
 
+/// The binary under test as a command, isolated from the machine's own configuration: on a
+/// NixOS machine with the module, `/etc/btrfs-rollback.conf` would change its defaults.
+pub fn bin_command() -> Command {
+    let mut c = Command::new(bin());
+    c.env("BTRFS_ROLLBACK_CONFIG", "/dev/null");
+    c
+}
+
 /// Whether the privileged tests can run; if not, skip (or fail under CI=true).
 pub fn privileged(test: &str) -> bool {
     let missing = missing_requirement();
@@ -153,7 +161,7 @@ impl Disk {
 
     /// Run the binary with `args` after `sub` (run/list), pointed at this disk.
     pub fn cmd(&self, sub: &str) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = bin_command();
         c.arg(sub)
             .arg("--device")
             .arg(&self.dev)
