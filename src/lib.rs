@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod device;
 pub mod diff;
+pub mod erase;
 pub mod ioctl;
 pub mod json;
 pub mod list;

@@ -25,7 +25,8 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::renameat;
 
 use crate::device;
-use crate::ioctl::{self, Rename};
+use crate::erase::{self, errno_of, Eraser};
+use crate::ioctl::{self, Errno, Rename};
 use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
 use crate::names::{quoted, Names};
@@ -251,10 +252,22 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
 fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<Outcome> {
     let fs = top.fd();
     let start = Instant::now();
-    // Set once a fresh `root` is committed: from then on a failure is a cleanup failure.
+    // Set once a fresh `root` is committed: from then on a failure is a cleanup failure, and
+    // the remaining steps still run (what can be deleted is deleted).
     let mut fresh: Option<u64> = None;
     let mut old_went = String::new();
-    for step in &plan.steps {
+    let mut failures: Vec<anyhow::Error> = Vec::new();
+    // Steps already done out of order, to make room on a full filesystem.
+    let mut done = vec![false; plan.steps.len()];
+    for (i, step) in plan.steps.iter().enumerate() {
+        if done[i] {
+            continue;
+        }
+        // Before the swap the default stays where it is; after it, the fresh root takes it.
+        let eraser = Eraser {
+            fs,
+            fallback_default: fresh.unwrap_or(subvolume::TOP_LEVEL),
+        };
         let result = match step {
             Step::KeepRestored { id } => {
                 remove_restore_marker(fs)?;
@@ -275,21 +288,39 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
             Step::Swap {
                 old,
                 default_follows,
-            } => swap(fs, names, *old, *default_follows).map(|id| {
-                fresh = Some(id);
-                logging::sync_file();
-            }),
-            Step::DeleteOld { id, .. } => delete_expected(fs, &names.temp, *id).map(|nested| {
+            } => match swap(fs, names, *old, *default_follows) {
+                Err(e) if full(&e) => {
+                    match swap_when_full(fs, names, plan, &mut done, *old, *default_follows, e) {
+                        Ok(id) => {
+                            fresh = Some(id);
+                            logging::sync_file();
+                            Ok(())
+                        }
+                        Err(e) => {
+                            // Already logged with the state the disk is in.
+                            log::error!("{e:#}");
+                            return Ok(Outcome::Refused);
+                        }
+                    }
+                }
+                result => result.map(|id| {
+                    fresh = Some(id);
+                    logging::sync_file();
+                }),
+            },
+            Step::DeleteOld { id, .. } => eraser.delete_expected(&names.temp, *id).map(|nested| {
                 old_went =
                     format!("; deleted the old root (ID {id}) and {nested} nested subvolume(s)")
             }),
-            Step::RemoveLeftover { name, id, .. } => delete_expected(fs, name, *id).map(|nested| {
-                log::info!(
-                    "deleted {} (ID {id}), left over from an earlier run, with {nested} \
+            Step::RemoveLeftover { name, id, .. } => {
+                eraser.delete_expected(name, *id).map(|nested| {
+                    log::info!(
+                        "deleted {} (ID {id}), left over from an earlier run, with {nested} \
                          nested subvolume(s)",
-                    quoted(name)
-                );
-            }),
+                        quoted(name)
+                    );
+                })
+            }
             Step::KeepOld { from, id, to } => keep_old(fs, from, *id, to).map(|()| {
                 let dest = quoted(&Path::new(OLD_ROOTS).join(to)).to_string();
                 if *from == names.temp {
@@ -301,25 +332,31 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                     );
                 }
             }),
-            Step::PruneOld { old } => prune_old(fs, old),
+            Step::PruneOld { old } => prune_old(&eraser, old),
         };
         if let Err(e) = result {
-            let root = quoted(&names.root);
-            let device = device.display();
-            if fresh.is_some() {
-                log::error!(
-                    "{e:#}; the fresh {root} on {device} is in place and committed; what could \
-                     not be deleted or kept stays in the top-level volume under {} (or \
-                     {}.<ID>), and the next run tries again",
-                    quoted(&names.temp),
-                    quoted(&names.temp),
-                );
-                return Ok(Outcome::CleanupFailed);
+            if fresh.is_none() {
+                return Err(e);
             }
-            return Err(e);
+            // The fresh root is in place: go on with the other steps, report all at the end.
+            failures.push(e);
         }
     }
     let new = fresh.context("internal error: the plan left no fresh root")?;
+    if !failures.is_empty() {
+        let what: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
+        log::error!(
+            "the fresh {} (ID {new}) on {} is in place and committed, but not everything of the \
+             old one is gone: {}; what is left stays in the top-level volume under {} (or \
+             {}.<ID>), outside the running system, and the next run tries again",
+            quoted(&names.root),
+            device.display(),
+            what.join("; "),
+            quoted(&names.temp),
+            quoted(&names.temp),
+        );
+        return Ok(Outcome::CleanupFailed);
+    }
     log::info!(
         "done: {} is a fresh snapshot of {} (ID {new}){old_went} in {:.2} s",
         quoted(&names.root),
@@ -327,6 +364,140 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
         start.elapsed().as_secs_f64()
     );
     Ok(Outcome::RolledBack)
+}
+
+/// Whether an error says the filesystem (or a qgroup) is out of space.
+fn full(e: &anyhow::Error) -> bool {
+    matches!(errno_of(e), Some(Errno::ENOSPC | Errno::EDQUOT))
+}
+
+/// How long to wait for the kernel to free the space of deleted subvolumes.
+const CLEANER_WAIT: Duration = Duration::from_secs(120);
+
+/// The swap failed because the filesystem is full. Make room, in two stages, and swap.
+///
+/// 1. Delete, before the swap, what the rollback deletes anyway and `root` does not need:
+///    the leftovers of earlier runs, old roots past the retention limits, and the subvolumes
+///    nested in `root`. `root` itself stays, so a power cut leaves a `root`. Wait for the
+///    kernel to free their space, and try the swap again.
+/// 2. If that is not enough (the space is held by `root`'s own files), delete the old `root`
+///    itself, wait for its space, and snapshot the blank as `root`. From the commit of that
+///    deletion until the commit of the new `root` there is no `root`: a power cut then leaves
+///    none, and the next run creates it from the blank (`CreateRoot`). Both instants are
+///    logged at warning level.
+///
+/// Returns the fresh root's id. An error means the swap did not happen; its message says
+/// whether `root` is the old one or missing.
+fn swap_when_full(
+    fs: BorrowedFd<'_>,
+    names: &Names,
+    plan: &Plan,
+    done: &mut [bool],
+    old: u64,
+    default_follows: bool,
+    e: anyhow::Error,
+) -> Result<u64> {
+    let root = quoted(&names.root);
+    log::warn!(
+        "{e:#}: the filesystem is full; making room by deleting, before the swap, what the \
+         rollback deletes anyway: leftovers of earlier runs, old roots past the limits and the \
+         subvolumes nested in {root} (ID {old}); {root} itself stays"
+    );
+    let eraser = Eraser {
+        fs,
+        fallback_default: old,
+    };
+    for (i, step) in plan.steps.iter().enumerate() {
+        let result = match step {
+            Step::RemoveLeftover { name, id, .. } => eraser.delete_expected(name, *id),
+            Step::PruneOld { old } => prune_old(&eraser, old).map(|()| 0),
+            _ => continue,
+        };
+        done[i] = true;
+        match result {
+            Ok(_) => log::info!("made room: {}", describe(step, names)),
+            Err(e) => log::warn!("{e:#}; going on"),
+        }
+    }
+    match eraser.delete_nested(old, Path::new(&names.root)) {
+        Ok(n) => log::info!("made room: deleted the {n} subvolume(s) nested in {root}"),
+        Err(e) => log::warn!("{e:#}; going on"),
+    }
+    erase::wait_for_cleaner(fs, CLEANER_WAIT);
+    match swap(fs, names, old, default_follows) {
+        Ok(id) => {
+            log::info!("the swap worked after making room");
+            return Ok(id);
+        }
+        Err(e) if full(&e) => log::warn!("{e:#}: still full"),
+        Err(e) => return Err(e.context(format!("{root} (ID {old}) is still the old root"))),
+    }
+
+    // The last resort: the old root goes before its replacement exists.
+    log::warn!(
+        "deleting the old {root} (ID {old}) before its replacement exists: the space is held by \
+         its own files. Until the fresh {root} is committed, a power cut leaves NO {root}; the \
+         next run creates it from {}",
+        quoted(&names.blank)
+    );
+    logging::sync_file();
+    let eraser = Eraser {
+        fs,
+        fallback_default: subvolume::TOP_LEVEL,
+    };
+    if let Err(e) = eraser.delete_expected(&names.root, old) {
+        let gone = !matches!(subvolume::entry(fs, &names.root)?, Entry::Subvolume { .. });
+        return Err(e.context(if gone {
+            format!("NO {root} now: the next run creates it from the blank")
+        } else {
+            format!("{root} (ID {old}) is still the old root, but what was nested in it is deleted")
+        }));
+    }
+    log::warn!("the old {root} (ID {old}) is deleted and committed: there is NO {root} now");
+    for (i, step) in plan.steps.iter().enumerate() {
+        if matches!(step, Step::DeleteOld { .. } | Step::KeepOld { .. }) {
+            // The old root is gone already (a kept one too: there was no room to keep it).
+            done[i] = true;
+        }
+    }
+    let deadline = Instant::now() + CLEANER_WAIT;
+    let new = loop {
+        erase::wait_for_cleaner(fs, Duration::from_secs(5));
+        match create_root(fs, names) {
+            Ok(id) => break id,
+            Err(e) if full(&e) && Instant::now() < deadline => {
+                log::warn!("{e:#}; waiting for the kernel to free the old root's space")
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "NO {root} now: the old one is deleted and the fresh snapshot could not be \
+                     made; the next run tries again"
+                )))
+            }
+        }
+    };
+    if default_follows {
+        ioctl::set_default_subvol(fs, new)
+            .and_then(|()| ioctl::sync(fs))
+            .with_context(|| {
+                format!("the fresh {root} (ID {new}) is in place, but cannot be made the default")
+            })?;
+    }
+    log::warn!("there is a {root} again: the fresh snapshot (ID {new}) is committed");
+    Ok(new)
+}
+
+/// One step in words (the plan's own description).
+fn describe(step: &Step, names: &Names) -> String {
+    let plan = Plan {
+        steps: vec![step.clone()],
+        warnings: Vec::new(),
+    };
+    plan.describe(names)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Move `from` (subvolume `id`) to `old_roots/<to>`, never over an existing name, and commit.
@@ -354,8 +525,8 @@ pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result
     Ok(())
 }
 
-fn prune_old(fs: BorrowedFd<'_>, old: &OldRoot) -> Result<()> {
-    let nested = delete_expected(fs, old.path().as_os_str(), old.id)?;
+fn prune_old(eraser: &Eraser<'_>, old: &OldRoot) -> Result<()> {
+    let nested = eraser.delete_expected(old.path().as_os_str(), old.id)?;
     let (y, mo, d, h, mi, s) = crate::logging::utc(old.created.max(0) as u64);
     log::info!(
         "pruned the old root {} (ID {}, created {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC) \
@@ -463,13 +634,6 @@ fn set_aside(fs: BorrowedFd<'_>, names: &Names, id: u64) -> Result<()> {
         quoted(&aside)
     );
     Ok(())
-}
-
-/// Delete the tree under `name`, after checking that `name` is still subvolume `id`.
-/// Returns how many nested subvolumes went with it.
-fn delete_expected(fs: BorrowedFd<'_>, name: &OsStr, id: u64) -> Result<usize> {
-    subvolume::expect(fs, name, id)?;
-    subvolume::delete_tree(fs, id, Path::new(name))
 }
 
 /// Make the subvolume now called `root` the default one, and commit.
