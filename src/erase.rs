@@ -451,16 +451,16 @@ pub fn wait_for_cleaner(fs: BorrowedFd<'_>, timeout: Duration) -> bool {
     }
 }
 
-/// Clear the immutable and append-only flags of `fd`, if set.
-fn clear_undeletable(fd: BorrowedFd<'_>, what: &str) -> Result<()> {
+/// Clear the immutable and append-only flags of `fd`, if set. Returns whether they were.
+pub fn clear_undeletable(fd: BorrowedFd<'_>, what: &str) -> Result<bool> {
     let flags = ioctl::getflags(fd)?;
     if flags & ioctl::FS_UNDELETABLE_FL == 0 {
-        return Ok(());
+        return Ok(false);
     }
     ioctl::setflags(fd, flags & !ioctl::FS_UNDELETABLE_FL)
         .with_context(|| format!("cannot clear the immutable/append-only flags of {what}"))?;
-    log::warn!("cleared the immutable/append-only flags of {what}, which is being erased");
-    Ok(())
+    log::warn!("cleared the immutable/append-only flags of {what}: they forbid its deletion");
+    Ok(true)
 }
 
 /// The errno at the root of an error, if it came from a system call.

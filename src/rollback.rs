@@ -239,14 +239,21 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
         }
         execute(&top, names, &plan, &target.device)
     });
-    result.or_else(|e| {
+    let outcome = result.or_else(|e| {
         log::error!(
             "{e:#}; {} on {} was not changed",
             quoted(&names.root),
             target.device.display()
         );
         Ok(Outcome::Refused)
-    })
+    });
+    // A full filesystem refuses the log file at first; if the run made room, the lines kept
+    // so far (the whole run) go into it now.
+    let _late_log = match (&_log, dry_run) {
+        (None, false) => logging::attach_file(top.fd(), log_file, LOG_FILE_CAP).ok(),
+        _ => None,
+    };
+    outcome
 }
 
 fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<Outcome> {
@@ -555,13 +562,30 @@ fn swap(fs: BorrowedFd<'_>, names: &Names, old: u64, default_follows: bool) -> R
         quoted(&names.blank),
         quoted(&names.temp)
     );
-    if let Err(e) = ioctl::renameat2(
-        fs,
-        names.temp.as_os_str(),
-        fs,
-        names.root.as_os_str(),
-        Rename::Exchange,
-    ) {
+    let exchange = || {
+        ioctl::renameat2(
+            fs,
+            names.temp.as_os_str(),
+            fs,
+            names.root.as_os_str(),
+            Rename::Exchange,
+        )
+    };
+    let mut exchanged = exchange();
+    if exchanged == Err(Errno::EPERM) {
+        // `chattr +i` (or `+a`) on the old root's top directory, or on the blank's (which its
+        // snapshot inherits), forbids the rename. The old root is about to be erased and the
+        // snapshot is ours: clear the flags and try once more.
+        let mut cleared = false;
+        for name in [&names.root, &names.temp] {
+            let fd = subvolume::open_dir(fs, name.as_os_str())?;
+            cleared |= erase::clear_undeletable(fd.as_fd(), &quoted(name).to_string())?;
+        }
+        if cleared {
+            exchanged = exchange();
+        }
+    }
+    if let Err(e) = exchanged {
         // `root` is untouched; take the unused snapshot away again.
         if ioctl::snap_destroy_by_id(fs, new).is_ok() {
             let _ = ioctl::sync(fs);
