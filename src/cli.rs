@@ -87,14 +87,32 @@ struct RunArgs {
     /// With --dry-run: print the plan as JSON.
     #[arg(long, requires = "dry_run")]
     json: bool,
-    /// Keep old roots under old_roots/<creation time> instead of deleting them, at most N
-    /// (the newest is always kept).
+    #[command(flatten)]
+    retention: RetentionArgs,
+}
+
+/// How long old roots are kept: `run` applies it, `list` shows what it would do.
+#[derive(Debug, Args)]
+struct RetentionArgs {
+    /// Keep old roots under old_roots/<creation time> instead of deleting them, at most N,
+    /// ranked by last use (the most recently used is always kept). Only old roots this tool
+    /// put there (marked with the trusted.btrfs-rollback.retired attribute) are pruned.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     keep_old_roots: Option<u32>,
     /// Keep old roots under old_roots/<creation time> instead of deleting them, for D days
-    /// (the newest is always kept). With --keep-old-roots, both limits apply.
+    /// after they were retired (the most recently used is always kept). With
+    /// --keep-old-roots, both limits apply.
     #[arg(long, value_name = "D")]
     keep_days: Option<u32>,
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> Retention {
+        Retention {
+            count: self.keep_old_roots,
+            days: self.keep_days,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +122,8 @@ struct ListArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 #[derive(Debug, Args)]
@@ -165,13 +185,12 @@ pub fn main() -> ExitCode {
                 log: a.log.clone(),
                 dry_run: a.dry_run,
                 json: a.json,
-                retention: Retention {
-                    count: a.keep_old_roots,
-                    days: a.keep_days,
-                },
+                retention: a.retention.retention(),
             },
         ),
-        Command::List(a) => list::list(&target, a.json).map(|()| Outcome::Looked),
+        Command::List(a) => {
+            list::list(&target, &a.retention.retention(), a.json).map(|()| Outcome::Looked)
+        }
         Command::Diff(a) => diff::diff(&target, &a.exclude, a.json).map(|()| Outcome::Looked),
         Command::Restore(a) => restore::restore(&target, &a.name),
     };

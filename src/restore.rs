@@ -135,6 +135,9 @@ fn restore_on(top: &TopLevel, target: &Target, name: &OsStr) -> Result<Outcome> 
     })?;
     // The replaced root now sits at old_roots/NAME: give it its own name.
     let replaced = subvolume::expect(fs, &old_path, current)?;
+    if let Err(e) = rollback::mark_retired(replaced.as_fd(), old_path.as_os_str()) {
+        log::warn!("{e:#}; retention will never prune it");
+    }
     let created = ioctl::get_subvol_info(replaced.as_fd())?.otime;
     let taken = subvolume::names_with_prefix(dir.as_fd(), OsStr::new(""))?;
     let new_name = old_root_name(created, &taken);

@@ -15,7 +15,6 @@
 //!    failure here is exit status 3: the fresh root is in place.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
 use crate::names::{quoted, Names};
 pub use crate::plan::Retention;
-use crate::plan::{self, OldRoot, OldRootsDir, Plan, Slot, State, Step, OLD_ROOTS};
+use crate::plan::{self, OldRoot, OldRootsDir, Plan, Slot, State, Step, OLD_ROOTS, RETIRED_XATTR};
 use crate::subvolume::{self, Entry};
 
 /// Where the filesystem is and how to reach it.
@@ -98,10 +97,11 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
         })
     };
     let mut asides = Vec::new();
-    for name in subvolume::names_with_prefix(fs, &plan::aside_name(names, 0))? {
+    let mut prefix = names.temp.clone();
+    prefix.push(".");
+    for name in subvolume::names_with_prefix(fs, &prefix)? {
         // `<temp>.<id>` is ours only if it is subvolume <id>; anything else is left alone.
-        let id = name.as_bytes()[names.temp.len() + 1..].to_vec();
-        let id: Option<u64> = String::from_utf8(id).ok().and_then(|s| s.parse().ok());
+        let id = plan::aside_id(names, &name);
         let slot = slot(Path::new(&name))?;
         match (id, &slot.entry) {
             (Some(id), Entry::Subvolume { id: found, .. }) if id == *found => {
@@ -155,16 +155,37 @@ fn old_roots(
         let path = Path::new(OLD_ROOTS).join(&name);
         let s = slot(&path)?;
         if let Entry::Subvolume { id, .. } = s.entry {
+            let fd = subvolume::expect(fs, &path, id)?;
+            let generation = ioctl::get_subvol_info(fd.as_fd())
+                .with_context(|| format!("cannot read the generation of {}", quoted(&path)))?
+                .generation;
             roots.push(OldRoot {
                 name,
                 id,
                 created: s.created,
                 nested: s.nested,
+                retired: retired_mark(fd.as_fd(), &path),
+                generation,
             });
         }
     }
     roots.sort_by_key(|r| r.id);
     Ok((OldRootsDir::Usable, roots))
+}
+
+/// The time in an old root's mark (`plan::RETIRED_XATTR`), `None` without a readable one.
+fn retired_mark(fd: BorrowedFd<'_>, path: &Path) -> Option<i64> {
+    match ioctl::get_xattr(fd, RETIRED_XATTR) {
+        Ok(Some(value)) => std::str::from_utf8(&value).ok()?.trim().parse().ok(),
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!(
+                "cannot read the mark of {} ({e}); it is treated as not kept by this tool",
+                quoted(path)
+            );
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -517,7 +538,13 @@ pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result
         Ok(()) | Err(ioctl::Errno::EEXIST) => {}
         Err(e) => return Err(e).context(format!("cannot create {OLD_ROOTS:?}")),
     }
-    subvolume::expect(fs, from, id)?;
+    let old = subvolume::expect(fs, from, id)?;
+    if let Err(e) = mark_retired(old.as_fd(), from) {
+        log::warn!(
+            "{e:#}; it is kept without the mark, so retention will never prune it: delete it by \
+             hand when it is no longer wanted"
+        );
+    }
     let dir = subvolume::open_dir(fs, OLD_ROOTS)?;
     let dest = Path::new(OLD_ROOTS).join(to);
     ioctl::renameat2(fs, from, dir.as_fd(), to, Rename::NoReplace).with_context(|| {
@@ -530,6 +557,18 @@ pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result
     ioctl::sync(fs).with_context(|| format!("cannot commit {}", quoted(&dest)))?;
     log::debug!("kept {} (ID {id}) as {}", quoted(from), quoted(&dest));
     Ok(())
+}
+
+/// Mark the root at `path` (open as `fd`) as retired by this tool now, so that retention may
+/// prune it later (`plan::RETIRED_XATTR`). Also what makes it the most recently used.
+pub fn mark_retired(fd: BorrowedFd<'_>, path: &OsStr) -> Result<()> {
+    let now = logging::now().to_string();
+    ioctl::set_xattr(fd, RETIRED_XATTR, now.as_bytes()).with_context(|| {
+        format!(
+            "cannot mark {} as an old root kept by btrfs-rollback ({RETIRED_XATTR})",
+            quoted(path)
+        )
+    })
 }
 
 fn prune_old(eraser: &Eraser<'_>, old: &OldRoot) -> Result<()> {
