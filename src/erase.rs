@@ -294,7 +294,9 @@ impl Eraser<'_> {
                         format!("cannot clear the read-only flag of subvolume {parent}")
                     })?;
                 log::debug!(
-                    "cleared the read-only flag of subvolume {parent} to delete what is inside"
+                    "clearing the read-only flag of subvolume {parent}, which holds {}, to \
+                     delete what is inside",
+                    short(path)
                 );
             }
             clear_undeletable(
