@@ -308,7 +308,26 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
             }
             Step::ClearRestoreMarker => remove_restore_marker(fs),
             Step::DefaultToRoot => default_to_root(fs, names),
-            Step::SetAside { id } => set_aside(fs, names, *id),
+            Step::SetAside { id } => match set_aside(fs, names, *id) {
+                Err(e) if full(&e) => {
+                    // A full filesystem refuses the rename: delete the leftover now instead
+                    // of after the swap (it is meant to go; `root` is not touched).
+                    log::warn!(
+                        "{e:#}: the filesystem is full; deleting {} (ID {id}) now instead",
+                        quoted(&names.temp)
+                    );
+                    let aside = plan::aside_name(names, *id);
+                    for (j, later) in plan.steps.iter().enumerate() {
+                        match later {
+                            Step::RemoveLeftover { name, .. } if *name == aside => done[j] = true,
+                            Step::KeepOld { from, .. } if *from == aside => done[j] = true,
+                            _ => {}
+                        }
+                    }
+                    eraser.delete_expected(&names.temp, *id).map(drop)
+                }
+                result => result,
+            },
             Step::CreateRoot => create_root(fs, names).map(|id| {
                 fresh = Some(id);
                 logging::sync_file();
@@ -428,37 +447,64 @@ fn swap_when_full(
     let root = quoted(&names.root);
     log::warn!(
         "{e:#}: the filesystem is full; making room by deleting, before the swap, what the \
-         rollback deletes anyway: leftovers of earlier runs, old roots past the limits and the \
-         subvolumes nested in {root} (ID {old}); {root} itself stays"
+         rollback deletes anyway, least wanted first; {root} (ID {old}) itself stays"
     );
     let eraser = Eraser {
         fs,
         fallback_default: old,
     };
+    let retry = |stage: &str| -> Result<Option<u64>> {
+        erase::wait_for_cleaner(fs, CLEANER_WAIT);
+        match swap(fs, names, old, default_follows) {
+            Ok(id) => {
+                log::warn!("the swap worked after making room ({stage})");
+                Ok(Some(id))
+            }
+            Err(e) if full(&e) => {
+                log::warn!("{e:#}: still full after {stage}");
+                Ok(None)
+            }
+            Err(e) => Err(e.context(format!("{root} (ID {old}) is still the old root"))),
+        }
+    };
+    // 1. Leftovers of earlier runs and old roots past the limits.
+    let mut freed = false;
     for (i, step) in plan.steps.iter().enumerate() {
+        if done[i] {
+            continue;
+        }
         let result = match step {
             Step::RemoveLeftover { name, id, .. } => eraser.delete_expected(name, *id),
             Step::PruneOld { old } => prune_old(&eraser, old).map(|()| 0),
             _ => continue,
         };
         done[i] = true;
+        freed = true;
         match result {
-            Ok(_) => log::info!("made room: {}", describe(step, names)),
+            Ok(_) => log::warn!("made room: {}", describe(step, names)),
             Err(e) => log::warn!("{e:#}; going on"),
         }
     }
-    match eraser.delete_nested(old, Path::new(&names.root)) {
-        Ok(n) => log::info!("made room: deleted the {n} subvolume(s) nested in {root}"),
-        Err(e) => log::warn!("{e:#}; going on"),
-    }
-    erase::wait_for_cleaner(fs, CLEANER_WAIT);
-    match swap(fs, names, old, default_follows) {
-        Ok(id) => {
-            log::info!("the swap worked after making room");
+    if freed {
+        if let Some(id) = retry("deleting leftovers and old roots")? {
             return Ok(id);
         }
-        Err(e) if full(&e) => log::warn!("{e:#}: still full"),
-        Err(e) => return Err(e.context(format!("{root} (ID {old}) is still the old root"))),
+    }
+    // 2. What is nested in `root` (kept old roots lose it too: there is no room to keep it).
+    match eraser.delete_nested(old, Path::new(&names.root)) {
+        Ok(0) => {}
+        Ok(n) => {
+            log::warn!("made room: deleted the {n} subvolume(s) nested in {root}");
+            if let Some(id) = retry("deleting what was nested in the old root")? {
+                return Ok(id);
+            }
+        }
+        Err(e) => {
+            log::warn!("{e:#}; going on");
+            if let Some(id) = retry("deleting what was nested in the old root")? {
+                return Ok(id);
+            }
+        }
     }
 
     // The last resort: the old root goes before its replacement exists.

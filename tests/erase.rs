@@ -306,15 +306,28 @@ fn privileged_full_filesystem_still_rolls_back() {
     let old = {
         let m = disk.mount();
         fs::create_dir_all(m.join("root/var/tmp")).unwrap();
-        plant_secret(&m, &["root/var/lib/machines/a", "root/var/tmp"]);
+        // And a leftover of an interrupted run, which must be set aside (a rename) first.
+        m.subvol("root.btrfs-rollback-tmp");
+        m.subvol("root.btrfs-rollback-tmp/nested");
+        plant_secret(
+            &m,
+            &[
+                "root/var/lib/machines/a",
+                "root/var/tmp",
+                "root.btrfs-rollback-tmp/nested",
+            ],
+        );
         let n = fill_filesystem(&m.join("root/var/tmp"));
         assert!(n > 100, "the metadata filled after {n} files only");
         sh(&mut Command::new("sync"));
-        ids_under(&m, "root")
+        let mut ids = ids_under(&m, "root");
+        ids.extend(ids_under(&m, "root.btrfs-rollback-tmp"));
+        ids
     };
     let out = disk.run(&[]);
     assert_exit(&out, 0);
     let err = stderr(&out);
+    eprintln!("{err}");
     assert!(err.contains("ENOSPC"), "{err}");
     assert!(err.contains("making room"), "{err}");
     before.assert_rolled_back(&disk, "root", "root-blank");
@@ -508,4 +521,31 @@ fn privileged_double_kill_leaves_nothing_after_the_next_run() {
         aside_left > 0,
         "no second kill landed during the cleanup of a set-aside leftover"
     );
+}
+
+/// The same full filesystem, filled from inside a subvolume nested in `root`: deleting what is
+/// nested makes room, and the swap happens with `root` in place at every instant.
+#[test]
+fn privileged_full_filesystem_from_a_nested_subvolume_keeps_root_throughout() {
+    privileged!("privileged_full_filesystem_from_a_nested_subvolume_keeps_root_throughout");
+    let disk = Disk::new("full-nested");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let old = {
+        let m = disk.mount();
+        m.subvol("root/var/tmp");
+        plant_secret(&m, &["root/var/tmp"]);
+        let n = fill_filesystem(&m.join("root/var/tmp"));
+        assert!(n > 100, "the metadata filled after {n} files only");
+        sh(&mut Command::new("sync"));
+        ids_under(&m, "root")
+    };
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("ENOSPC"), "{err}");
+    assert!(err.contains("the swap worked after making room"), "{err}");
+    assert!(!err.contains("NO \"root\""), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_erased(&disk, &old);
 }
