@@ -7,12 +7,32 @@
 //!    so that something undeletable cannot block the rollback. `root` is not touched.
 //! 3. The blank is snapshotted under the temporary name (the kernel commits snapshot creation),
 //!    then `renameat2(RENAME_EXCHANGE)` swaps it with `root` in one transaction (with the new
-//!    default subvolume, if the default follows `root`), then BTRFS_IOC_SYNC commits. A power
-//!    cut before the commit leaves the old `root`, after it the fresh one: at no instant is
-//!    there no `root`.
+//!    default subvolume, if the default follows `root` or is nested in it), then
+//!    BTRFS_IOC_SYNC commits. A power cut before the commit leaves the old `root`, after it
+//!    the fresh one: at no instant is there no `root`. `chattr +i`/`+a` on either top
+//!    directory (which forbids the rename) is cleared first.
 //! 4. The old root, now under the temporary name, is deleted children first, then leftovers
-//!    of earlier runs, then committed. A cut here leaves a leftover for the next run; a
-//!    failure here is exit status 3: the fresh root is in place.
+//!    of earlier runs, then committed (`erase.rs`: any depth, flags, quotas, the default).
+//!    Every step after the swap runs even if an earlier one failed, and every subvolume that
+//!    can be deleted is; a cut here leaves a leftover for the next run; what could not be
+//!    deleted is exit status 3, named by path: the fresh root is in place.
+//!
+//! ## A full filesystem (ENOSPC, or EDQUOT from a qgroup)
+//!
+//! Subvolume deletion may use the global block reserve, renames and snapshots may not, so on a
+//! filesystem whose metadata is full the exchange fails. Then the run makes room with what it
+//! deletes anyway, least wanted first, retrying the swap after each stage and waiting for the
+//! kernel's cleaner to free the space: the leftovers of earlier runs and old roots past the
+//! limits; then everything nested in `root`. A leftover that cannot even be renamed aside is
+//! deleted instead. If the space is held by `root`'s own files, the last resort deletes the old
+//! `root` itself and commits, then snapshots the blank as `root` and commits.
+//!
+//! **Invariant:** `root` is only ever removed by the exchange, except in that last resort,
+//! where the instants between the commit of its deletion and the commit of its replacement
+//! (logged at warning level, "NO root") are the only ones without a `root`; a power cut there
+//! is repaired by the next run, which finds `root` missing and creates it from the blank.
+//! Nothing outside `root`, its leftovers and `old_roots/` is deleted at any stage, and the
+//! lines the full filesystem refuses to the log file are kept and written once there is room.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
