@@ -550,6 +550,19 @@ mod tests {
     }
 
     #[test]
+    fn errno_is_found_under_context() {
+        let e = anyhow::Error::new(IoctlError {
+            ioctl: "BTRFS_IOC_SNAP_CREATE_V2",
+            errno: Errno::ENOSPC,
+        })
+        .context("cannot snapshot");
+        assert_eq!(errno_of(&e), Some(Errno::ENOSPC));
+        let e = anyhow::Error::new(Errno::EDQUOT).context("cannot exchange");
+        assert_eq!(errno_of(&e), Some(Errno::EDQUOT));
+        assert_eq!(errno_of(&anyhow::anyhow!("no errno")), None);
+    }
+
+    #[test]
     fn leftovers_name_a_few_and_count_the_rest() {
         let failed = (0..12)
             .map(|i| Undeleted {

@@ -880,6 +880,19 @@ mod tests {
     }
 
     #[test]
+    fn default_nested_in_a_leftover_follows_root() {
+        let mut s = state();
+        s.temp = sub(400, false);
+        s.temp.nested = vec![nested(401, 400, "root.btrfs-rollback-tmp/x")];
+        s.default_id = 401;
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps[0], Step::DefaultToRoot);
+        assert_eq!(p.steps[1], Step::SetAside { id: 400 });
+        assert_eq!(p.steps[2], swap(256, true));
+        assert!(p.warnings[0].contains("a leftover"), "{p:?}");
+    }
+
+    #[test]
     fn default_nested_in_root_follows_root() {
         let mut s = state();
         s.default_id = 300;
