@@ -238,7 +238,11 @@ impl Eraser<'_> {
     fn delete_one(&self, top: u64, top_path: &Path, sub: &Nested) -> Result<Gone, Undeleted> {
         let first = match ioctl::snap_destroy_by_id(self.fs, sub.id) {
             Ok(()) => return Ok(Gone::Deleted),
-            Err(e) if e.errno == Errno::ENOENT => return Ok(Gone::AlreadyGone),
+            // Gone for sure only if nothing links it any more (its root item stays until the
+            // kernel's cleaner has dropped it; its back reference goes with the deletion).
+            Err(e) if e.errno == Errno::ENOENT && !linked(self.fs, sub.id) => {
+                return Ok(Gone::AlreadyGone)
+            }
             Err(e) => e,
         };
         log::debug!(
@@ -472,6 +476,15 @@ pub fn errno_of(e: &anyhow::Error) -> Option<Errno> {
             .map(|i| i.errno)
             .or_else(|| c.downcast_ref::<Errno>().copied())
     })
+}
+
+/// Whether subvolume `id` still has a place in the tree (a ROOT_BACKREF item). When that
+/// cannot be read, it is assumed to have one, so that the deletion is tried by handle.
+fn linked(fs: BorrowedFd<'_>, id: u64) -> bool {
+    match backref(fs, id) {
+        Ok(_) => true,
+        Err(e) => errno_of(&e) != Some(Errno::ENOENT),
+    }
 }
 
 /// Where subvolume `id` is: (holding subvolume, directory inode in it, name), from its
