@@ -24,8 +24,10 @@
 //! deletes anyway, least wanted first, retrying the swap after each stage and waiting for the
 //! kernel's cleaner to free the space: the leftovers of earlier runs and old roots past the
 //! limits; then everything nested in `root`. A leftover that cannot even be renamed aside is
-//! deleted instead. If the space is held by `root`'s own files, the last resort deletes the old
-//! `root` itself and commits, then snapshots the blank as `root` and commits.
+//! deleted instead. If the space is held by `root`'s own files (ENOSPC, and its own tree holds
+//! at least 1 MiB of metadata), the last resort deletes the old `root` itself and commits, then
+//! snapshots the blank as `root` and commits. Otherwise (the space is held outside, or a qgroup
+//! limit on the top level) the run stops with exit 1 and `root` in place.
 //!
 //! **Invariant:** `root` is only ever removed by the exchange, except in that last resort,
 //! where the instants between the commit of its deletion and the commit of its replacement
@@ -438,6 +440,10 @@ fn full(e: &anyhow::Error) -> bool {
     matches!(errno_of(e), Some(Errno::ENOSPC | Errno::EDQUOT))
 }
 
+/// The metadata the old root's own tree must hold for the last resort (deleting it before its
+/// replacement exists) to be taken: far more than a snapshot and an exchange need.
+const LAST_RESORT_MIN_BYTES: u64 = 1 << 20;
+
 /// How long to wait for the kernel to free the space of deleted subvolumes.
 const CLEANER_WAIT: Duration = Duration::from_secs(120);
 
@@ -473,6 +479,8 @@ fn swap_when_full(
         fs,
         fallback_default: old,
     };
+    // What the last attempt said: ENOSPC (the filesystem) or EDQUOT (a qgroup).
+    let last = std::cell::Cell::new(errno_of(&e));
     let retry = |stage: &str| -> Result<Option<u64>> {
         erase::wait_for_cleaner(fs, CLEANER_WAIT);
         match swap(fs, names, old, default_follows) {
@@ -482,6 +490,7 @@ fn swap_when_full(
             }
             Err(e) if full(&e) => {
                 log::warn!("{e:#}: still full after {stage}");
+                last.set(errno_of(&e));
                 Ok(None)
             }
             Err(e) => Err(e.context(format!("{root} (ID {old}) is still the old root"))),
@@ -527,7 +536,21 @@ fn swap_when_full(
         }
     }
 
-    // The last resort: the old root goes before its replacement exists.
+    // The last resort: the old root goes before its replacement exists. Only when that is
+    // sure to make room: the filesystem is full (a qgroup limit on the top level would refuse
+    // the new root as well) and the old root's own tree holds enough metadata to free.
+    let held = erase::tree_bytes(fs, old)?.unwrap_or(0);
+    log::debug!("the old {root} (ID {old}) holds {held} bytes of tree blocks");
+    if last.get() != Some(Errno::ENOSPC) || held < LAST_RESORT_MIN_BYTES {
+        bail!(
+            "the filesystem is still full ({}), and the old {root} (ID {old}) holds only {} KiB \
+             of metadata, so deleting it first would not make room: the space is held outside \
+             what this tool deletes; {root} (ID {old}) is still the old root, without what was \
+             nested in it; free space (or lift the qgroup limit) and run again",
+            last.get().map_or("?", |e| e.desc()),
+            held / 1024
+        );
+    }
     log::warn!(
         "deleting the old {root} (ID {old}) before its replacement exists: the space is held by \
          its own files. Until the fresh {root} is committed, a power cut leaves NO {root}; the \

@@ -549,3 +549,41 @@ fn privileged_full_filesystem_from_a_nested_subvolume_keeps_root_throughout() {
     before.assert_rolled_back(&disk, "root", "root-blank");
     assert_erased(&disk, &old);
 }
+
+/// A filesystem filled from outside `root` (`persist`): deleting the old root first would not
+/// make room, so the last resort is not taken. The run refuses (exit 1) with `root` still the
+/// old one, and `persist` is not touched.
+#[test]
+fn privileged_full_filesystem_from_outside_root_never_leaves_no_root() {
+    privileged!("privileged_full_filesystem_from_outside_root_never_leaves_no_root");
+    let disk = Disk::new("full-outside");
+    impermanence_layout(&disk);
+    let (root_id, files) = {
+        let m = disk.mount();
+        fs::create_dir(m.join("persist/fill")).unwrap();
+        let n = fill_filesystem(&m.join("persist/fill"));
+        assert!(n > 100, "the metadata filled after {n} files only");
+        sh(&mut Command::new("sync"));
+        (
+            m.id("root"),
+            fs::read_dir(m.join("persist/fill")).unwrap().count(),
+        )
+    };
+    let out = disk.run(&[]);
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert_exit(&out, 1);
+    assert!(err.contains("held outside what this tool deletes"), "{err}");
+    assert!(!err.contains("NO \"root\""), "{err}");
+    let m = disk.mount();
+    assert_eq!(m.id("root"), root_id, "root is not the old one");
+    assert_eq!(
+        fs::read_dir(m.join("persist/fill")).unwrap().count(),
+        files,
+        "persist changed"
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("persist/etc/ssh/key")).unwrap(),
+        "secret\n"
+    );
+}
