@@ -587,3 +587,41 @@ fn privileged_full_filesystem_from_outside_root_never_leaves_no_root() {
         "secret\n"
     );
 }
+
+/// With `--keep-old-roots 1`, an old root a user made too deep for deletion by id is kept, then
+/// pruned like any other at the next run: the limit holds.
+#[test]
+fn privileged_kept_old_root_with_a_deep_path_is_pruned() {
+    privileged!("privileged_kept_old_root_with_a_deep_path_is_pruned");
+    let disk = Disk::new("deep-kept");
+    impermanence_layout(&disk);
+    let old = {
+        let m = disk.mount();
+        fs::create_dir_all(m.join("root/var/tmp")).unwrap();
+        sh(Command::new("chmod")
+            .arg("1777")
+            .arg(m.join("root/var/tmp")));
+        plant_secret(&m, &[]);
+        let mut old = ids_under(&m, "root");
+        let long = "k".repeat(250);
+        let ids = as_nobody(
+            &m.join("root/var/tmp"),
+            &format!(
+                "set -e; for i in $(seq 1 18); do mkdir {long}; cd {long}; done; \
+                 btrfs -q subvolume create deepsub; echo {SECRET} > deepsub/secret; \
+                 btrfs inspect-internal rootid deepsub"
+            ),
+        );
+        old.extend(ids.split_whitespace().map(|i| i.parse::<u64>().unwrap()));
+        old
+    };
+    assert_exit(&disk.run(&["--keep-old-roots", "1"]), 0);
+    // Kept: one old root under old_roots/, the deep subvolume in it. A boot uses the fresh
+    // root (roots that never served are not kept), and the next run prunes the deep one.
+    fs::write(disk.mount().join("root/etc/booted"), "yes").unwrap();
+    let out = disk.run(&["--keep-old-roots", "1"]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("pruned the old root"), "{err}");
+    assert_erased(&disk, &old);
+}
