@@ -27,8 +27,12 @@ macro_rules! privileged {
     };
 }
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_btrfs-rollback");
+/// The binary under test: `BTRFS_ROLLBACK_TEST_BIN` if set (scripts/test.sh points it at the
+/// musl build, the one users ship), else the one cargo built for these tests.
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("BTRFS_ROLLBACK_TEST_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_btrfs-rollback").into())
+}
 
 /// Whether the privileged tests can run; if not, skip (or fail under CI=true).
 pub fn privileged(test: &str) -> bool {
@@ -148,7 +152,7 @@ impl Disk {
 
     /// Run the binary with `args` after `sub` (run/list), pointed at this disk.
     pub fn cmd(&self, sub: &str) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(bin());
         c.arg(sub)
             .arg("--device")
             .arg(&self.dev)
