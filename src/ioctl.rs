@@ -13,14 +13,17 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use linux_raw_sys::btrfs::{
-    btrfs_ioctl_get_subvol_info_args, btrfs_ioctl_ino_lookup_args, btrfs_ioctl_search_args,
-    btrfs_ioctl_search_header, btrfs_ioctl_search_key, btrfs_ioctl_vol_args,
-    btrfs_ioctl_vol_args_v2, BTRFS_SUBVOL_RDONLY, BTRFS_SUBVOL_SPEC_BY_ID,
+    btrfs_ioctl_get_subvol_info_args, btrfs_ioctl_ino_lookup_args, btrfs_ioctl_qgroup_limit_args,
+    btrfs_ioctl_search_args, btrfs_ioctl_search_header, btrfs_ioctl_search_key,
+    btrfs_ioctl_vol_args, btrfs_ioctl_vol_args_v2, btrfs_qgroup_limit, BTRFS_QGROUP_LIMIT_MAX_EXCL,
+    BTRFS_QGROUP_LIMIT_MAX_RFER, BTRFS_QGROUP_LIMIT_RSV_EXCL, BTRFS_QGROUP_LIMIT_RSV_RFER,
+    BTRFS_SUBVOL_RDONLY, BTRFS_SUBVOL_SPEC_BY_ID, FS_APPEND_FL, FS_IMMUTABLE_FL,
 };
 use linux_raw_sys::ioctl::{
-    BTRFS_IOC_DEFAULT_SUBVOL, BTRFS_IOC_GET_SUBVOL_INFO, BTRFS_IOC_INO_LOOKUP, BTRFS_IOC_SCAN_DEV,
-    BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SNAP_DESTROY_V2, BTRFS_IOC_SUBVOL_GETFLAGS,
-    BTRFS_IOC_SUBVOL_SETFLAGS, BTRFS_IOC_SYNC, BTRFS_IOC_TREE_SEARCH,
+    BTRFS_IOC_DEFAULT_SUBVOL, BTRFS_IOC_GET_SUBVOL_INFO, BTRFS_IOC_INO_LOOKUP,
+    BTRFS_IOC_QGROUP_LIMIT, BTRFS_IOC_SCAN_DEV, BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SNAP_DESTROY,
+    BTRFS_IOC_SNAP_DESTROY_V2, BTRFS_IOC_SUBVOL_GETFLAGS, BTRFS_IOC_SUBVOL_SETFLAGS,
+    BTRFS_IOC_SYNC, BTRFS_IOC_TREE_SEARCH, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS,
 };
 pub use nix::errno::Errno;
 
@@ -125,6 +128,73 @@ pub fn snap_destroy_by_id(fs: BorrowedFd<'_>, id: u64) -> Result<()> {
     }
     .map(drop)
 }
+
+/// BTRFS_IOC_SNAP_DESTROY (v1): delete the subvolume called `name` in the directory `dir`.
+/// `_IOW(BTRFS_IOCTL_MAGIC, 15, struct btrfs_ioctl_vol_args)`. Unlike SNAP_DESTROY_V2 by id,
+/// the kernel never builds the subvolume's full path, so this works at any depth.
+pub fn snap_destroy_by_name(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    const NAME: &str = "BTRFS_IOC_SNAP_DESTROY";
+    // SAFETY: all-zero is a valid btrfs_ioctl_vol_args.
+    let mut args: btrfs_ioctl_vol_args = unsafe { std::mem::zeroed() };
+    copy_name(&mut args.name, name, NAME)?;
+    // SAFETY: SNAP_DESTROY takes a pointer to btrfs_ioctl_vol_args.
+    unsafe { ioctl_ptr(dir, BTRFS_IOC_SNAP_DESTROY, NAME, &mut args) }.map(drop)
+}
+
+/// The inode flags that make a directory entry impossible to remove (`chattr +i`, `+a`).
+pub const FS_UNDELETABLE_FL: u32 = FS_IMMUTABLE_FL | FS_APPEND_FL;
+
+/// FS_IOC_GETFLAGS: the inode flags of `fd` (`lsattr`). Declared `_IOR('f', 1, long)`, but
+/// every filesystem reads and writes an `int` (see the comment in `include/uapi/linux/fs.h`).
+pub fn getflags(fd: BorrowedFd<'_>) -> Result<u32> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer.
+    unsafe { ioctl_ptr(fd, FS_IOC_GETFLAGS, "FS_IOC_GETFLAGS", &mut flags) }?;
+    Ok(flags as u32)
+}
+
+/// FS_IOC_SETFLAGS: set the inode flags of `fd` (`chattr`). `_IOW('f', 2, long)`, an `int`
+/// in fact, as for GETFLAGS.
+pub fn setflags(fd: BorrowedFd<'_>, flags: u32) -> Result<()> {
+    let mut flags = flags as libc::c_int;
+    // SAFETY: FS_IOC_SETFLAGS reads one int through the pointer.
+    unsafe { ioctl_ptr(fd, FS_IOC_SETFLAGS, "FS_IOC_SETFLAGS", &mut flags) }.map(drop)
+}
+
+/// BTRFS_IOC_QGROUP_LIMIT: remove every limit of qgroup `qgroupid` (`btrfs qgroup limit none`:
+/// each limit set to the kernel's CLEAR_VALUE, `(u64)-1`).
+/// `_IOR(BTRFS_IOCTL_MAGIC, 43, struct btrfs_ioctl_qgroup_limit_args)`.
+pub fn qgroup_clear_limit(fs: BorrowedFd<'_>, qgroupid: u64) -> Result<()> {
+    let mut args = btrfs_ioctl_qgroup_limit_args {
+        qgroupid,
+        lim: btrfs_qgroup_limit {
+            flags: u64::from(
+                BTRFS_QGROUP_LIMIT_MAX_RFER
+                    | BTRFS_QGROUP_LIMIT_MAX_EXCL
+                    | BTRFS_QGROUP_LIMIT_RSV_RFER
+                    | BTRFS_QGROUP_LIMIT_RSV_EXCL,
+            ),
+            max_rfer: u64::MAX,
+            max_excl: u64::MAX,
+            rsv_rfer: u64::MAX,
+            rsv_excl: u64::MAX,
+        },
+    };
+    // SAFETY: QGROUP_LIMIT takes a pointer to btrfs_ioctl_qgroup_limit_args (the kernel only
+    // reads it, though the request is declared _IOR).
+    unsafe {
+        ioctl_ptr(
+            fs,
+            BTRFS_IOC_QGROUP_LIMIT,
+            "BTRFS_IOC_QGROUP_LIMIT",
+            &mut args,
+        )
+    }
+    .map(drop)
+}
+
+const _: () = assert!(std::mem::size_of::<btrfs_ioctl_qgroup_limit_args>() == 48);
+const _: () = assert!(std::mem::size_of::<btrfs_ioctl_vol_args>() == 4096);
 
 /// BTRFS_IOC_SUBVOL_GETFLAGS on an open subvolume. `_IOR(BTRFS_IOCTL_MAGIC, 25, __u64)`.
 pub fn subvol_getflags(subvol: BorrowedFd<'_>) -> Result<u64> {

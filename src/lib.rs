@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod device;
 pub mod diff;
+pub mod erase;
 pub mod ioctl;
 pub mod json;
 pub mod list;

@@ -65,12 +65,19 @@ impl Log for Logger {
         }
         let line = file_line(now() as u64, record.level(), std::process::id(), &msg);
         let sinks = &mut *sinks;
-        match sinks.file.as_mut() {
-            Some(file) => {
-                let _ = file.write_all(line.as_bytes());
-            }
-            None if sinks.pending.len() < PENDING_MAX => sinks.pending.push(line),
-            None => {}
+        // Lines wait in `pending` until a file takes them: before the file is attached, and
+        // while it refuses them (a full filesystem: ENOSPC), so that a run that makes room
+        // still gets its first lines into the file.
+        if sinks.pending.len() < PENDING_MAX {
+            sinks.pending.push(line);
+        }
+        if let Some(file) = sinks.file.as_mut() {
+            let written = sinks
+                .pending
+                .iter()
+                .take_while(|l| file.write_all(l.as_bytes()).is_ok())
+                .count();
+            sinks.pending.drain(..written);
         }
     }
 
@@ -111,8 +118,17 @@ pub struct LogFile {
 
 impl Drop for LogFile {
     fn drop(&mut self) {
-        let file = SINKS.lock().unwrap_or_else(|e| e.into_inner()).file.take();
-        if let Some(file) = file {
+        let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+        let file = sinks.file.take();
+        let pending = std::mem::take(&mut sinks.pending);
+        drop(sinks);
+        if let Some(mut file) = file {
+            // What the file refused while the filesystem was full: one more try.
+            for line in &pending {
+                if file.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+            }
             if let Err(e) = file.sync_all() {
                 log::warn!("cannot flush the log file {}: {e}", self.path.display());
             }

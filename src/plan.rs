@@ -357,19 +357,27 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
              move it out of the way and run again"
         );
     }
+    // A default subvolume inside what is about to be erased would block its deletion (the
+    // kernel refuses to delete the default): the default follows `root` instead, in the same
+    // commit as the swap, so that a plain `mount` keeps giving the system's root.
     let default = state.default_id;
-    if state.root.contains_nested(default) {
-        bail!(
-            "the default subvolume (ID {default}) is nested inside {root} and would be deleted; \
-             make another subvolume the default (for example `btrfs subvolume set-default 5 \
-             <top-level>`) and run again"
-        );
-    }
-    if state.temp.contains_nested(default) {
-        bail!(
-            "the default subvolume (ID {default}) is nested inside {temp}, a leftover of an \
-             interrupted rollback; make another subvolume the default and run again"
-        );
+    let default_nested = state.root.contains_nested(default);
+    let default_in_leftover = state.temp.id() == Some(default)
+        || state.temp.contains_nested(default)
+        || state
+            .asides
+            .iter()
+            .any(|(_, a)| a.id() == Some(default) || a.contains_nested(default));
+    if default_nested || (default_in_leftover && state.temp.id() != Some(default)) {
+        warnings.push(format!(
+            "the default subvolume (ID {default}) is nested inside {}, which is about to be \
+             erased; the default follows {root} instead",
+            if default_nested {
+                root.to_string()
+            } else {
+                "a leftover of an earlier run".to_string()
+            }
+        ));
     }
     // Whatever an earlier run could not delete is old data still on the disk: say so at every
     // run until it is gone (the steps below try again).
@@ -417,7 +425,7 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
         kept: Vec::new(),
         keeping,
     };
-    let default_in_temp = state.temp.id() == Some(default);
+    let default_in_temp = default_in_leftover;
     match state.root.id() {
         None => {
             steps.push(Step::CreateRoot);
@@ -435,7 +443,7 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
             }
             steps.push(Step::Swap {
                 old,
-                default_follows: default == old || default_in_temp,
+                default_follows: default == old || default_nested || default_in_temp,
             });
             // A root unchanged since it was made from the blank never served (a run was
             // interrupted, then run again before a boot): it is only a copy of the blank and
@@ -872,11 +880,28 @@ mod tests {
     }
 
     #[test]
-    fn refuses_when_the_default_is_nested_in_root() {
+    fn default_nested_in_a_leftover_follows_root() {
+        let mut s = state();
+        s.temp = sub(400, false);
+        s.temp.nested = vec![nested(401, 400, "root.btrfs-rollback-tmp/x")];
+        s.default_id = 401;
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps[0], Step::DefaultToRoot);
+        assert_eq!(p.steps[1], Step::SetAside { id: 400 });
+        assert_eq!(p.steps[2], swap(256, true));
+        assert!(p.warnings[0].contains("a leftover"), "{p:?}");
+    }
+
+    #[test]
+    fn default_nested_in_root_follows_root() {
         let mut s = state();
         s.default_id = 300;
-        let err = plan(&names(), &s).unwrap_err().to_string();
-        assert!(err.contains("default subvolume (ID 300)"), "{err}");
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps[0], swap(256, true));
+        assert!(
+            p.warnings[0].contains("default subvolume (ID 300)"),
+            "{p:?}"
+        );
     }
 
     #[test]

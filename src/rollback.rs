@@ -7,12 +7,34 @@
 //!    so that something undeletable cannot block the rollback. `root` is not touched.
 //! 3. The blank is snapshotted under the temporary name (the kernel commits snapshot creation),
 //!    then `renameat2(RENAME_EXCHANGE)` swaps it with `root` in one transaction (with the new
-//!    default subvolume, if the default follows `root`), then BTRFS_IOC_SYNC commits. A power
-//!    cut before the commit leaves the old `root`, after it the fresh one: at no instant is
-//!    there no `root`.
+//!    default subvolume, if the default follows `root` or is nested in it), then
+//!    BTRFS_IOC_SYNC commits. A power cut before the commit leaves the old `root`, after it
+//!    the fresh one: at no instant is there no `root`. `chattr +i`/`+a` on either top
+//!    directory (which forbids the rename) is cleared first.
 //! 4. The old root, now under the temporary name, is deleted children first, then leftovers
-//!    of earlier runs, then committed. A cut here leaves a leftover for the next run; a
-//!    failure here is exit status 3: the fresh root is in place.
+//!    of earlier runs, then committed (`erase.rs`: any depth, flags, quotas, the default).
+//!    Every step after the swap runs even if an earlier one failed, and every subvolume that
+//!    can be deleted is; a cut here leaves a leftover for the next run; what could not be
+//!    deleted is exit status 3, named by path: the fresh root is in place.
+//!
+//! ## A full filesystem (ENOSPC, or EDQUOT from a qgroup)
+//!
+//! Subvolume deletion may use the global block reserve, renames and snapshots may not, so on a
+//! filesystem whose metadata is full the exchange fails. Then the run makes room with what it
+//! deletes anyway, least wanted first, retrying the swap after each stage and waiting for the
+//! kernel's cleaner to free the space: the leftovers of earlier runs and old roots past the
+//! limits; then everything nested in `root`. A leftover that cannot even be renamed aside is
+//! deleted instead. If the space is held by `root`'s own files (ENOSPC, and its own tree holds
+//! at least 1 MiB of metadata), the last resort deletes the old `root` itself and commits, then
+//! snapshots the blank as `root` and commits. Otherwise (the space is held outside, or a qgroup
+//! limit on the top level) the run stops with exit 1 and `root` in place.
+//!
+//! **Invariant:** `root` is only ever removed by the exchange, except in that last resort,
+//! where the instants between the commit of its deletion and the commit of its replacement
+//! (logged at warning level, "NO root") are the only ones without a `root`; a power cut there
+//! is repaired by the next run, which finds `root` missing and creates it from the blank.
+//! Nothing outside `root`, its leftovers and `old_roots/` is deleted at any stage, and the
+//! lines the full filesystem refuses to the log file are kept and written once there is room.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -24,7 +46,8 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::renameat;
 
 use crate::device;
-use crate::ioctl::{self, Rename};
+use crate::erase::{self, errno_of, Eraser};
+use crate::ioctl::{self, Errno, Rename};
 use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
 use crate::names::{quoted, Names};
@@ -265,23 +288,42 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
             }
             execute(&top, names, &plan, &target.device)
         });
-    result.or_else(|e| {
+    let outcome = result.or_else(|e| {
         log::error!(
             "{e:#}; {} on {} was not changed",
             quoted(&names.root),
             target.device.display()
         );
         Ok(Outcome::Refused)
-    })
+    });
+    // A full filesystem refuses the log file at first; if the run made room, the lines kept
+    // so far (the whole run) go into it now.
+    let _late_log = match (&_log, dry_run) {
+        (None, false) => logging::attach_file(top.fd(), log_file, LOG_FILE_CAP).ok(),
+        _ => None,
+    };
+    outcome
 }
 
 fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<Outcome> {
     let fs = top.fd();
     let start = Instant::now();
-    // Set once a fresh `root` is committed: from then on a failure is a cleanup failure.
+    // Set once a fresh `root` is committed: from then on a failure is a cleanup failure, and
+    // the remaining steps still run (what can be deleted is deleted).
     let mut fresh: Option<u64> = None;
     let mut old_went = String::new();
-    for step in &plan.steps {
+    let mut failures: Vec<anyhow::Error> = Vec::new();
+    // Steps already done out of order, to make room on a full filesystem.
+    let mut done = vec![false; plan.steps.len()];
+    for (i, step) in plan.steps.iter().enumerate() {
+        if done[i] {
+            continue;
+        }
+        // Before the swap the default stays where it is; after it, the fresh root takes it.
+        let eraser = Eraser {
+            fs,
+            fallback_default: fresh.unwrap_or(subvolume::TOP_LEVEL),
+        };
         let result = match step {
             Step::KeepRestored { id } => {
                 remove_restore_marker(fs)?;
@@ -294,7 +336,26 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
             }
             Step::ClearRestoreMarker => remove_restore_marker(fs),
             Step::DefaultToRoot => default_to_root(fs, names),
-            Step::SetAside { id } => set_aside(fs, names, *id),
+            Step::SetAside { id } => match set_aside(fs, names, *id) {
+                Err(e) if full(&e) => {
+                    // A full filesystem refuses the rename: delete the leftover now instead
+                    // of after the swap (it is meant to go; `root` is not touched).
+                    log::warn!(
+                        "{e:#}: the filesystem is full; deleting {} (ID {id}) now instead",
+                        quoted(&names.temp)
+                    );
+                    let aside = plan::aside_name(names, *id);
+                    for (j, later) in plan.steps.iter().enumerate() {
+                        match later {
+                            Step::RemoveLeftover { name, .. } if *name == aside => done[j] = true,
+                            Step::KeepOld { from, .. } if *from == aside => done[j] = true,
+                            _ => {}
+                        }
+                    }
+                    eraser.delete_expected(&names.temp, *id).map(drop)
+                }
+                result => result,
+            },
             Step::CreateRoot => create_root(fs, names).map(|id| {
                 fresh = Some(id);
                 logging::sync_file();
@@ -302,21 +363,39 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
             Step::Swap {
                 old,
                 default_follows,
-            } => swap(fs, names, *old, *default_follows).map(|id| {
-                fresh = Some(id);
-                logging::sync_file();
-            }),
-            Step::DeleteOld { id, .. } => delete_expected(fs, &names.temp, *id).map(|nested| {
+            } => match swap(fs, names, *old, *default_follows) {
+                Err(e) if full(&e) => {
+                    match swap_when_full(fs, names, plan, &mut done, *old, *default_follows, e) {
+                        Ok(id) => {
+                            fresh = Some(id);
+                            logging::sync_file();
+                            Ok(())
+                        }
+                        Err(e) => {
+                            // Already logged with the state the disk is in.
+                            log::error!("{e:#}");
+                            return Ok(Outcome::Refused);
+                        }
+                    }
+                }
+                result => result.map(|id| {
+                    fresh = Some(id);
+                    logging::sync_file();
+                }),
+            },
+            Step::DeleteOld { id, .. } => eraser.delete_expected(&names.temp, *id).map(|nested| {
                 old_went =
                     format!("; deleted the old root (ID {id}) and {nested} nested subvolume(s)")
             }),
-            Step::RemoveLeftover { name, id, .. } => delete_expected(fs, name, *id).map(|nested| {
-                log::info!(
-                    "deleted {} (ID {id}), left over from an earlier run, with {nested} \
+            Step::RemoveLeftover { name, id, .. } => {
+                eraser.delete_expected(name, *id).map(|nested| {
+                    log::info!(
+                        "deleted {} (ID {id}), left over from an earlier run, with {nested} \
                          nested subvolume(s)",
-                    quoted(name)
-                );
-            }),
+                        quoted(name)
+                    );
+                })
+            }
             Step::KeepOld { from, id, to } => keep_old(fs, from, *id, to).map(|()| {
                 let dest = quoted(&Path::new(OLD_ROOTS).join(to)).to_string();
                 if *from == names.temp {
@@ -328,25 +407,31 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                     );
                 }
             }),
-            Step::PruneOld { old } => prune_old(fs, old),
+            Step::PruneOld { old } => prune_old(&eraser, old),
         };
         if let Err(e) = result {
-            let root = quoted(&names.root);
-            let device = device.display();
-            if fresh.is_some() {
-                log::error!(
-                    "{e:#}; the fresh {root} on {device} is in place and committed; what could \
-                     not be deleted or kept stays in the top-level volume under {} (or \
-                     {}.<ID>), and the next run tries again",
-                    quoted(&names.temp),
-                    quoted(&names.temp),
-                );
-                return Ok(Outcome::CleanupFailed);
+            if fresh.is_none() {
+                return Err(e);
             }
-            return Err(e);
+            // The fresh root is in place: go on with the other steps, report all at the end.
+            failures.push(e);
         }
     }
     let new = fresh.context("internal error: the plan left no fresh root")?;
+    if !failures.is_empty() {
+        let what: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
+        log::error!(
+            "the fresh {} (ID {new}) on {} is in place and committed, but not everything of the \
+             old one is gone: {}; what is left stays in the top-level volume under {} (or \
+             {}.<ID>), outside the running system, and the next run tries again",
+            quoted(&names.root),
+            device.display(),
+            what.join("; "),
+            quoted(&names.temp),
+            quoted(&names.temp),
+        );
+        return Ok(Outcome::CleanupFailed);
+    }
     log::info!(
         "done: {} is a fresh snapshot of {} (ID {new}){old_went} in {:.2} s",
         quoted(&names.root),
@@ -354,6 +439,188 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
         start.elapsed().as_secs_f64()
     );
     Ok(Outcome::RolledBack)
+}
+
+/// Whether an error says the filesystem (or a qgroup) is out of space.
+fn full(e: &anyhow::Error) -> bool {
+    matches!(errno_of(e), Some(Errno::ENOSPC | Errno::EDQUOT))
+}
+
+/// The metadata the old root's own tree must hold for the last resort (deleting it before its
+/// replacement exists) to be taken: far more than a snapshot and an exchange need.
+const LAST_RESORT_MIN_BYTES: u64 = 1 << 20;
+
+/// How long to wait for the kernel to free the space of deleted subvolumes.
+const CLEANER_WAIT: Duration = Duration::from_secs(120);
+
+/// The swap failed because the filesystem is full. Make room, in two stages, and swap.
+///
+/// 1. Delete, before the swap, what the rollback deletes anyway and `root` does not need:
+///    the leftovers of earlier runs, old roots past the retention limits, and the subvolumes
+///    nested in `root`. `root` itself stays, so a power cut leaves a `root`. Wait for the
+///    kernel to free their space, and try the swap again.
+/// 2. If that is not enough (the space is held by `root`'s own files), delete the old `root`
+///    itself, wait for its space, and snapshot the blank as `root`. From the commit of that
+///    deletion until the commit of the new `root` there is no `root`: a power cut then leaves
+///    none, and the next run creates it from the blank (`CreateRoot`). Both instants are
+///    logged at warning level.
+///
+/// Returns the fresh root's id. An error means the swap did not happen; its message says
+/// whether `root` is the old one or missing.
+fn swap_when_full(
+    fs: BorrowedFd<'_>,
+    names: &Names,
+    plan: &Plan,
+    done: &mut [bool],
+    old: u64,
+    default_follows: bool,
+    e: anyhow::Error,
+) -> Result<u64> {
+    let root = quoted(&names.root);
+    log::warn!(
+        "{e:#}: the filesystem is full; making room by deleting, before the swap, what the \
+         rollback deletes anyway, least wanted first; {root} (ID {old}) itself stays"
+    );
+    let eraser = Eraser {
+        fs,
+        fallback_default: old,
+    };
+    // What the last attempt said: ENOSPC (the filesystem) or EDQUOT (a qgroup).
+    let last = std::cell::Cell::new(errno_of(&e));
+    let retry = |stage: &str| -> Result<Option<u64>> {
+        erase::wait_for_cleaner(fs, CLEANER_WAIT);
+        match swap(fs, names, old, default_follows) {
+            Ok(id) => {
+                log::warn!("the swap worked after making room ({stage})");
+                Ok(Some(id))
+            }
+            Err(e) if full(&e) => {
+                log::warn!("{e:#}: still full after {stage}");
+                last.set(errno_of(&e));
+                Ok(None)
+            }
+            Err(e) => Err(e.context(format!("{root} (ID {old}) is still the old root"))),
+        }
+    };
+    // 1. Leftovers of earlier runs and old roots past the limits.
+    let mut freed = false;
+    for (i, step) in plan.steps.iter().enumerate() {
+        if done[i] {
+            continue;
+        }
+        let result = match step {
+            Step::RemoveLeftover { name, id, .. } => eraser.delete_expected(name, *id),
+            Step::PruneOld { old } => prune_old(&eraser, old).map(|()| 0),
+            _ => continue,
+        };
+        done[i] = true;
+        freed = true;
+        match result {
+            Ok(_) => log::warn!("made room: {}", describe(step, names)),
+            Err(e) => log::warn!("{e:#}; going on"),
+        }
+    }
+    if freed {
+        if let Some(id) = retry("deleting leftovers and old roots")? {
+            return Ok(id);
+        }
+    }
+    // 2. What is nested in `root` (kept old roots lose it too: there is no room to keep it).
+    match eraser.delete_nested(old, Path::new(&names.root)) {
+        Ok(0) => {}
+        Ok(n) => {
+            log::warn!("made room: deleted the {n} subvolume(s) nested in {root}");
+            if let Some(id) = retry("deleting what was nested in the old root")? {
+                return Ok(id);
+            }
+        }
+        Err(e) => {
+            log::warn!("{e:#}; going on");
+            if let Some(id) = retry("deleting what was nested in the old root")? {
+                return Ok(id);
+            }
+        }
+    }
+
+    // The last resort: the old root goes before its replacement exists. Only when that is
+    // sure to make room: the filesystem is full (a qgroup limit on the top level would refuse
+    // the new root as well) and the old root's own tree holds enough metadata to free.
+    let held = erase::tree_bytes(fs, old)?.unwrap_or(0);
+    log::debug!("the old {root} (ID {old}) holds {held} bytes of tree blocks");
+    if last.get() != Some(Errno::ENOSPC) || held < LAST_RESORT_MIN_BYTES {
+        bail!(
+            "the filesystem is still full ({}), and the old {root} (ID {old}) holds only {} KiB \
+             of metadata, so deleting it first would not make room: the space is held outside \
+             what this tool deletes; {root} (ID {old}) is still the old root, without what was \
+             nested in it; free space (or lift the qgroup limit) and run again",
+            last.get().map_or("?", |e| e.desc()),
+            held / 1024
+        );
+    }
+    log::warn!(
+        "deleting the old {root} (ID {old}) before its replacement exists: the space is held by \
+         its own files. Until the fresh {root} is committed, a power cut leaves NO {root}; the \
+         next run creates it from {}",
+        quoted(&names.blank)
+    );
+    logging::sync_file();
+    let eraser = Eraser {
+        fs,
+        fallback_default: subvolume::TOP_LEVEL,
+    };
+    if let Err(e) = eraser.delete_expected(&names.root, old) {
+        let gone = !matches!(subvolume::entry(fs, &names.root)?, Entry::Subvolume { .. });
+        return Err(e.context(if gone {
+            format!("NO {root} now: the next run creates it from the blank")
+        } else {
+            format!("{root} (ID {old}) is still the old root, but what was nested in it is deleted")
+        }));
+    }
+    log::warn!("the old {root} (ID {old}) is deleted and committed: there is NO {root} now");
+    for (i, step) in plan.steps.iter().enumerate() {
+        if matches!(step, Step::DeleteOld { .. } | Step::KeepOld { .. }) {
+            // The old root is gone already (a kept one too: there was no room to keep it).
+            done[i] = true;
+        }
+    }
+    let deadline = Instant::now() + CLEANER_WAIT;
+    let new = loop {
+        erase::wait_for_cleaner(fs, Duration::from_secs(5));
+        match create_root(fs, names) {
+            Ok(id) => break id,
+            Err(e) if full(&e) && Instant::now() < deadline => {
+                log::warn!("{e:#}; waiting for the kernel to free the old root's space")
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "NO {root} now: the old one is deleted and the fresh snapshot could not be \
+                     made; the next run tries again"
+                )))
+            }
+        }
+    };
+    if default_follows {
+        ioctl::set_default_subvol(fs, new)
+            .and_then(|()| ioctl::sync(fs))
+            .with_context(|| {
+                format!("the fresh {root} (ID {new}) is in place, but cannot be made the default")
+            })?;
+    }
+    log::warn!("there is a {root} again: the fresh snapshot (ID {new}) is committed");
+    Ok(new)
+}
+
+/// One step in words (the plan's own description).
+fn describe(step: &Step, names: &Names) -> String {
+    let plan = Plan {
+        steps: vec![step.clone()],
+        warnings: Vec::new(),
+    };
+    plan.describe(names)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Move `from` (subvolume `id`) to `old_roots/<to>`, never over an existing name, and commit.
@@ -399,8 +666,8 @@ pub fn mark_retired(fd: BorrowedFd<'_>, path: &OsStr) -> Result<()> {
     })
 }
 
-fn prune_old(fs: BorrowedFd<'_>, old: &OldRoot) -> Result<()> {
-    let nested = delete_expected(fs, old.path().as_os_str(), old.id)?;
+fn prune_old(eraser: &Eraser<'_>, old: &OldRoot) -> Result<()> {
+    let nested = eraser.delete_expected(old.path().as_os_str(), old.id)?;
     let (y, mo, d, h, mi, s) = crate::logging::utc(old.created.max(0) as u64);
     log::info!(
         "pruned the old root {} (ID {}, created {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC) \
@@ -429,13 +696,30 @@ fn swap(fs: BorrowedFd<'_>, names: &Names, old: u64, default_follows: bool) -> R
         quoted(&names.blank),
         quoted(&names.temp)
     );
-    if let Err(e) = ioctl::renameat2(
-        fs,
-        names.temp.as_os_str(),
-        fs,
-        names.root.as_os_str(),
-        Rename::Exchange,
-    ) {
+    let exchange = || {
+        ioctl::renameat2(
+            fs,
+            names.temp.as_os_str(),
+            fs,
+            names.root.as_os_str(),
+            Rename::Exchange,
+        )
+    };
+    let mut exchanged = exchange();
+    if exchanged == Err(Errno::EPERM) {
+        // `chattr +i` (or `+a`) on the old root's top directory, or on the blank's (which its
+        // snapshot inherits), forbids the rename. The old root is about to be erased and the
+        // snapshot is ours: clear the flags and try once more.
+        let mut cleared = false;
+        for name in [&names.root, &names.temp] {
+            let fd = subvolume::open_dir(fs, name.as_os_str())?;
+            cleared |= erase::clear_undeletable(fd.as_fd(), &quoted(name).to_string())?;
+        }
+        if cleared {
+            exchanged = exchange();
+        }
+    }
+    if let Err(e) = exchanged {
         // `root` is untouched; take the unused snapshot away again.
         if ioctl::snap_destroy_by_id(fs, new).is_ok() {
             let _ = ioctl::sync(fs);
@@ -508,13 +792,6 @@ fn set_aside(fs: BorrowedFd<'_>, names: &Names, id: u64) -> Result<()> {
         quoted(&aside)
     );
     Ok(())
-}
-
-/// Delete the tree under `name`, after checking that `name` is still subvolume `id`.
-/// Returns how many nested subvolumes went with it.
-fn delete_expected(fs: BorrowedFd<'_>, name: &OsStr, id: u64) -> Result<usize> {
-    subvolume::expect(fs, name, id)?;
-    subvolume::delete_tree(fs, id, Path::new(name))
 }
 
 /// Make the subvolume now called `root` the default one, and commit.

@@ -1,10 +1,9 @@
-//! Subvolumes by id: their children, their read-only flag, the default subvolume, deletion.
+//! Subvolumes by id: their children, their read-only flag, the default subvolume.
 //!
 //! Modelled on libbtrfsutil (kdave/btrfs-progs `libbtrfsutil/subvolume.c`): children are the
-//! ROOT_REF items of the root tree, paths come from INO_LOOKUP, and the tree is deleted in
+//! ROOT_REF items of the root tree, paths come from INO_LOOKUP, and trees are walked in
 //! post-order ("foo/bar is yielded before foo"). Children that vanish mid-walk are skipped.
-//! What libbtrfsutil lacks is handled here: a child of a read-only subvolume cannot be
-//! deleted (EROFS) until the parent's read-only flag is cleared.
+//! Deleting a tree, whatever stands in the way, is `erase.rs`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -261,81 +260,6 @@ pub fn default_id(fs: BorrowedFd<'_>) -> Result<u64> {
         }
     }
     Ok(TOP_LEVEL)
-}
-
-/// Clear the read-only flag of the subvolume at `path` (relative to the top-level `fs`),
-/// after checking that the path still leads to subvolume `id`.
-pub fn clear_readonly(fs: BorrowedFd<'_>, path: &Path, id: u64) -> Result<()> {
-    let fd = expect(fs, path, id)?;
-    let flags = ioctl::subvol_getflags(fd.as_fd())?;
-    ioctl::subvol_setflags(fd.as_fd(), flags & !ioctl::SUBVOL_RDONLY).with_context(|| {
-        format!(
-            "cannot clear the read-only flag of {} (subvolume {id})",
-            quoted(path)
-        )
-    })
-}
-
-/// How many deletions of one tree are logged one by one.
-const LOG_EACH: usize = 50;
-
-/// Delete subvolume `top` (at `top_path`) and everything nested in it, children first.
-/// Returns how many nested subvolumes were deleted (`top` not counted). Commits at the end.
-pub fn delete_tree(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<usize> {
-    let mut order = nested_post_order(fs, top, top_path)?;
-    let top_readonly = readonly(fs, top)?.unwrap_or(false);
-    order.push(Nested {
-        id: top,
-        parent: 0,
-        path: top_path.to_path_buf(),
-        readonly: top_readonly,
-    });
-    let mut deleted = 0;
-    for (i, sub) in order.iter().enumerate() {
-        match ioctl::snap_destroy_by_id(fs, sub.id) {
-            Ok(()) => deleted += usize::from(sub.id != top),
-            Err(e) if e.errno == Errno::ENOENT => {
-                log::debug!("subvolume {} ({}) already gone", sub.id, quoted(&sub.path));
-                continue;
-            }
-            Err(e) if e.errno == Errno::EROFS => {
-                // Its parent is read-only. The parent is in the list after it (post-order).
-                let parent = order[i + 1..]
-                    .iter()
-                    .find(|p| p.id == sub.parent)
-                    .with_context(|| {
-                        format!(
-                            "cannot delete {} (subvolume {}): {e}",
-                            quoted(&sub.path),
-                            sub.id
-                        )
-                    })?;
-                log::debug!(
-                    "clearing the read-only flag of {} (subvolume {}) to delete what is inside",
-                    quoted(&parent.path),
-                    parent.id
-                );
-                clear_readonly(fs, &parent.path, parent.id)?;
-                ioctl::snap_destroy_by_id(fs, sub.id).with_context(|| {
-                    format!("cannot delete {} (subvolume {})", quoted(&sub.path), sub.id)
-                })?;
-                deleted += usize::from(sub.id != top);
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot delete {} (subvolume {})", quoted(&sub.path), sub.id)
-                })
-            }
-        }
-        // Name the first few; thousands of lines at every boot would rotate the log away.
-        if i < LOG_EACH {
-            log::debug!("deleted {} (subvolume {})", quoted(&sub.path), sub.id);
-        } else if i == LOG_EACH {
-            log::debug!("... deleting the rest without a line each");
-        }
-    }
-    ioctl::sync(fs).context("cannot commit the deletions")?;
-    Ok(deleted)
 }
 
 /// Snapshot the subvolume at `source` (a name in the top level `fs`) as `name`, writable.

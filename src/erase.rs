@@ -1,0 +1,630 @@
+//! Deleting a tree of subvolumes whatever stands in the way: depth, flags, quotas, the default.
+//!
+//! Each subvolume, children first, is deleted by id (SNAP_DESTROY_V2 with SPEC_BY_ID): one
+//! ioctl, no path walked, the fast path that every ordinary tree takes. When that fails for
+//! any reason but "already gone", the subvolume is deleted *by handle* instead:
+//!
+//! - its directory is opened one component at a time from the top of the tree (O_NOFOLLOW |
+//!   O_DIRECTORY), following ROOT_BACKREF items (which subvolume and directory hold it) and
+//!   the INODE_REF chain of that directory (directories have exactly one), so no path is ever
+//!   longer than one name. Deleting by id fails with ENAMETOOLONG past about 4 KiB because the
+//!   kernel builds the full path (and INO_LOOKUP cannot say it either), and any local user can
+//!   make such a path (`mkdir` twenty long names, then `btrfs subvolume create`);
+//! - in that directory, what the kernel checks is cleared: the immutable and append-only flags
+//!   of the holding directory and of the subvolume's own root directory (`chattr +i`/`+a`
+//!   make `btrfs_may_delete` say EPERM), the read-only flag of the holding subvolume (EROFS),
+//!   and the default-subvolume setting if it points here (EPERM), which moves to the
+//!   subvolume the caller names;
+//! - then BTRFS_IOC_SNAP_DESTROY deletes it by name on the holding directory's descriptor; if
+//!   that says EDQUOT (a qgroup limit on the holding subvolume: deletion reserves metadata in
+//!   it), the limits of the level-0 qgroups of both subvolumes, which are being erased, are
+//!   lifted and the deletion is tried again.
+//!
+//! Renaming a deep subvolume to a short name first would work too, but needs the same walk to
+//! reach it and leaves a renamed subvolume behind if the power goes in between; deleting by
+//! name where the walk ends needs nothing more.
+//!
+//! Nothing stops the walk: what cannot be deleted is recorded with its path (or the part of it
+//! that is known) and errno, the subvolumes holding it are left (they cannot go before it),
+//! and everything else is deleted. The caller gets one error that lists what is left.
+//! Only subvolumes inside the tree are ever touched: every handle walk starts at the top of
+//! the tree, checked by id, and ends at a subvolume whose id is checked again.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use linux_raw_sys::btrfs::{
+    btrfs_root_item, BTRFS_FIRST_FREE_OBJECTID, BTRFS_INODE_REF_KEY, BTRFS_ORPHAN_ITEM_KEY,
+    BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_TREE_OBJECTID,
+};
+
+use crate::ioctl::{self, Errno, IoctlError, SearchRange};
+use crate::names::quoted;
+use crate::subvolume::{self, Nested, TOP_LEVEL};
+
+/// The inode number of every subvolume's root directory.
+const SUBVOL_ROOT_INO: u64 = BTRFS_FIRST_FREE_OBJECTID as u64;
+/// How many deletions of one tree are logged one by one.
+const LOG_EACH: usize = 50;
+/// How many undeletable subvolumes an error message names.
+const NAME_AT_MOST: usize = 8;
+/// Guard against a corrupt tree sending a walk round in circles.
+const WALK_MAX: usize = 1 << 20;
+
+/// A subvolume that could not be deleted.
+#[derive(Debug, Clone)]
+pub struct Undeleted {
+    pub id: u64,
+    /// Relative to the top-level volume, as far as it is known.
+    pub path: PathBuf,
+    /// What failed, with the errno.
+    pub why: String,
+}
+
+/// What deleting a tree left behind. Its `Display` is the one message that says so.
+#[derive(Debug, Clone)]
+pub struct Leftovers {
+    pub top: PathBuf,
+    pub top_id: u64,
+    /// How many subvolumes were deleted.
+    pub deleted: usize,
+    /// The subvolumes that failed, each with its reason.
+    pub failed: Vec<Undeleted>,
+    /// How many subvolumes were not tried because something inside them failed.
+    pub holding: usize,
+}
+
+impl fmt::Display for Leftovers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} subvolume(s) of {} (ID {}) could not be deleted: ",
+            self.failed.len(),
+            quoted(&self.top),
+            self.top_id
+        )?;
+        for (i, u) in self.failed.iter().take(NAME_AT_MOST).enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{} (ID {}): {}", short(&u.path), u.id, u.why)?;
+        }
+        if self.failed.len() > NAME_AT_MOST {
+            write!(f, "; and {} more", self.failed.len() - NAME_AT_MOST)?;
+        }
+        write!(
+            f,
+            "; {} subvolume(s) holding them stay as well, {} and its files included; the other \
+             {} subvolume(s) were deleted",
+            self.holding,
+            quoted(&self.top),
+            self.deleted
+        )
+    }
+}
+
+impl std::error::Error for Leftovers {}
+
+/// A path for a message: whole if short, its start and end if longer than a line.
+pub fn short(path: &Path) -> String {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() <= 300 {
+        return quoted(path).to_string();
+    }
+    let head = OsStr::from_bytes(&bytes[..80]);
+    let tail = OsStr::from_bytes(&bytes[bytes.len() - 160..]);
+    format!(
+        "{}...{} ({} bytes)",
+        quoted(head),
+        quoted(tail),
+        bytes.len()
+    )
+}
+
+/// Deletes trees of subvolumes on the filesystem whose top-level volume is `fs`.
+pub struct Eraser<'a> {
+    pub fs: BorrowedFd<'a>,
+    /// The subvolume that becomes the default if the default is one being deleted (the
+    /// kernel refuses to delete the default subvolume).
+    pub fallback_default: u64,
+}
+
+enum Gone {
+    Deleted,
+    AlreadyGone,
+}
+
+/// Where a subvolume is: the directory holding it, opened by handle.
+struct Location {
+    holder: OwnedFd,
+    name: OsString,
+    /// The holding subvolume's id and its root directory; `None` for the top of the tree,
+    /// whose holder is outside the tree and is never changed.
+    parent: Option<(u64, OwnedFd)>,
+    path: PathBuf,
+}
+
+impl Eraser<'_> {
+    /// Delete subvolume `top` (at `top_path`, relative to the top-level volume) and everything
+    /// nested in it, children first, then commit. Returns how many nested subvolumes were
+    /// deleted. If anything is left, the error is a [`Leftovers`] naming it.
+    pub fn delete_tree(&self, top: u64, top_path: &Path) -> Result<usize> {
+        self.delete(top, top_path, true)
+    }
+
+    /// Delete the tree under `name` (in the top-level volume), after checking that `name` is
+    /// still subvolume `id`. Returns how many nested subvolumes went with it.
+    pub fn delete_expected(&self, name: &OsStr, id: u64) -> Result<usize> {
+        subvolume::expect(self.fs, name, id)?;
+        self.delete_tree(id, Path::new(name))
+    }
+
+    /// Delete everything nested in `top` but not `top` itself, then commit.
+    pub fn delete_nested(&self, top: u64, top_path: &Path) -> Result<usize> {
+        self.delete(top, top_path, false)
+    }
+
+    fn delete(&self, top: u64, top_path: &Path, with_top: bool) -> Result<usize> {
+        let mut order = subvolume::nested_post_order(self.fs, top, top_path)?;
+        if with_top {
+            order.push(Nested {
+                id: top,
+                parent: 0,
+                path: top_path.to_path_buf(),
+                readonly: false,
+            });
+        }
+        let mut deleted = 0;
+        let mut failed = Vec::new();
+        // Subvolumes that still hold something that could not be deleted.
+        let mut blocked: HashSet<u64> = HashSet::new();
+        let mut holding = 0;
+        for (i, sub) in order.iter().enumerate() {
+            if blocked.contains(&sub.id) {
+                holding += 1;
+                blocked.insert(sub.parent);
+                continue;
+            }
+            match self.delete_one(top, top_path, sub) {
+                Ok(Gone::Deleted) => {
+                    deleted += usize::from(sub.id != top);
+                    // Name the first few; thousands of lines at every boot would rotate the
+                    // log away.
+                    if i < LOG_EACH {
+                        log::debug!("deleted {} (subvolume {})", short(&sub.path), sub.id);
+                    } else if i == LOG_EACH {
+                        log::debug!("... deleting the rest without a line each");
+                    }
+                }
+                Ok(Gone::AlreadyGone) => {
+                    log::debug!("subvolume {} ({}) already gone", sub.id, short(&sub.path));
+                }
+                Err(u) => {
+                    log::warn!(
+                        "cannot delete {} (subvolume {}): {}; going on with the rest",
+                        short(&u.path),
+                        u.id,
+                        u.why
+                    );
+                    blocked.insert(sub.parent);
+                    failed.push(u);
+                }
+            }
+        }
+        let commit = ioctl::sync(self.fs);
+        if !failed.is_empty() {
+            return Err(Leftovers {
+                top: top_path.to_path_buf(),
+                top_id: top,
+                deleted,
+                failed,
+                holding,
+            }
+            .into());
+        }
+        commit.with_context(|| {
+            format!(
+                "cannot commit the deletion of {} (ID {top})",
+                quoted(top_path)
+            )
+        })?;
+        Ok(deleted)
+    }
+
+    fn delete_one(&self, top: u64, top_path: &Path, sub: &Nested) -> Result<Gone, Undeleted> {
+        let first = match ioctl::snap_destroy_by_id(self.fs, sub.id) {
+            Ok(()) => return Ok(Gone::Deleted),
+            // Gone for sure only if nothing links it any more (its root item stays until the
+            // kernel's cleaner has dropped it; its back reference goes with the deletion).
+            Err(e) if e.errno == Errno::ENOENT && !linked(self.fs, sub.id) => {
+                return Ok(Gone::AlreadyGone)
+            }
+            Err(e) => e,
+        };
+        log::debug!(
+            "{} (subvolume {}) by id: {first}; deleting it by handle",
+            short(&sub.path),
+            sub.id
+        );
+        let fail = |path: &Path, why: String| Undeleted {
+            id: sub.id,
+            path: path.to_path_buf(),
+            why,
+        };
+        let at = match self.locate(top, top_path, sub.id) {
+            Ok(at) => at,
+            Err(e) if errno_of(&e) == Some(Errno::ENOENT) => return Ok(Gone::AlreadyGone),
+            Err(e) => return Err(fail(&sub.path, format!("{first}; then {e:#}"))),
+        };
+        match self.delete_by_handle(sub.id, &at) {
+            Ok(gone) => {
+                if first.errno == Errno::ENAMETOOLONG {
+                    log::info!(
+                        "deleted {} (subvolume {}), too deep to delete by id, by handle",
+                        short(&at.path),
+                        sub.id
+                    );
+                }
+                Ok(gone)
+            }
+            Err(e) => Err(fail(&at.path, format!("{e:#} (by id: {first})"))),
+        }
+    }
+
+    /// Clear what stands in the way, then delete by name in the holding directory.
+    fn delete_by_handle(&self, id: u64, at: &Location) -> Result<Gone> {
+        let child = match subvolume::open_dir(at.holder.as_fd(), at.name.as_os_str()) {
+            Ok(fd) => fd,
+            Err(e) if errno_of(&e) == Some(Errno::ENOENT) => return Ok(Gone::AlreadyGone),
+            Err(e) => return Err(e).context(format!("cannot open {}", short(&at.path))),
+        };
+        let found = subvolume::id_of(child.as_fd())?;
+        anyhow::ensure!(
+            found == id,
+            "{} is subvolume {found} now, not {id}; leaving it",
+            short(&at.path)
+        );
+        let path = &at.path;
+        if let Some((parent, parent_root)) = &at.parent {
+            // A read-only holding subvolume refuses both the flag change and the deletion.
+            if subvolume::readonly(self.fs, *parent)? == Some(true) {
+                let flags = ioctl::subvol_getflags(parent_root.as_fd())?;
+                ioctl::subvol_setflags(parent_root.as_fd(), flags & !ioctl::SUBVOL_RDONLY)
+                    .with_context(|| {
+                        format!("cannot clear the read-only flag of subvolume {parent}")
+                    })?;
+                log::debug!(
+                    "clearing the read-only flag of subvolume {parent}, which holds {}, to \
+                     delete what is inside",
+                    short(path)
+                );
+            }
+            clear_undeletable(
+                at.holder.as_fd(),
+                &format!("the directory holding {}", short(path)),
+            )?;
+        }
+        if let Err(e) = clear_undeletable(child.as_fd(), &short(path)) {
+            // The flags of a read-only subvolume cannot change: it is going anyway.
+            if errno_of(&e) != Some(Errno::EROFS) {
+                return Err(e);
+            }
+            let flags = ioctl::subvol_getflags(child.as_fd())?;
+            ioctl::subvol_setflags(child.as_fd(), flags & !ioctl::SUBVOL_RDONLY)?;
+            clear_undeletable(child.as_fd(), &short(path))?;
+        }
+        if subvolume::default_id(self.fs)? == id {
+            ioctl::set_default_subvol(self.fs, self.fallback_default).with_context(|| {
+                format!(
+                    "cannot make subvolume {} the default instead",
+                    self.fallback_default
+                )
+            })?;
+            log::warn!(
+                "{} (ID {id}), about to be deleted, was the default subvolume; the default is \
+                 now subvolume {}",
+                short(path),
+                self.fallback_default
+            );
+        }
+        drop(child);
+        let mut limits_lifted = false;
+        loop {
+            match ioctl::snap_destroy_by_name(at.holder.as_fd(), &at.name) {
+                Ok(()) => return Ok(Gone::Deleted),
+                Err(e) if e.errno == Errno::ENOENT => return Ok(Gone::AlreadyGone),
+                Err(e) if e.errno == Errno::EDQUOT && !limits_lifted => {
+                    limits_lifted = true;
+                    let mut ids = vec![id];
+                    ids.extend(at.parent.as_ref().map(|(p, _)| *p));
+                    for q in ids {
+                        match ioctl::qgroup_clear_limit(self.fs, q) {
+                            Ok(()) => log::warn!(
+                                "lifted the quota limits of qgroup 0/{q}, which is being \
+                                 erased, to delete {}",
+                                short(path)
+                            ),
+                            Err(e) => log::debug!("qgroup 0/{q}: {e}"),
+                        }
+                    }
+                    let _ = ioctl::sync(self.fs);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Open the directory holding subvolume `id`, one name at a time from the top of the
+    /// tree, which is subvolume `top` at `top_path`.
+    fn locate(&self, top: u64, top_path: &Path, id: u64) -> Result<Location> {
+        if id == top {
+            let parent_dir = match top_path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => subvolume::open_dir(self.fs, p)?,
+                _ => subvolume::open_dir(self.fs, ".")?,
+            };
+            let name = top_path
+                .file_name()
+                .context("the top of the tree has no name")?;
+            return Ok(Location {
+                holder: parent_dir,
+                name: name.to_os_string(),
+                parent: None,
+                path: top_path.to_path_buf(),
+            });
+        }
+        // From `id` up to `top`: (holding subvolume, holding directory, name) at each level.
+        let mut steps = Vec::new();
+        let mut cur = id;
+        while cur != top {
+            let (parent, dirid, name) = backref(self.fs, cur)?;
+            anyhow::ensure!(
+                parent != TOP_LEVEL && steps.len() < WALK_MAX,
+                "subvolume {id} is not inside {} (ID {top}) any more; leaving it",
+                quoted(top_path)
+            );
+            steps.push((parent, dirid, name));
+            cur = parent;
+        }
+        let mut root = subvolume::expect(self.fs, top_path, top)?;
+        let mut path = top_path.to_path_buf();
+        while let Some((parent, dirid, name)) = steps.pop() {
+            let mut dir = subvolume::open_dir(root.as_fd(), ".")?;
+            for comp in dir_components(self.fs, parent, dirid)? {
+                dir = subvolume::open_dir(dir.as_fd(), comp.as_os_str())
+                    .with_context(|| format!("cannot open {}", short(&path.join(&comp))))?;
+                path.push(&comp);
+            }
+            path.push(&name);
+            if steps.is_empty() {
+                return Ok(Location {
+                    holder: dir,
+                    name,
+                    parent: Some((parent, root)),
+                    path,
+                });
+            }
+            root = subvolume::open_dir(dir.as_fd(), name.as_os_str())
+                .with_context(|| format!("cannot open {}", short(&path)))?;
+        }
+        unreachable!("a walk from a nested subvolume has at least one step")
+    }
+}
+
+/// Wait, at most `timeout`, until the kernel has dropped every deleted subvolume (what
+/// `btrfs subvolume sync` waits for: no ORPHAN items left in the root tree), committing as it
+/// goes so that the freed space can be used. Returns whether it got there.
+pub fn wait_for_cleaner(fs: BorrowedFd<'_>, timeout: Duration) -> bool {
+    // BTRFS_ORPHAN_OBJECTID is -5ULL; a deleted subvolume has an ORPHAN_ITEM keyed by its id
+    // until the cleaner has dropped its tree.
+    const ORPHAN_OBJECTID: u64 = -5i64 as u64;
+    let range = SearchRange {
+        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
+        min: (ORPHAN_OBJECTID, BTRFS_ORPHAN_ITEM_KEY, 0),
+        max: (ORPHAN_OBJECTID, BTRFS_ORPHAN_ITEM_KEY, u64::MAX),
+        min_transid: 0,
+    };
+    let start = Instant::now();
+    loop {
+        let _ = ioctl::sync(fs);
+        match ioctl::tree_search(fs, &range) {
+            Ok(items) if items.iter().all(|i| i.item_type != BTRFS_ORPHAN_ITEM_KEY) => {
+                // One more commit, so that the space the last drop freed is usable.
+                let _ = ioctl::sync(fs);
+                log::debug!(
+                    "the kernel dropped the deleted subvolumes in {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::debug!("cannot tell whether deleted subvolumes are dropped: {e}");
+                return false;
+            }
+        }
+        if start.elapsed() >= timeout {
+            log::warn!(
+                "the kernel has not finished freeing the deleted subvolumes after {} s; going on",
+                timeout.as_secs()
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Clear the immutable and append-only flags of `fd`, if set. Returns whether they were.
+pub fn clear_undeletable(fd: BorrowedFd<'_>, what: &str) -> Result<bool> {
+    let flags = ioctl::getflags(fd)?;
+    if flags & ioctl::FS_UNDELETABLE_FL == 0 {
+        return Ok(false);
+    }
+    ioctl::setflags(fd, flags & !ioctl::FS_UNDELETABLE_FL)
+        .with_context(|| format!("cannot clear the immutable/append-only flags of {what}"))?;
+    log::warn!("cleared the immutable/append-only flags of {what}: they forbid its deletion");
+    Ok(true)
+}
+
+/// The errno at the root of an error, if it came from a system call.
+pub fn errno_of(e: &anyhow::Error) -> Option<Errno> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<IoctlError>()
+            .map(|i| i.errno)
+            .or_else(|| c.downcast_ref::<Errno>().copied())
+    })
+}
+
+/// How many bytes the tree blocks of subvolume `id` take (its root item's `bytes_used`: the
+/// metadata that deleting it frees, not the data). `None` if it no longer exists.
+pub fn tree_bytes(fs: BorrowedFd<'_>, id: u64) -> Result<Option<u64>> {
+    let range = SearchRange {
+        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
+        min: (id, BTRFS_ROOT_ITEM_KEY, 0),
+        max: (id, BTRFS_ROOT_ITEM_KEY, u64::MAX),
+        min_transid: 0,
+    };
+    let items = ioctl::tree_search(fs, &range)
+        .with_context(|| format!("cannot read the root item of subvolume {id}"))?;
+    let Some(item) = items.iter().find(|i| i.item_type == BTRFS_ROOT_ITEM_KEY) else {
+        return Ok(None);
+    };
+    let at = std::mem::offset_of!(btrfs_root_item, bytes_used);
+    let bytes = item
+        .data
+        .get(at..at + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .with_context(|| format!("short root item for subvolume {id}"))?;
+    Ok(Some(bytes))
+}
+
+/// Whether subvolume `id` still has a place in the tree (a ROOT_BACKREF item). When that
+/// cannot be read, it is assumed to have one, so that the deletion is tried by handle.
+fn linked(fs: BorrowedFd<'_>, id: u64) -> bool {
+    match backref(fs, id) {
+        Ok(_) => true,
+        Err(e) => errno_of(&e) != Some(Errno::ENOENT),
+    }
+}
+
+/// Where subvolume `id` is: (holding subvolume, directory inode in it, name), from its
+/// ROOT_BACKREF item (a subvolume has one).
+fn backref(fs: BorrowedFd<'_>, id: u64) -> Result<(u64, u64, OsString)> {
+    let range = SearchRange {
+        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
+        min: (id, BTRFS_ROOT_BACKREF_KEY, 0),
+        max: (id, BTRFS_ROOT_BACKREF_KEY, u64::MAX),
+        min_transid: 0,
+    };
+    let items = ioctl::tree_search(fs, &range)
+        .with_context(|| format!("cannot find where subvolume {id} is"))?;
+    let item = items
+        .iter()
+        .find(|i| i.item_type == BTRFS_ROOT_BACKREF_KEY)
+        .ok_or(IoctlError {
+            ioctl: "BTRFS_IOC_TREE_SEARCH (ROOT_BACKREF)",
+            errno: Errno::ENOENT,
+        })?;
+    // struct btrfs_root_ref { __le64 dirid; __le64 sequence; __le16 name_len; } + name
+    let d = &item.data;
+    anyhow::ensure!(d.len() >= 18, "malformed ROOT_BACKREF of subvolume {id}");
+    let dirid = u64::from_le_bytes(d[0..8].try_into().unwrap());
+    let len = u16::from_le_bytes(d[16..18].try_into().unwrap()) as usize;
+    let name = d.get(18..18 + len).context("malformed ROOT_BACKREF name")?;
+    Ok((item.offset, dirid, OsString::from_vec(name.to_vec())))
+}
+
+/// The names leading from the root of subvolume `tree` to its directory `dirid`, from the
+/// directories' INODE_REF items (one per directory: directories have no hard links).
+fn dir_components(fs: BorrowedFd<'_>, tree: u64, mut dirid: u64) -> Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    while dirid != SUBVOL_ROOT_INO {
+        anyhow::ensure!(names.len() < WALK_MAX, "directory loop in subvolume {tree}");
+        let range = SearchRange {
+            tree_id: tree,
+            min: (dirid, BTRFS_INODE_REF_KEY, 0),
+            max: (dirid, BTRFS_INODE_REF_KEY, u64::MAX),
+            min_transid: 0,
+        };
+        let items = ioctl::tree_search(fs, &range).with_context(|| {
+            format!("cannot read the name of directory {dirid} in subvolume {tree}")
+        })?;
+        let item = items
+            .iter()
+            .find(|i| i.item_type == BTRFS_INODE_REF_KEY)
+            .ok_or(IoctlError {
+                ioctl: "BTRFS_IOC_TREE_SEARCH (INODE_REF)",
+                errno: Errno::ENOENT,
+            })?;
+        // struct btrfs_inode_ref { __le64 index; __le16 name_len; } + name
+        let d = &item.data;
+        anyhow::ensure!(d.len() >= 10, "malformed INODE_REF in subvolume {tree}");
+        let len = u16::from_le_bytes(d[8..10].try_into().unwrap()) as usize;
+        let name = d.get(10..10 + len).context("malformed INODE_REF name")?;
+        names.push(OsString::from_vec(name.to_vec()));
+        dirid = item.offset;
+    }
+    names.reverse();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_paths_are_shortened_in_messages() {
+        let long = PathBuf::from(format!("root/{}/deep", "d".repeat(4000)));
+        let s = short(&long);
+        assert!(s.len() < 300, "{s}");
+        assert!(s.contains("4010 bytes"), "{s}");
+        assert!(s.contains("deep"), "{s}");
+        assert_eq!(short(Path::new("root/a")), "\"root/a\"");
+    }
+
+    #[test]
+    fn errno_is_found_under_context() {
+        let e = anyhow::Error::new(IoctlError {
+            ioctl: "BTRFS_IOC_SNAP_CREATE_V2",
+            errno: Errno::ENOSPC,
+        })
+        .context("cannot snapshot");
+        assert_eq!(errno_of(&e), Some(Errno::ENOSPC));
+        let e = anyhow::Error::new(Errno::EDQUOT).context("cannot exchange");
+        assert_eq!(errno_of(&e), Some(Errno::EDQUOT));
+        assert_eq!(errno_of(&anyhow::anyhow!("no errno")), None);
+    }
+
+    #[test]
+    fn leftovers_name_a_few_and_count_the_rest() {
+        let failed = (0..12)
+            .map(|i| Undeleted {
+                id: 300 + i,
+                path: PathBuf::from(format!("t/s{i}")),
+                why: "BTRFS_IOC_SNAP_DESTROY failed: EPERM".into(),
+            })
+            .collect();
+        let l = Leftovers {
+            top: "t".into(),
+            top_id: 256,
+            deleted: 5,
+            failed,
+            holding: 1,
+        };
+        let text = l.to_string();
+        assert!(
+            text.starts_with("12 subvolume(s) of \"t\" (ID 256)"),
+            "{text}"
+        );
+        assert!(text.contains("\"t/s7\" (ID 307): BTRFS_IOC_SNAP_DESTROY failed: EPERM"));
+        assert!(!text.contains("t/s8\""), "{text}");
+        assert!(text.contains("and 4 more"), "{text}");
+        assert!(
+            text.contains("the other 5 subvolume(s) were deleted"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,627 @@
+//! The erase guarantee (issue 9): whatever a local user, a root process in the running system,
+//! a quota, a full disk or two kills in a row did, after the documented number of runs no
+//! subvolume of the old root and no byte of a secret written in it is reachable from the top
+//! level, and nothing outside `root` changed. Checked with btrfs-progs, grep and a fresh mount.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// What an attacker writes in `root`; it must not survive.
+const SECRET: &str = "SECRET-7f3a9c-do-not-survive";
+
+/// Run a bash script as the unprivileged user 65534 (`nobody`), in `dir`.
+fn as_nobody(dir: &Path, script: &str) -> String {
+    sh(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["bash", "-c", script])
+        .current_dir(dir))
+}
+
+/// Files below the top level that hold the secret (grep -r does not follow symlinks and
+/// walks paths of any length).
+fn secret_files(m: &Mounted) -> Vec<String> {
+    let out = Command::new("grep")
+        .args(["-rlF", "--", SECRET])
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "grep failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Ids of `root` and every subvolume nested in it, by `btrfs subvolume list`.
+fn ids_under(m: &Mounted, root: &str) -> BTreeSet<u64> {
+    m.subvolumes()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with(root))
+        .map(|(_, id)| id)
+        .collect()
+}
+
+/// Nothing of the old root is reachable: none of its subvolume ids, no secret.
+fn assert_erased(disk: &Disk, old: &BTreeSet<u64>) {
+    let m = disk.mount();
+    let now: BTreeSet<u64> = m.subvolumes().into_values().collect();
+    let left: Vec<_> = old.intersection(&now).collect();
+    assert!(
+        left.is_empty(),
+        "old subvolumes still there: {left:?} in {:?}",
+        m.subvolumes()
+    );
+    assert_eq!(
+        secret_files(&m),
+        Vec::<String>::new(),
+        "the secret survived"
+    );
+}
+
+/// A secret in `root` itself and in every directory given (relative to the top level).
+fn plant_secret(m: &Mounted, dirs: &[&str]) {
+    for dir in ["root/etc"].iter().chain(dirs) {
+        fs::write(m.join(dir).join("secret"), SECRET).unwrap();
+    }
+}
+
+/// Any local user can make a nested subvolume deeper than the kernel can name (18 directories
+/// of 250 bytes in a world-writable directory, then `btrfs subvolume create`). One run erases
+/// it all: the deep subvolume is deleted by handle.
+#[test]
+fn privileged_deep_path_made_by_a_user_is_erased() {
+    privileged!("privileged_deep_path_made_by_a_user_is_erased");
+    let disk = Disk::new("deep-user");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let old = {
+        let m = disk.mount();
+        fs::create_dir_all(m.join("root/var/tmp")).unwrap();
+        sh(Command::new("chmod")
+            .arg("1777")
+            .arg(m.join("root/var/tmp")));
+        plant_secret(&m, &[]);
+        let old = ids_under(&m, "root");
+        let long = "u".repeat(250);
+        let ids = as_nobody(
+            &m.join("root/var/tmp"),
+            &format!(
+                "set -e; for i in $(seq 1 18); do mkdir {long}; cd {long}; done; \
+                 btrfs -q subvolume create deepsub; echo {SECRET} > deepsub/secret; \
+                 btrfs -q subvolume create deepsub/inner; echo {SECRET} > deepsub/inner/s; \
+                 btrfs inspect-internal rootid deepsub; \
+                 btrfs inspect-internal rootid deepsub/inner"
+            ),
+        );
+        let mut old = old;
+        old.extend(ids.split_whitespace().map(|i| i.parse::<u64>().unwrap()));
+        old
+    };
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("too deep to delete by id, by handle"), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_erased(&disk, &old);
+}
+
+/// `chattr +i` on a nested subvolume's top directory and on `root`'s own, `chattr +a` on a
+/// directory holding a nested subvolume and on one holding a read-only one: all cleared,
+/// everything erased in one run.
+#[test]
+fn privileged_immutable_and_append_only_flags_are_cleared() {
+    privileged!("privileged_immutable_and_append_only_flags_are_cleared");
+    let disk = Disk::new("chattr");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let old = {
+        let m = disk.mount();
+        fs::create_dir_all(m.join("root/opt")).unwrap();
+        m.subvol("root/opt/held");
+        m.subvol("root/opt/ro");
+        m.subvol("root/opt/ro/child");
+        plant_secret(
+            &m,
+            &[
+                "root/opt/held",
+                "root/var/lib/machines/a",
+                "root/opt/ro/child",
+            ],
+        );
+        let chattr = |flag: &str, rel: &str| {
+            sh(Command::new("chattr").arg(flag).arg(m.join(rel)));
+        };
+        chattr("+i", "root/opt/ro/child/secret");
+        chattr("+i", "root/var/lib/machines/a");
+        chattr("+a", "root/opt");
+        chattr("+a", "root/opt/ro");
+        m.set_ro("root/opt/ro", true);
+        chattr("+i", "root");
+        ids_under(&m, "root")
+    };
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("cleared the immutable/append-only flags of \"root\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("\"root.btrfs-rollback-tmp/var/lib/machines/a\""),
+        "{err}"
+    );
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_erased(&disk, &old);
+}
+
+/// `btrfs subvolume set-default` on a nested subvolume used to make every run refuse. The
+/// default follows `root` instead, in the swap's commit, and the old tree goes.
+#[test]
+fn privileged_default_nested_in_root_follows_the_fresh_root() {
+    privileged!("privileged_default_nested_in_root_follows_the_fresh_root");
+    let disk = Disk::new("default-nested-erase");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let old = {
+        let m = disk.mount();
+        plant_secret(&m, &["root/var/lib/machines/a/b"]);
+        btrfs([
+            "subvolume".as_ref(),
+            "set-default".as_ref(),
+            m.join("root/var/lib/machines/a/b").as_os_str(),
+        ]);
+        ids_under(&m, "root")
+    };
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("the default follows \"root\""), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_erased(&disk, &old);
+    let m = disk.mount();
+    assert_eq!(
+        m.default_id(),
+        m.id("root"),
+        "the default is not the fresh root"
+    );
+}
+
+/// A qgroup limit on `root`, filled by a user (a nested subvolume inside it): deleting the
+/// nested subvolume reserves metadata in the full qgroup (EDQUOT). The limits of the qgroups
+/// being erased are lifted; everything goes in one run; other qgroups keep their limits.
+#[test]
+fn privileged_qgroup_limit_on_root_is_lifted() {
+    privileged!("privileged_qgroup_limit_on_root_is_lifted");
+    let disk = Disk::new("qgroup");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let old = {
+        let m = disk.mount();
+        btrfs(["quota".as_ref(), "enable".as_ref(), m.path.as_os_str()]);
+        for (limit, sub) in [("64M", "root"), ("300M", "persist")] {
+            btrfs([
+                "qgroup".as_ref(),
+                "limit".as_ref(),
+                limit.as_ref(),
+                m.join(sub).as_os_str(),
+            ]);
+        }
+        fs::create_dir_all(m.join("root/var/tmp")).unwrap();
+        sh(Command::new("chmod")
+            .arg("1777")
+            .arg(m.join("root/var/tmp")));
+        plant_secret(&m, &[]);
+        as_nobody(
+            &m.join("root/var/tmp"),
+            &format!(
+                "btrfs -q subvolume create nested && echo {SECRET} > nested/secret && \
+                 dd if=/dev/zero of=nested/fill bs=1M count=100 status=none; \
+                 dd if=/dev/zero of=fill bs=1M count=100 status=none; true"
+            ),
+        );
+        ids_under(&m, "root")
+    };
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("EDQUOT"), "{err}");
+    assert!(err.contains("lifted the quota limits"), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_erased(&disk, &old);
+    let m = disk.mount();
+    let show = btrfs([
+        "qgroup".as_ref(),
+        "show".as_ref(),
+        "-r".as_ref(),
+        "--raw".as_ref(),
+        m.path.as_os_str(),
+    ]);
+    let persist = m.id("persist");
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with(&format!("0/{persist} ")) && l.contains("314572800")),
+        "persist lost its limit:\n{show}"
+    );
+}
+
+/// Fill the data, then the metadata (empty files with large xattrs) of the filesystem, from
+/// `root`. Returns how many files it took.
+fn fill_filesystem(dir: &Path) -> usize {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut f = fs::File::create(dir.join("fill")).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    drop(f);
+    let value = vec![b'x'; 3900];
+    let mut n = 0;
+    loop {
+        let path = dir.join(format!("x{n}"));
+        if fs::File::create(&path).is_err() {
+            break;
+        }
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path, a NUL-terminated name, a live buffer and its length.
+        let ret = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                c"user.fill".as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if ret != 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// A full filesystem (data and metadata, filled from `root`'s own tree) made the exchange
+/// fail with ENOSPC at every boot. Now the run makes room (nested subvolumes first, then, as
+/// the last resort, the old root before its replacement) and rolls back in one run, logging
+/// the instants without a `root` at warning level, and the log file gets the whole run.
+#[test]
+fn privileged_full_filesystem_still_rolls_back() {
+    privileged!("privileged_full_filesystem_still_rolls_back");
+    let disk = Disk::new("full");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let old = {
+        let m = disk.mount();
+        fs::create_dir_all(m.join("root/var/tmp")).unwrap();
+        // And a leftover of an interrupted run, which must be set aside (a rename) first.
+        m.subvol("root.btrfs-rollback-tmp");
+        m.subvol("root.btrfs-rollback-tmp/nested");
+        plant_secret(
+            &m,
+            &[
+                "root/var/lib/machines/a",
+                "root/var/tmp",
+                "root.btrfs-rollback-tmp/nested",
+            ],
+        );
+        let n = fill_filesystem(&m.join("root/var/tmp"));
+        assert!(n > 100, "the metadata filled after {n} files only");
+        sh(&mut Command::new("sync"));
+        let mut ids = ids_under(&m, "root");
+        ids.extend(ids_under(&m, "root.btrfs-rollback-tmp"));
+        ids
+    };
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert!(err.contains("ENOSPC"), "{err}");
+    assert!(err.contains("making room"), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_erased(&disk, &old);
+    let m = disk.mount();
+    let log = fs::read_to_string(m.join("rollback.log")).unwrap();
+    assert!(log.contains("the filesystem is full"), "{log}");
+    assert!(log.contains("done: \"root\" is a fresh snapshot"), "{log}");
+    drop(m);
+    // The next boot is an ordinary one.
+    let before = Before::take(&disk, "root", "root-blank");
+    assert_exit(&disk.run(&[]), 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+}
+
+/// Turns the swap files below a directory off when dropped, so that a failing test does not
+/// leave one on. By what `/proc/swaps` says, since the rollback renames the path it had.
+struct Swap(std::path::PathBuf);
+
+impl Drop for Swap {
+    fn drop(&mut self) {
+        let swaps = fs::read_to_string("/proc/swaps").unwrap_or_default();
+        for line in swaps.lines().skip(1) {
+            let Some(path) = line.split_whitespace().next() else {
+                continue;
+            };
+            if Path::new(path).starts_with(&self.0) {
+                let _ = Command::new("swapoff").arg(path).output();
+            }
+        }
+    }
+}
+
+/// A nested subvolume that cannot be deleted (an active swap file: the kernel refuses with
+/// EPERM) must not stop the rest: everything else is deleted, the run exits 3 and names what
+/// is left by path, and the run after it (swap file gone) erases the rest.
+#[test]
+fn privileged_undeletable_subvolume_does_not_stop_the_rest() {
+    privileged!("privileged_undeletable_subvolume_does_not_stop_the_rest");
+    let disk = Disk::new("undeletable");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let (old, stuck) = {
+        let m = disk.mount();
+        m.subvol("root/swap");
+        plant_secret(&m, &["root/var/lib/machines/a/b/c"]);
+        let file = m.join("root/swap/file");
+        sh(Command::new("truncate").arg("-s0").arg(&file));
+        sh(Command::new("chattr").arg("+C").arg(&file));
+        sh(Command::new("fallocate").args(["-l", "16M"]).arg(&file));
+        sh(Command::new("chmod").arg("600").arg(&file));
+        sh(Command::new("mkswap").arg(&file));
+        let stuck = m.id("root/swap");
+        (ids_under(&m, "root"), stuck)
+    };
+    // Dropped in this order: swapoff, then unmount.
+    let active = {
+        let m = disk.mount();
+        let file = m.join("root/swap/file");
+        sh(Command::new("swapon").arg(&file));
+        (Swap(disk.dir.clone()), m)
+    };
+    let out = disk.run(&[]);
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"root.btrfs-rollback-tmp/swap\"") && err.contains("EPERM"),
+        "{err}"
+    );
+    assert!(err.contains("is in place and committed"), "{err}");
+    {
+        let m = disk.mount();
+        let subs = m.subvolumes();
+        let left: Vec<_> = subs.values().filter(|id| old.contains(id)).collect();
+        // Only the undeletable one and the old root holding it.
+        assert_eq!(left.len(), 2, "{subs:?}");
+        assert!(left.contains(&&stuck), "{subs:?}");
+        assert_eq!(m.tree("root"), before.blank_tree, "root is not fresh");
+    }
+    drop(active);
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_erased(&disk, &old);
+}
+
+/// SIGKILL a run during its deletion of the old root, SIGKILL the next run during its
+/// cleanup of what the first left, then run once more: nothing of the old roots is left.
+#[test]
+fn privileged_double_kill_leaves_nothing_after_the_next_run() {
+    privileged!("privileged_double_kill_leaves_nothing_after_the_next_run");
+    let rounds: u32 = std::env::var("BTRFS_ROLLBACK_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let disk = Disk::new("double-kill");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let populate = |n: usize| {
+        let m = disk.mount();
+        fs::create_dir_all(m.join("root/pile")).unwrap();
+        let mut script = String::from("set -e\n");
+        for i in 0..n {
+            let path = if i % 10 == 0 {
+                format!("root/pile/s{i}")
+            } else {
+                format!("root/pile/s{}/s{i}", i - i % 10)
+            };
+            script.push_str(&format!(
+                "btrfs -q subvolume create '{}'\n",
+                m.join(path).display()
+            ));
+        }
+        sh(Command::new("sh").arg("-c").arg(script));
+        plant_secret(&m, &["root/pile/s0"]);
+        let ids = ids_under(&m, "root");
+        drop(m);
+        sh(&mut Command::new("sync"));
+        ids
+    };
+    // How long an uncut rollback of this size takes.
+    populate(300);
+    let start = Instant::now();
+    assert_exit(&disk.run(&[]), 0);
+    let full = start.elapsed();
+
+    let kill_after = |delay: Duration| -> bool {
+        let mut child = disk
+            .cmd("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        sleep(delay);
+        let _ = child.kill();
+        let killed = child.wait().unwrap().code().is_none();
+        let _ = Command::new("umount").arg(disk.work_mountpoint()).output();
+        killed
+    };
+    let mut doubles = 0;
+    let mut aside_left = 0;
+    let mut all_old = BTreeSet::new();
+    // More rounds if no second kill landed in a cleanup yet (a loaded machine), so that the
+    // test cannot pass vacuously.
+    let mut round = 0;
+    while round < rounds || (aside_left == 0 && round < 4 * rounds) {
+        let fraction = f64::from(round % rounds) / f64::from(rounds);
+        round += 1;
+        let old = populate(300);
+        all_old.extend(old.iter().copied());
+        // The first kill after the swap, during the deletion.
+        let first = full.mul_f64(0.2 + 0.4 * fraction);
+        kill_after(first);
+        let left = {
+            let m = disk.mount();
+            let now: BTreeSet<u64> = m.subvolumes().into_values().collect();
+            assert!(m.join("root").is_dir(), "no root after the first kill");
+            old.intersection(&now).count()
+        };
+        if left == 0 {
+            continue;
+        }
+        // The second run has a leftover to clean up; kill it early in that cleanup.
+        let second = full.mul_f64(0.15 + 0.4 * fraction);
+        if kill_after(second) {
+            doubles += 1;
+        }
+        {
+            let m = disk.mount();
+            assert!(m.join("root").is_dir(), "no root after the second kill");
+            let asides = fs::read_dir(&m.path)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("root.btrfs-rollback-tmp.")
+                })
+                .count();
+            aside_left += usize::from(asides > 0);
+        }
+        // The documented number of runs: one more clears everything.
+        let out = disk.run(&[]);
+        assert_exit(&out, 0);
+        before.assert_rolled_back(&disk, "root", "root-blank");
+        assert_erased(&disk, &all_old);
+    }
+    eprintln!("{round} rounds: {doubles} double kills, {aside_left} left a set-aside leftover");
+    assert!(doubles > 0, "no run was killed twice in a row");
+    assert!(
+        aside_left > 0,
+        "no second kill landed during the cleanup of a set-aside leftover"
+    );
+}
+
+/// The same full filesystem, filled from inside a subvolume nested in `root`: deleting what is
+/// nested makes room, and the swap happens with `root` in place at every instant.
+#[test]
+fn privileged_full_filesystem_from_a_nested_subvolume_keeps_root_throughout() {
+    privileged!("privileged_full_filesystem_from_a_nested_subvolume_keeps_root_throughout");
+    let disk = Disk::new("full-nested");
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let old = {
+        let m = disk.mount();
+        m.subvol("root/var/tmp");
+        plant_secret(&m, &["root/var/tmp"]);
+        let n = fill_filesystem(&m.join("root/var/tmp"));
+        assert!(n > 100, "the metadata filled after {n} files only");
+        sh(&mut Command::new("sync"));
+        ids_under(&m, "root")
+    };
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("ENOSPC"), "{err}");
+    assert!(err.contains("the swap worked after making room"), "{err}");
+    assert!(!err.contains("NO \"root\""), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_erased(&disk, &old);
+}
+
+/// A filesystem filled from outside `root` (`persist`): deleting the old root first would not
+/// make room, so the last resort is not taken. The run refuses (exit 1) with `root` still the
+/// old one, and `persist` is not touched.
+#[test]
+fn privileged_full_filesystem_from_outside_root_never_leaves_no_root() {
+    privileged!("privileged_full_filesystem_from_outside_root_never_leaves_no_root");
+    let disk = Disk::new("full-outside");
+    impermanence_layout(&disk);
+    let (root_id, files) = {
+        let m = disk.mount();
+        fs::create_dir(m.join("persist/fill")).unwrap();
+        let n = fill_filesystem(&m.join("persist/fill"));
+        assert!(n > 100, "the metadata filled after {n} files only");
+        sh(&mut Command::new("sync"));
+        (
+            m.id("root"),
+            fs::read_dir(m.join("persist/fill")).unwrap().count(),
+        )
+    };
+    let out = disk.run(&[]);
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert_exit(&out, 1);
+    assert!(err.contains("held outside what this tool deletes"), "{err}");
+    assert!(!err.contains("NO \"root\""), "{err}");
+    let m = disk.mount();
+    assert_eq!(m.id("root"), root_id, "root is not the old one");
+    assert_eq!(
+        fs::read_dir(m.join("persist/fill")).unwrap().count(),
+        files,
+        "persist changed"
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("persist/etc/ssh/key")).unwrap(),
+        "secret\n"
+    );
+}
+
+/// With `--keep-old-roots 1`, an old root a user made too deep for deletion by id is kept, then
+/// pruned like any other at the next run: the limit holds.
+#[test]
+fn privileged_kept_old_root_with_a_deep_path_is_pruned() {
+    privileged!("privileged_kept_old_root_with_a_deep_path_is_pruned");
+    let disk = Disk::new("deep-kept");
+    impermanence_layout(&disk);
+    let old = {
+        let m = disk.mount();
+        fs::create_dir_all(m.join("root/var/tmp")).unwrap();
+        sh(Command::new("chmod")
+            .arg("1777")
+            .arg(m.join("root/var/tmp")));
+        plant_secret(&m, &[]);
+        let mut old = ids_under(&m, "root");
+        let long = "k".repeat(250);
+        let ids = as_nobody(
+            &m.join("root/var/tmp"),
+            &format!(
+                "set -e; for i in $(seq 1 18); do mkdir {long}; cd {long}; done; \
+                 btrfs -q subvolume create deepsub; echo {SECRET} > deepsub/secret; \
+                 btrfs inspect-internal rootid deepsub"
+            ),
+        );
+        old.extend(ids.split_whitespace().map(|i| i.parse::<u64>().unwrap()));
+        old
+    };
+    assert_exit(&disk.run(&["--keep-old-roots", "1"]), 0);
+    // Kept: one old root under old_roots/, the deep subvolume in it. A boot uses the fresh
+    // root (roots that never served are not kept), and the next run prunes the deep one.
+    fs::write(disk.mount().join("root/etc/booted"), "yes").unwrap();
+    let out = disk.run(&["--keep-old-roots", "1"]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("pruned the old root"), "{err}");
+    assert_erased(&disk, &old);
+}
