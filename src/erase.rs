@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use linux_raw_sys::btrfs::{
     btrfs_root_item, BTRFS_FIRST_FREE_OBJECTID, BTRFS_INODE_REF_KEY, BTRFS_ORPHAN_ITEM_KEY,
-    BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_TREE_OBJECTID,
+    BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_TREE_OBJECTID,
 };
 
 use crate::ioctl::{self, Errno, IoctlError, SearchRange};
@@ -481,24 +481,7 @@ pub fn errno_of(e: &anyhow::Error) -> Option<Errno> {
 /// How many bytes the tree blocks of subvolume `id` take (its root item's `bytes_used`: the
 /// metadata that deleting it frees, not the data). `None` if it no longer exists.
 pub fn tree_bytes(fs: BorrowedFd<'_>, id: u64) -> Result<Option<u64>> {
-    let range = SearchRange {
-        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
-        min: (id, BTRFS_ROOT_ITEM_KEY, 0),
-        max: (id, BTRFS_ROOT_ITEM_KEY, u64::MAX),
-        min_transid: 0,
-    };
-    let items = ioctl::tree_search(fs, &range)
-        .with_context(|| format!("cannot read the root item of subvolume {id}"))?;
-    let Some(item) = items.iter().find(|i| i.item_type == BTRFS_ROOT_ITEM_KEY) else {
-        return Ok(None);
-    };
-    let at = std::mem::offset_of!(btrfs_root_item, bytes_used);
-    let bytes = item
-        .data
-        .get(at..at + 8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-        .with_context(|| format!("short root item for subvolume {id}"))?;
-    Ok(Some(bytes))
+    subvolume::root_item_u64(fs, id, std::mem::offset_of!(btrfs_root_item, bytes_used))
 }
 
 /// Whether subvolume `id` still has a place in the tree (a ROOT_BACKREF item). When that

@@ -170,8 +170,9 @@ pub fn children(fs: BorrowedFd<'_>, parent: u64) -> Result<Vec<(u64, u64, OsStri
     Ok(out)
 }
 
-/// Whether subvolume `id` is read-only, from its ROOT_ITEM. `None` if it no longer exists.
-pub fn readonly(fs: BorrowedFd<'_>, id: u64) -> Result<Option<bool>> {
+/// The little-endian u64 at `offset` in subvolume `id`'s ROOT_ITEM (an
+/// `offset_of!(btrfs_root_item, field)`). `None` if the subvolume no longer exists.
+pub fn root_item_u64(fs: BorrowedFd<'_>, id: u64, offset: usize) -> Result<Option<u64>> {
     let range = SearchRange {
         tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
         min: (id, BTRFS_ROOT_ITEM_KEY, 0),
@@ -183,13 +184,18 @@ pub fn readonly(fs: BorrowedFd<'_>, id: u64) -> Result<Option<bool>> {
     let Some(item) = items.iter().find(|i| i.item_type == BTRFS_ROOT_ITEM_KEY) else {
         return Ok(None);
     };
-    let at = std::mem::offset_of!(btrfs_root_item, flags);
-    let flags = item
+    let value = item
         .data
-        .get(at..at + 8)
+        .get(offset..offset + 8)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         .with_context(|| format!("short root item for subvolume {id}"))?;
-    Ok(Some(flags & u64::from(BTRFS_ROOT_SUBVOL_RDONLY) != 0))
+    Ok(Some(value))
+}
+
+/// Whether subvolume `id` is read-only, from its ROOT_ITEM. `None` if it no longer exists.
+pub fn readonly(fs: BorrowedFd<'_>, id: u64) -> Result<Option<bool>> {
+    let flags = root_item_u64(fs, id, std::mem::offset_of!(btrfs_root_item, flags))?;
+    Ok(flags.map(|f| f & u64::from(BTRFS_ROOT_SUBVOL_RDONLY) != 0))
 }
 
 /// Every subvolume below `top` (whose path relative to the top-level volume is `top_path`),
