@@ -419,10 +419,7 @@ fn privileged_undeletable_subvolume_does_not_stop_the_rest() {
 #[test]
 fn privileged_double_kill_leaves_nothing_after_the_next_run() {
     privileged!("privileged_double_kill_leaves_nothing_after_the_next_run");
-    let rounds: u32 = std::env::var("BTRFS_ROLLBACK_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let rounds = kill_rounds(6);
     let disk = Disk::new("double-kill");
     impermanence_layout(&disk);
     let before = Before::take(&disk, "root", "root-blank");

@@ -492,10 +492,7 @@ fn privileged_bad_names_are_usage_errors() {
 #[test]
 fn privileged_sigkill_at_any_instant_keeps_root() {
     privileged!("privileged_sigkill_at_any_instant_keeps_root");
-    let rounds: u32 = std::env::var("BTRFS_ROLLBACK_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
+    let rounds = kill_rounds(16);
     let disk = Disk::new("kill");
     impermanence_layout(&disk);
     let before = Before::take(&disk, "root", "root-blank");

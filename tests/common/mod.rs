@@ -486,3 +486,11 @@ pub fn assert_exit(out: &Output, code: i32) {
         stderr(out)
     );
 }
+
+/// How many SIGKILL rounds a kill test runs: `BTRFS_ROLLBACK_KILL_ROUNDS`, else `default`.
+pub fn kill_rounds(default: u32) -> u32 {
+    std::env::var("BTRFS_ROLLBACK_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
