@@ -158,10 +158,6 @@ struct RestoreArgs {
     /// Log file to append to, as for `run`.
     #[arg(long, value_name = "PATH", default_value = "rollback.log")]
     log: PathBuf,
-    /// Go on even if ROOT, or a subvolume nested in it, is mounted on this system: the running
-    /// system's `/` is then exchanged under it. Without it, a mounted ROOT is refused (exit 1).
-    #[arg(long)]
-    force_mounted: bool,
     /// The old root to restore, a name in old_roots/ (as `list` shows it).
     name: OsString,
 }
@@ -249,10 +245,7 @@ pub fn main() -> ExitCode {
         Command::Diff(a) => diff::diff(&target, &a.exclude, a.json).map(|()| Outcome::Looked),
         Command::Restore(a) => restore::restore(
             &target,
-            &restore::RestoreOptions {
-                log: a.log.clone(),
-                force_mounted: a.force_mounted,
-            },
+            &restore::RestoreOptions { log: a.log.clone() },
             &a.name,
         ),
     };
@@ -372,6 +365,5 @@ mod tests {
             panic!("not restore")
         };
         assert_eq!(args.log, PathBuf::from("x.log"));
-        assert!(!args.force_mounted);
     }
 }

@@ -367,6 +367,9 @@ pub struct SubvolInfo {
     pub id: u64,
     /// The transid of the subvolume's last change, and of its creation.
     pub generation: u64,
+    /// The transid of the last change to its namespace (a name created, removed or renamed
+    /// in it); reads, atime updates and xattrs do not move it.
+    pub ctransid: u64,
     pub otransid: u64,
     /// Creation time, seconds since the epoch (as the clock said then).
     pub otime: i64,
@@ -391,6 +394,7 @@ pub fn get_subvol_info(subvol: BorrowedFd<'_>) -> Result<SubvolInfo> {
     Ok(SubvolInfo {
         id: args.treeid,
         generation: args.generation,
+        ctransid: args.ctransid,
         otransid: args.otransid,
         otime: args.otime.sec as i64,
         uuid: args.uuid,

@@ -42,7 +42,30 @@ pub fn list(target: &Target, retention: &Retention, json: bool) -> Result<()> {
     let now = crate::logging::now();
     let plan = plan::plan(names, &state, retention, now);
     // Why each old root stays or goes at the next run with these limits.
-    let verdicts = plan::judge(&[], &state.old_roots, retention, now);
+    // The roots that run keeps first (the plan's KeepOld steps) are newer than all of these.
+    let fresh: Vec<OldRoot> = plan
+        .as_ref()
+        .map(|p| {
+            p.steps
+                .iter()
+                .filter_map(|s| match s {
+                    plan::Step::KeepOld { id, to, .. } => Some(OldRoot {
+                        name: to.clone(),
+                        id: *id,
+                        created: now,
+                        nested: Vec::new(),
+                        retired: Some(now),
+                        last_change: u64::MAX,
+                    }),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let verdicts: Vec<_> = plan::judge(&fresh, &state.old_roots, retention, now)
+        .into_iter()
+        .filter(|(o, _)| !fresh.iter().any(|f| f.id == o.id))
+        .collect();
     let verdict = |o: &OldRoot| {
         verdicts
             .iter()

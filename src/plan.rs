@@ -66,10 +66,11 @@ pub struct OldRoot {
     /// `RETIRED_XATTR`); `None` for a subvolume this tool did not put here, which is never
     /// pruned and does not count toward `--keep-old-roots`.
     pub retired: Option<i64>,
-    /// The transid of its last change (GET_SUBVOL_INFO `generation`): when it was last used
-    /// (the mark is written when it is retired). Old roots are ranked by it, newest first,
-    /// whatever the clock said and whatever their ids.
-    pub generation: u64,
+    /// The transid of the last change to its namespace (GET_SUBVOL_INFO `ctransid`): when it
+    /// was last used as a system (files created, removed, renamed). Old roots are ranked by
+    /// it, newest first, whatever the clock said and whatever their ids; reading a file in
+    /// an old root (atime) does not move it.
+    pub last_change: u64,
 }
 
 impl OldRoot {
@@ -157,7 +158,7 @@ impl Verdict {
 /// Judge old roots against `retention`: `fresh` are the ones this run keeps (the root it
 /// replaces first), newer than any already kept; `kept` are those already in `old_roots/`.
 /// Returns every old root with its verdict, newest first, then the ones that are not ours.
-/// Ranking is by last use (`generation`), so a restored root that served again is new, and
+/// Ranking is by last use (`last_change`), so a restored root that served again is new, and
 /// roots that never booted are not kept at all (see `Keeper::keep`).
 pub fn judge<'a>(
     fresh: &'a [OldRoot],
@@ -169,7 +170,7 @@ pub fn judge<'a>(
         .iter()
         .filter(|o| o.retired.is_some() && is_old_root_name(&o.name))
         .collect();
-    ours.sort_by_key(|o| std::cmp::Reverse((o.generation, o.id)));
+    ours.sort_by_key(|o| std::cmp::Reverse((o.last_change, o.id)));
     let mut out: Vec<(&OldRoot, Verdict)> = Vec::new();
     for (i, old) in fresh.iter().chain(ours).enumerate() {
         let rank = i + 1;
@@ -493,7 +494,7 @@ impl Keeper {
             created: slot.created,
             nested: slot.nested.clone(),
             retired: Some(now),
-            generation: u64::MAX,
+            last_change: u64::MAX,
         });
         steps.push(Step::KeepOld { from, id, to });
     }
@@ -924,7 +925,7 @@ mod tests {
             created: NOW - age_days * DAY,
             nested: Vec::new(),
             retired: Some(NOW - age_days * DAY),
-            generation: id,
+            last_change: id,
         }
     }
 
@@ -1011,7 +1012,7 @@ mod tests {
     fn clock_skew_neither_prunes_nor_reorders() {
         let mut s = state();
         // Retired "in the future" and, the clock since fixed, "long ago": order is by last
-        // use (generation), never by the clock.
+        // use (last_change), never by the clock.
         s.old_roots = vec![old(100, -400), old(110, 400)];
         let p = super::plan(&names(), &s, &keep(Some(2), Some(30)), NOW).unwrap();
         // 256 newest, 110 next (but 400 days old: pruned by age), 100 third (count).
@@ -1047,7 +1048,7 @@ mod tests {
         let mut s = state();
         // 100 is the oldest subvolume, but it was restored and served until recently.
         let mut restored = old(100, 1);
-        restored.generation = 500;
+        restored.last_change = 500;
         s.old_roots = vec![restored, old(110, 2), old(120, 3)];
         let p = super::plan(&names(), &s, &keep(Some(2), None), NOW).unwrap();
         assert_eq!(pruned(&p), vec![120, 110]);

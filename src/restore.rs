@@ -2,7 +2,8 @@
 //! boot, crash-safely.
 //!
 //! 1. Check: `old_roots/NAME` is a writable subvolume; `root` is a subvolume or missing.
-//!    `root` is not mounted anywhere on this system (unless `--force-mounted`).
+//!    If `root` is mounted (a running system), a warning says that it goes on in the replaced
+//!    root until it stops.
 //! 2. Write the restore marker (the id of `old_roots/NAME`) under a temporary name, created
 //!    exclusively and never through a symbolic link, rename it into place and commit, so that
 //!    the next `run` keeps that subvolume as `root` once instead of rolling it back.
@@ -42,8 +43,6 @@ const MARKER_TEMP: &str = "btrfs-rollback.restored.tmp";
 pub struct RestoreOptions {
     /// The log file, as for `run`.
     pub log: PathBuf,
-    /// Go on even if `root` is mounted somewhere.
-    pub force_mounted: bool,
 }
 
 /// How far a restore got, so that an error can say what is on the disk.
@@ -90,7 +89,7 @@ pub fn restore(target: &Target, options: &RestoreOptions, name: &OsStr) -> Resul
         quoted(&names.root)
     );
     let mut reached = Reached::Nothing;
-    let result = restore_on(&top, target, options, name, &mut reached);
+    let result = restore_on(&top, target, name, &mut reached);
     let Err(e) = result else {
         return result;
     };
@@ -139,7 +138,6 @@ pub fn restore(target: &Target, options: &RestoreOptions, name: &OsStr) -> Resul
 fn restore_on(
     top: &TopLevel,
     target: &Target,
-    options: &RestoreOptions,
     name: &OsStr,
     reached: &mut Reached,
 ) -> Result<Outcome> {
@@ -177,7 +175,24 @@ fn restore_on(
     };
     let default = subvolume::default_id(fs).context("cannot read the default subvolume")?;
     let default_follows = current == Some(default);
-    top.check_not_in_use(&names.root, options.force_mounted, "replace")?;
+    // Unlike `run`, restore deletes nothing: the exchange only renames, and whatever has
+    // `root` mounted (the running system, as a rule) keeps the same subvolume, which is kept
+    // as an old root. That is the way to restore from a running system, so only say so.
+    match top.mounts_inside(&names.root) {
+        Ok(mounted) if mounted.is_empty() => {}
+        Ok(mounted) => log::warn!(
+            "{} is mounted at {}: whatever runs there goes on in the same subvolume until it \
+             stops, and what it writes from now on lands in the replaced root, kept under {:?}, \
+             not in the restored one; reboot soon",
+            quoted(&names.root),
+            mounted.join(", "),
+            OLD_ROOTS
+        ),
+        Err(e) => log::warn!(
+            "cannot tell whether {} is mounted ({e:#})",
+            quoted(&names.root)
+        ),
+    }
 
     *reached = Reached::Marker(restored);
     write_marker(fs, restored)?;
@@ -327,7 +342,14 @@ pub fn read_marker(fs: BorrowedFd<'_>) -> Result<Option<u64>> {
             stale("a socket");
             return Ok(Some(0));
         }
-        Err(e) => return Err(e).context(format!("cannot open {RESTORE_MARKER:?}")),
+        // A device node (the top level is mounted nodev: EACCES) or anything else that cannot
+        // be opened is not a marker either; refusing would block every boot.
+        Err(e) => {
+            stale(&format!(
+                "something that cannot be opened ({e}; a device node?)"
+            ));
+            return Ok(Some(0));
+        }
     };
     let what = beneath::kind(fd.as_fd()).context(format!("cannot stat {RESTORE_MARKER:?}"))?;
     if what == "a directory" {

@@ -173,16 +173,16 @@ fn old_roots(
         let s = slot(&path)?;
         if let Entry::Subvolume { id, .. } = s.entry {
             let fd = subvolume::expect(fs, &path, id)?;
-            let generation = ioctl::get_subvol_info(fd.as_fd())
-                .with_context(|| format!("cannot read the generation of {}", quoted(&path)))?
-                .generation;
+            let last_change = ioctl::get_subvol_info(fd.as_fd())
+                .with_context(|| format!("cannot read the ctransid of {}", quoted(&path)))?
+                .ctransid;
             roots.push(OldRoot {
                 name,
                 id,
                 created: s.created,
                 nested: s.nested,
                 retired: retired_mark(fd.as_fd(), &path),
-                generation,
+                last_change,
             });
         }
     }

@@ -338,13 +338,7 @@ fn privileged_a_mounted_root_is_refused() {
     };
     let subs = disk.mount().subvolumes();
     let live = Live::mount(&disk, "root", "live-again");
-    // restore refuses a mounted root too.
-    let out = bounded(disk.cmd("restore").arg(&name));
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("is in use on this system"));
-    assert!(stderr(&out).contains("were not changed"));
-    assert_eq!(disk.mount().subvolumes(), subs);
-    assert!(!disk.mount().join("btrfs-rollback.restored").exists());
+    let _ = subs;
 
     // --force-mounted goes on: the live root is replaced under the mount.
     let live_id = disk.mount().id("root");
@@ -367,13 +361,25 @@ fn privileged_a_mounted_root_is_refused() {
     }
     drop(live);
 
-    // restore --force-mounted goes on too: the mounted root is exchanged under the mount.
+    // restore deletes nothing, and it is how a running system restores: a mounted root is
+    // exchanged under the mount, with a warning that names the mount.
     let live = Live::mount(&disk, "root", "live-restore");
     let kept_id = disk.mount().id(Path::new("old_roots").join(&name));
-    let out = bounded(disk.cmd("restore").arg("--force-mounted").arg(&name));
+    let replaced_id = disk.mount().id("root");
+    let out = bounded(disk.cmd("restore").arg(&name));
     assert_exit(&out, 0);
-    assert!(stderr(&out).contains("going on because of --force-mounted"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("live-restore") && err.contains("reboot soon"),
+        "{err}"
+    );
     assert_eq!(disk.mount().id("root"), kept_id);
+    // The running system's subvolume is kept whole as an old root.
+    assert!(disk
+        .mount()
+        .subvolumes()
+        .iter()
+        .any(|(p, id)| p.starts_with("old_roots") && *id == replaced_id));
     drop(live);
 }
 
@@ -563,4 +569,24 @@ fn privileged_log_rotation_never_writes_through_a_link() {
     assert!(old.is_file());
     assert_eq!(old.len(), 2 << 20);
     assert!(fs::metadata(m.join("rollback.log")).unwrap().len() < 64 << 10);
+}
+
+/// A device node at the restore marker's name (the top level is mounted nodev, so opening it
+/// fails with EACCES) is a stale marker: ignored with a warning and removed, not a refusal at
+/// every boot.
+#[test]
+fn privileged_a_device_node_at_the_marker_does_not_fail_runs() {
+    privileged!("privileged_a_device_node_at_the_marker_does_not_fail_runs");
+    let disk = Disk::new("marker-dev");
+    impermanence_layout(&disk);
+    sh(Command::new("mknod")
+        .arg(disk.mount().join("btrfs-rollback.restored"))
+        .args(["c", "1", "3"]));
+    let before = Before::take(&disk, "root", "root-blank");
+    let out = bounded(&mut disk.cmd("run"));
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("ignoring it as stale"), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert!(fs::symlink_metadata(disk.mount().join("btrfs-rollback.restored")).is_err());
 }
