@@ -50,9 +50,12 @@ impl Names {
         }
         let mut temp = root.to_os_string();
         temp.push(TEMP_SUFFIX);
-        if blank == temp {
+        let mut aside_prefix = temp.clone();
+        aside_prefix.push(".");
+        if blank == temp || blank.as_bytes().starts_with(aside_prefix.as_bytes()) {
             bail!(
-                "--blank {} is the temporary name this tool uses for --root {}",
+                "--blank {} is (or looks like) a temporary name this tool uses for --root {}, \
+                 which runs delete as leftovers; rename the blank",
                 quoted(blank),
                 quoted(root)
             );
@@ -117,6 +120,15 @@ mod tests {
 
     fn names(root: &str, blank: &str) -> Result<Names> {
         Names::new(OsStr::new(root), OsStr::new(blank))
+    }
+
+    #[test]
+    fn a_blank_named_like_a_leftover_is_refused() {
+        for blank in ["root.btrfs-rollback-tmp", "root.btrfs-rollback-tmp.300"] {
+            let err = names("root", blank).unwrap_err().to_string();
+            assert!(err.contains("temporary name"), "{err}");
+        }
+        assert!(names("root", "root.btrfs-rollback-tmpx").is_ok());
     }
 
     #[test]
