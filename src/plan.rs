@@ -407,25 +407,29 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
         );
     }
 
-    // A root that `btrfs-rollback restore` put in place is kept once.
-    if let (Some(marked), Some(id)) = (state.restored, state.root.id()) {
-        if marked == id {
-            return Ok(Plan {
-                steps: vec![Step::KeepRestored { id }],
-                warnings,
-            });
-        }
-    }
-
     let mut steps = Vec::new();
-    if state.restored.is_some() {
-        steps.push(Step::ClearRestoreMarker);
-    }
     let mut keeper = Keeper {
         taken: state.old_roots.iter().map(|o| o.name.clone()).collect(),
         kept: Vec::new(),
         keeping,
     };
+
+    // A root that `btrfs-rollback restore` put in place is kept once; leftovers of earlier
+    // runs are still dealt with, so that old data never outlives a boot silently.
+    if let (Some(marked), Some(id)) = (state.restored, state.root.id()) {
+        if marked == id {
+            steps.push(Step::KeepRestored { id });
+            keeper.leftover(names.temp.clone(), &state.temp, now, &mut steps);
+            for (name, slot) in &state.asides {
+                keeper.leftover(name.clone(), slot, now, &mut steps);
+            }
+            return Ok(Plan { steps, warnings });
+        }
+    }
+
+    if state.restored.is_some() {
+        steps.push(Step::ClearRestoreMarker);
+    }
     let default_in_temp = default_in_leftover;
     match state.root.id() {
         None => {

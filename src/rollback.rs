@@ -313,6 +313,7 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
     let mut fresh: Option<u64> = None;
     let mut old_went = String::new();
     let mut failures: Vec<anyhow::Error> = Vec::new();
+    let mut kept_restored = false;
     // Steps already done out of order, to make room on a full filesystem.
     let mut done = vec![false; plan.steps.len()];
     for (i, step) in plan.steps.iter().enumerate() {
@@ -327,12 +328,10 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
         let result = match step {
             Step::KeepRestored { id } => {
                 remove_restore_marker(fs)?;
-                log::info!(
-                    "done: kept {} (ID {id}) this once, as `btrfs-rollback restore` asked; the \
-                     next boot rolls back again",
-                    quoted(&names.root)
-                );
-                return Ok(Outcome::RolledBack);
+                // The restored root is the one in place: later failures are cleanup failures.
+                fresh = Some(*id);
+                kept_restored = true;
+                Ok(())
             }
             Step::ClearRestoreMarker => remove_restore_marker(fs),
             Step::DefaultToRoot => default_to_root(fs, names),
@@ -431,6 +430,14 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
             quoted(&names.temp),
         );
         return Ok(Outcome::CleanupFailed);
+    }
+    if kept_restored {
+        log::info!(
+            "done: kept {} (ID {new}) this once, as `btrfs-rollback restore` asked; the next \
+             boot rolls back again",
+            quoted(&names.root)
+        );
+        return Ok(Outcome::RolledBack);
     }
     log::info!(
         "done: {} is a fresh snapshot of {} (ID {new}){old_went} in {:.2} s",

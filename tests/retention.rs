@@ -330,3 +330,59 @@ fn privileged_a_root_that_never_booted_is_not_kept() {
     let ids: Vec<u64> = old_roots(&disk).into_iter().map(|(_, id)| id).collect();
     assert_eq!(ids, vec![served], "{}", stderr(&out));
 }
+
+/// The boot that keeps a restored root once still deletes leftovers of earlier runs (it used
+/// to stop at the restored root and exit 0 with them on the disk).
+#[test]
+fn privileged_keeping_a_restored_root_still_removes_leftovers() {
+    privileged!("privileged_keeping_a_restored_root_still_removes_leftovers");
+    let disk = Disk::new("restore-leftover");
+    impermanence_layout(&disk);
+    assert_exit(&disk.run(&["--keep-old-roots", "3"]), 0);
+    let (name, first) = old_roots(&disk).remove(0);
+    let out = disk
+        .cmd("restore")
+        .arg(name.file_name().unwrap())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let leftover = {
+        let m = disk.mount();
+        m.subvol("stray");
+        fs::write(m.join("stray/secret"), "leftover-secret").unwrap();
+        let name = format!("root.btrfs-rollback-tmp.{}", m.id("stray"));
+        fs::rename(m.join("stray"), m.join(&name)).unwrap();
+        name
+    };
+    let out = disk.run(&[]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("this once"), "{}", stderr(&out));
+    let m = disk.mount();
+    assert_eq!(m.id("root"), first);
+    assert!(!m.join(&leftover).exists(), "{}", stderr(&out));
+}
+
+/// `list --keep-old-roots N` agrees with `run --dry-run`: the root the next run keeps counts
+/// as the newest, so with N = 1 the one already kept is next to go.
+#[test]
+fn privileged_list_verdicts_agree_with_the_plan() {
+    privileged!("privileged_list_verdicts_agree_with_the_plan");
+    let disk = Disk::new("list-verdicts");
+    impermanence_layout(&disk);
+    assert_exit(&disk.run(&["--keep-old-roots", "1"]), 0);
+    fs::write(disk.mount().join("root/etc/new-file"), "served").unwrap();
+    let out = disk
+        .cmd("list")
+        .args(["--keep-old-roots", "1"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("to be pruned"), "{text}");
+    let plan = disk.run(&["--dry-run", "--keep-old-roots", "1"]);
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("prune the old root"),
+        "{}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
+}
