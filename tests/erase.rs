@@ -697,12 +697,26 @@ fn privileged_missing_root_on_a_full_filesystem_is_created() {
         fs::rename(m.join("root"), m.join("root.btrfs-rollback-tmp")).unwrap();
         let n = fill_filesystem(&m.join("root.btrfs-rollback-tmp"));
         assert!(n > 100, "the metadata filled after {n} files only");
+        // Snapshots of the blank inside it until a snapshot is refused too (what the run
+        // needs to create `root`).
+        let refused = (0..5000).any(|i| {
+            !Command::new("btrfs")
+                .args(["subvolume", "snapshot"])
+                .arg(m.join("root-blank"))
+                .arg(m.join(format!("root.btrfs-rollback-tmp/s{i}")))
+                .output()
+                .unwrap()
+                .status
+                .success()
+        });
+        assert!(refused, "snapshots never filled the filesystem");
         sh(&mut Command::new("sync"));
     }
     let out = disk.run(&[]);
     let err = stderr(&out);
     eprintln!("{err}");
     assert_exit(&out, 0);
+    assert!(err.contains("making room by deleting leftovers"), "{err}");
     let m = disk.mount();
     let subs = m.subvolumes();
     assert!(subs.contains_key(Path::new("root")), "{subs:?}");
