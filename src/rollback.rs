@@ -22,19 +22,33 @@
 //! Subvolume deletion may use the global block reserve, renames and snapshots may not, so on a
 //! filesystem whose metadata is full the exchange fails. Then the run makes room with what it
 //! deletes anyway, least wanted first, retrying the swap after each stage and waiting for the
-//! kernel's cleaner to free the space: the leftovers of earlier runs and old roots past the
-//! limits; then everything nested in `root`. A leftover that cannot even be renamed aside is
-//! deleted instead. If the space is held by `root`'s own files (ENOSPC, and its own tree holds
-//! at least 1 MiB of metadata), the last resort deletes the old `root` itself and commits, then
-//! snapshots the blank as `root` and commits. Otherwise (the space is held outside, or a qgroup
-//! limit on the top level) the run stops with exit 1 and `root` in place.
+//! kernel's cleaner to free the space (`swap_when_full`): first the leftovers of earlier runs
+//! and old roots past the limits (a leftover that cannot even be renamed aside is deleted
+//! instead). Then it decides, before touching `root`, whether replacing `root` is sure to make
+//! room: ENOSPC (not a qgroup's EDQUOT, which would refuse the new root too) and `root` with
+//! everything nested in it holds at least half of all subvolumes' tree bytes and at least
+//! 1 MiB (`erase::deleting_makes_room`). If not (the space is held outside, say a full
+//! `persist`), the run stops with exit 1, `root` untouched with all that is nested in it, and
+//! names where the space is. If so, it deletes what is nested in `root`, tries the swap again,
+//! and as the last resort deletes the old `root` itself (a following default parked at the
+//! blank), commits, and snapshots the blank as `root`. `CreateRoot` on a full filesystem
+//! deletes leftovers and old roots past the limits first.
+//!
+//! A failure after `renameat2(RENAME_EXCHANGE)` returned (the default, the commit) is
+//! `SwapFailed::Exchanged`: never retried, never sent to `swap_when_full`, exit status 3 with
+//! the disk's state named (after a reboot `root` is the old or the fresh subvolume; the next
+//! run handles both).
 //!
 //! **Invariant:** `root` is only ever removed by the exchange, except in that last resort,
 //! where the instants between the commit of its deletion and the commit of its replacement
 //! (logged at warning level, "NO root") are the only ones without a `root`; a power cut there
-//! is repaired by the next run, which finds `root` missing and creates it from the blank.
-//! Nothing outside `root`, its leftovers and `old_roots/` is deleted at any stage, and the
-//! lines the full filesystem refuses to the log file are kept and written once there is room.
+//! is repaired by the next run, which finds `root` missing, creates it from the blank and, as
+//! the default is at the blank, makes it the default again (a default of 5 is never moved).
+//! Nothing nested in `root` is deleted before the swap unless the run has decided that `root`
+//! holds the space, and from then on it replaces `root` or says at error level what it
+//! deleted. Nothing outside `root`, its leftovers and `old_roots/` is deleted at any stage, and
+//! the lines the full filesystem refuses to the log file are kept and written once there is
+//! room.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -365,6 +379,8 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                 default_follows,
             } => {
                 let swapped = match swap(fs, names, *old, *default_follows) {
+                    // Only a failure before the exchange: `SwapFailed::Exchanged` never goes
+                    // here, whatever its errno (`root` may be the fresh subvolume already).
                     Err(SwapFailed::Before(e)) if full(&e) => {
                         match swap_when_full(fs, names, plan, &mut done, *old, *default_follows, e)
                         {
@@ -618,7 +634,8 @@ fn swap_when_full(
             last.map_or("?", |e| e.desc())
         )));
     }
-    let (held, total) = erase::tree_holds_the_space(fs, old, Path::new(&names.root))?;
+    let (held, total) = erase::tree_holds_the_space(fs, old, Path::new(&names.root))
+        .map_err(|e| SwapFailed::Before(e.context(untouched.clone())))?;
     log::debug!(
         "{root} (ID {old}) with what is nested in it holds {held} bytes of tree blocks, all \
          subvolumes {total}"
@@ -656,8 +673,8 @@ fn swap_when_full(
     }
 
     // 4. The last resort: the old root goes before its replacement exists.
-    let blank = match subvolume::entry(fs, &names.blank)? {
-        Entry::Subvolume { id, .. } => id,
+    let blank = match subvolume::entry(fs, &names.blank) {
+        Ok(Entry::Subvolume { id, .. }) => id,
         _ => subvolume::TOP_LEVEL,
     };
     log::warn!(
@@ -674,7 +691,10 @@ fn swap_when_full(
         fallback_default: blank,
     };
     if let Err(e) = eraser.delete_expected(&names.root, old) {
-        let gone = !matches!(subvolume::entry(fs, &names.root)?, Entry::Subvolume { .. });
+        let gone = !matches!(
+            subvolume::entry(fs, &names.root),
+            Ok(Entry::Subvolume { .. })
+        );
         return Err(if gone {
             SwapFailed::NoRoot(e.context(format!(
                 "NO {root} now: the next run creates it from the blank"
@@ -709,13 +729,14 @@ fn swap_when_full(
             }
         }
     };
-    let default = subvolume::default_id(fs)?;
-    if default_follows || default == blank {
+    // Only a default that follows `root` was parked at the blank; any other stays.
+    if default_follows {
         if let Err(e) = ioctl::set_default_subvol(fs, new).and_then(|()| ioctl::sync(fs)) {
             // The next run moves it (the plan takes a default at the blank as following root).
             log::error!(
                 "the fresh {root} (ID {new}) is in place, but cannot be made the default \
-                 subvolume ({e}); the default is still subvolume {default}"
+                 subvolume ({e}); the default is still the blank (ID {blank}), and the next run \
+                 moves it"
             );
         }
     }
