@@ -662,6 +662,13 @@ fn privileged_full_by_root_itself_says_the_old_root_went_first() {
     let before = Before::take(&disk, "root", "root-blank");
     let old = {
         let m = disk.mount();
+        // The default follows `root`: parked at the blank in the window, then the fresh root.
+        btrfs([
+            "subvolume".to_string(),
+            "set-default".to_string(),
+            m.id("root").to_string(),
+            m.path.display().to_string(),
+        ]);
         fs::create_dir_all(m.join("root/var/tmp")).unwrap();
         plant_secret(&m, &["root/var/tmp"]);
         let n = fill_filesystem(&m.join("root/var/tmp"));
@@ -679,8 +686,11 @@ fn privileged_full_by_root_itself_says_the_old_root_went_first() {
         .unwrap_or_else(|| panic!("no done line:\n{err}"));
     assert!(done.contains("DELETED BEFORE its replacement"), "{done}");
     assert!(done.contains("retention could not keep it"), "{done}");
+    assert!(err.contains("the default is now subvolume"), "{err}");
     before.assert_rolled_back(&disk, "root", "root-blank");
     assert_erased(&disk, &old);
+    let m = disk.mount();
+    assert_eq!(m.default_id(), m.id("root"), "the default did not follow root");
 }
 
 /// `root` missing (a power cut in the last resort's window) on a filesystem still full, the
