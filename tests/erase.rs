@@ -690,7 +690,11 @@ fn privileged_full_by_root_itself_says_the_old_root_went_first() {
     before.assert_rolled_back(&disk, "root", "root-blank");
     assert_erased(&disk, &old);
     let m = disk.mount();
-    assert_eq!(m.default_id(), m.id("root"), "the default did not follow root");
+    assert_eq!(
+        m.default_id(),
+        m.id("root"),
+        "the default did not follow root"
+    );
 }
 
 /// `root` missing (a power cut in the last resort's window) on a filesystem still full, the
