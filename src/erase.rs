@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use linux_raw_sys::btrfs::{
-    btrfs_root_item, BTRFS_FIRST_FREE_OBJECTID, BTRFS_INODE_REF_KEY, BTRFS_ORPHAN_ITEM_KEY,
-    BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_TREE_OBJECTID,
+    btrfs_root_item, BTRFS_FIRST_FREE_OBJECTID, BTRFS_FS_TREE_OBJECTID, BTRFS_INODE_REF_KEY,
+    BTRFS_ORPHAN_ITEM_KEY, BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_TREE_OBJECTID,
 };
 
 use crate::ioctl::{self, Errno, IoctlError, SearchRange};
@@ -236,7 +236,19 @@ impl Eraser<'_> {
     }
 
     fn delete_one(&self, top: u64, top_path: &Path, sub: &Nested) -> Result<Gone, Undeleted> {
-        let first = match ioctl::snap_destroy_by_id(self.fs, sub.id) {
+        // By id only while it is still where the walk found it (held by the same subvolume):
+        // one moved elsewhere since is left to the handle walk, which checks it is inside.
+        let in_place =
+            sub.id == top || matches!(backref(self.fs, sub.id), Ok((p, ..)) if p == sub.parent);
+        let by_id = if in_place {
+            ioctl::snap_destroy_by_id(self.fs, sub.id)
+        } else {
+            Err(IoctlError {
+                ioctl: "moved since the walk: not deleted by id",
+                errno: Errno::EAGAIN,
+            })
+        };
+        let first = match by_id {
             Ok(()) => return Ok(Gone::Deleted),
             // Gone for sure only if nothing links it any more (its root item stays until the
             // kernel's cleaner has dropped it; its back reference goes with the deletion).
@@ -398,6 +410,14 @@ impl Eraser<'_> {
                     .with_context(|| format!("cannot open {}", short(&path.join(&comp))))?;
                 path.push(&comp);
             }
+            // Flags are cleared through these handles: they must be in the subvolume the walk
+            // expects, not in one a user swapped in meanwhile.
+            let found = subvolume::id_of(dir.as_fd())?;
+            anyhow::ensure!(
+                found == parent,
+                "{} is in subvolume {found} now, not {parent}; leaving it",
+                short(&path)
+            );
             path.push(&name);
             if steps.is_empty() {
                 return Ok(Location {
@@ -409,6 +429,13 @@ impl Eraser<'_> {
             }
             root = subvolume::open_dir(dir.as_fd(), name.as_os_str())
                 .with_context(|| format!("cannot open {}", short(&path)))?;
+            let next = steps.last().map_or(id, |s| s.0);
+            let found = subvolume::id_of(root.as_fd())?;
+            anyhow::ensure!(
+                found == next,
+                "{} is subvolume {found} now, not {next}; leaving it",
+                short(&path)
+            );
         }
         unreachable!("a walk from a nested subvolume has at least one step")
     }
@@ -482,6 +509,56 @@ pub fn errno_of(e: &anyhow::Error) -> Option<Errno> {
 /// metadata that deleting it frees, not the data). `None` if it no longer exists.
 pub fn tree_bytes(fs: BorrowedFd<'_>, id: u64) -> Result<Option<u64>> {
     subvolume::root_item_u64(fs, id, std::mem::offset_of!(btrfs_root_item, bytes_used))
+}
+
+/// The tree bytes of every subvolume together (the top level and every fs tree: the sum of
+/// their ROOT_ITEM `bytes_used`), to weigh what one tree holds against the whole. Deleted
+/// subvolumes not yet dropped by the cleaner count too (their space is not free yet).
+pub fn all_tree_bytes(fs: BorrowedFd<'_>) -> Result<u64> {
+    const LAST_FREE_OBJECTID: u64 = -256i64 as u64;
+    let offset = std::mem::offset_of!(btrfs_root_item, bytes_used);
+    let mut range = SearchRange {
+        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
+        min: (u64::from(BTRFS_FS_TREE_OBJECTID), BTRFS_ROOT_ITEM_KEY, 0),
+        max: (LAST_FREE_OBJECTID, BTRFS_ROOT_ITEM_KEY, u64::MAX),
+        min_transid: 0,
+    };
+    let mut total = 0u64;
+    loop {
+        let items = ioctl::tree_search(fs, &range).context("cannot read the root items")?;
+        let Some(last) = items.last() else { break };
+        let next = (last.objectid, last.item_type, last.offset);
+        for item in items.iter().filter(|i| i.item_type == BTRFS_ROOT_ITEM_KEY) {
+            if let Some(b) = item.data.get(offset..offset + 8) {
+                total = total.saturating_add(u64::from_le_bytes(b.try_into().unwrap()));
+            }
+        }
+        range.min = match next {
+            (o, t, off) if off < u64::MAX => (o, t, off + 1),
+            (o, t, _) if t < u32::from(u8::MAX) => (o, t + 1, 0),
+            (o, _, _) if o < LAST_FREE_OBJECTID => (o + 1, 0, 0),
+            _ => break,
+        };
+    }
+    Ok(total)
+}
+
+/// Whether deleting subvolume `top` with everything nested in it is sure to make room on a
+/// filesystem whose metadata is full: the trees being deleted hold at least half of the tree
+/// bytes of all subvolumes together, so the space is held by them and not by a sibling (a
+/// full `persist`). Returns (what the tree holds, what all subvolumes hold), in bytes.
+pub fn tree_holds_the_space(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<(u64, u64)> {
+    let mut held = tree_bytes(fs, top)?.unwrap_or(0);
+    for sub in subvolume::nested_post_order(fs, top, top_path)? {
+        held = held.saturating_add(tree_bytes(fs, sub.id)?.unwrap_or(0));
+    }
+    Ok((held, all_tree_bytes(fs)?))
+}
+
+/// The rule [`tree_holds_the_space`] feeds: at least half of the whole, and at least 1 MiB
+/// (far more than a snapshot and an exchange need).
+pub fn deleting_makes_room(held: u64, total: u64) -> bool {
+    held >= 1 << 20 && held.saturating_mul(2) >= total
 }
 
 /// Whether subvolume `id` still has a place in the tree (a ROOT_BACKREF item). When that
@@ -579,6 +656,16 @@ mod tests {
         let e = anyhow::Error::new(Errno::EDQUOT).context("cannot exchange");
         assert_eq!(errno_of(&e), Some(Errno::EDQUOT));
         assert_eq!(errno_of(&anyhow::anyhow!("no errno")), None);
+    }
+
+    #[test]
+    fn room_only_when_the_tree_holds_half_of_the_metadata() {
+        // The reviewer's case: root holds a few MiB, a full persist holds far more.
+        assert!(!deleting_makes_room(3 << 20, 40 << 20));
+        assert!(deleting_makes_room(30 << 20, 40 << 20));
+        assert!(deleting_makes_room(20 << 20, 40 << 20));
+        // Tiny trees never, whatever the share.
+        assert!(!deleting_makes_room(64 << 10, 100 << 10));
     }
 
     #[test]

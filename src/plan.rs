@@ -434,7 +434,11 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
     match state.root.id() {
         None => {
             steps.push(Step::CreateRoot);
-            if default_in_temp {
+            // The default at the blank means it was following `root`: the last resort on a
+            // full filesystem points it there while there is no `root` (a read-only blank is
+            // no default an admin would choose). A default of 5 (the top level) is the
+            // admin's and stays.
+            if default_in_temp || state.blank.id() == Some(default) {
                 steps.push(Step::DefaultToRoot);
             }
             keeper.leftover(names.temp.clone(), &state.temp, now, &mut steps);
@@ -818,6 +822,20 @@ mod tests {
     fn missing_root_is_created_from_the_blank() {
         let mut s = state();
         s.root = Slot::missing();
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps, vec![Step::CreateRoot]);
+    }
+
+    /// A power cut in the last resort's window (default moved to the blank, no `root`): the
+    /// default follows the created root again. A default of 5 set by the admin is left.
+    #[test]
+    fn missing_root_takes_the_default_back_from_the_blank_only() {
+        let mut s = state();
+        s.root = Slot::missing();
+        s.default_id = s.blank.id().unwrap();
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps, vec![Step::CreateRoot, Step::DefaultToRoot]);
+        s.default_id = 5;
         let p = plan(&names(), &s).unwrap();
         assert_eq!(p.steps, vec![Step::CreateRoot]);
     }

@@ -22,19 +22,33 @@
 //! Subvolume deletion may use the global block reserve, renames and snapshots may not, so on a
 //! filesystem whose metadata is full the exchange fails. Then the run makes room with what it
 //! deletes anyway, least wanted first, retrying the swap after each stage and waiting for the
-//! kernel's cleaner to free the space: the leftovers of earlier runs and old roots past the
-//! limits; then everything nested in `root`. A leftover that cannot even be renamed aside is
-//! deleted instead. If the space is held by `root`'s own files (ENOSPC, and its own tree holds
-//! at least 1 MiB of metadata), the last resort deletes the old `root` itself and commits, then
-//! snapshots the blank as `root` and commits. Otherwise (the space is held outside, or a qgroup
-//! limit on the top level) the run stops with exit 1 and `root` in place.
+//! kernel's cleaner to free the space (`swap_when_full`): first the leftovers of earlier runs
+//! and old roots past the limits (a leftover that cannot even be renamed aside is deleted
+//! instead). Then it decides, before touching `root`, whether replacing `root` is sure to make
+//! room: ENOSPC (not a qgroup's EDQUOT, which would refuse the new root too) and `root` with
+//! everything nested in it holds at least half of all subvolumes' tree bytes and at least
+//! 1 MiB (`erase::deleting_makes_room`). If not (the space is held outside, say a full
+//! `persist`), the run stops with exit 1, `root` untouched with all that is nested in it, and
+//! names where the space is. If so, it deletes what is nested in `root`, tries the swap again,
+//! and as the last resort deletes the old `root` itself (a following default parked at the
+//! blank), commits, and snapshots the blank as `root`. `CreateRoot` on a full filesystem
+//! deletes leftovers and old roots past the limits first.
+//!
+//! A failure after `renameat2(RENAME_EXCHANGE)` returned (the default, the commit) is
+//! `SwapFailed::Exchanged`: never retried, never sent to `swap_when_full`, exit status 3 with
+//! the disk's state named (after a reboot `root` is the old or the fresh subvolume; the next
+//! run handles both).
 //!
 //! **Invariant:** `root` is only ever removed by the exchange, except in that last resort,
 //! where the instants between the commit of its deletion and the commit of its replacement
 //! (logged at warning level, "NO root") are the only ones without a `root`; a power cut there
-//! is repaired by the next run, which finds `root` missing and creates it from the blank.
-//! Nothing outside `root`, its leftovers and `old_roots/` is deleted at any stage, and the
-//! lines the full filesystem refuses to the log file are kept and written once there is room.
+//! is repaired by the next run, which finds `root` missing, creates it from the blank and, as
+//! the default is at the blank, makes it the default again (a default of 5 is never moved).
+//! Nothing nested in `root` is deleted before the swap unless the run has decided that `root`
+//! holds the space, and from then on it replaces `root` or says at error level what it
+//! deleted. Nothing outside `root`, its leftovers and `old_roots/` is deleted at any stage, and
+//! the lines the full filesystem refuses to the log file are kept and written once there is
+//! room.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -355,33 +369,72 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                 }
                 result => result,
             },
-            Step::CreateRoot => create_root(fs, names).map(|id| {
+            Step::CreateRoot => create_root_making_room(fs, names, plan, &mut done).map(|id| {
                 fresh = Some(id);
                 logging::sync_file();
             }),
             Step::Swap {
                 old,
                 default_follows,
-            } => match swap(fs, names, *old, *default_follows) {
-                Err(e) if full(&e) => {
-                    match swap_when_full(fs, names, plan, &mut done, *old, *default_follows, e) {
-                        Ok(id) => {
-                            fresh = Some(id);
-                            logging::sync_file();
-                            Ok(())
-                        }
-                        Err(e) => {
-                            // Already logged with the state the disk is in.
-                            log::error!("{e:#}");
-                            return Ok(Outcome::Refused);
+            } => {
+                let swapped = match swap(fs, names, *old, *default_follows) {
+                    // Only a failure before the exchange: `SwapFailed::Exchanged` never goes
+                    // here, whatever its errno (`root` may be the fresh subvolume already).
+                    Err(SwapFailed::Before(e)) if full(&e) => {
+                        match swap_when_full(fs, names, plan, &mut done, *old, *default_follows, e)
+                        {
+                            // The message says what state `root` is in (and what, if
+                            // anything, was deleted in it to make room).
+                            Err(SwapFailed::Before(e) | SwapFailed::NoRoot(e)) => {
+                                log::error!("{e:#}");
+                                return Ok(Outcome::Refused);
+                            }
+                            other => other,
                         }
                     }
+                    Ok(new) => Ok(Swapped {
+                        new,
+                        nested_deleted: 0,
+                        old_deleted_first: false,
+                    }),
+                    Err(e) => Err(e),
+                };
+                match swapped {
+                    Ok(s) => {
+                        fresh = Some(s.new);
+                        logging::sync_file();
+                        if s.old_deleted_first {
+                            let kept = plan.steps.iter().any(
+                                |s| matches!(s, Step::KeepOld { from, .. } if *from == names.temp),
+                            );
+                            old_went = format!(
+                                "; the old root (ID {old}) was DELETED BEFORE its replacement                                  existed, with {} nested subvolume(s), to make room on the full                                  filesystem{}",
+                                s.nested_deleted,
+                                if kept {
+                                    " (retention could not keep it: there was no room)"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                        Ok(())
+                    }
+                    // Nothing was changed (`run` says so).
+                    Err(SwapFailed::Before(e)) => Err(e),
+                    Err(SwapFailed::NoRoot(e)) => {
+                        log::error!("{e:#}");
+                        return Ok(Outcome::Refused);
+                    }
+                    Err(SwapFailed::Exchanged { new, error }) => {
+                        log::error!(
+                            "{error:#}: {root} was exchanged with the fresh snapshot (ID {new}),                              but committing that failed, so it is not known what is on the                              disk: after a reboot {root} is either the old root (ID {old}) or                              the fresh subvolume, and the next run handles both (the other one                              is left under {temp} and deleted then); nothing more is done now",
+                            root = quoted(&names.root),
+                            temp = quoted(&names.temp),
+                        );
+                        return Ok(Outcome::CleanupFailed);
+                    }
                 }
-                result => result.map(|id| {
-                    fresh = Some(id);
-                    logging::sync_file();
-                }),
-            },
+            }
             Step::DeleteOld { id, .. } => eraser.delete_expected(&names.temp, *id).map(|nested| {
                 old_went =
                     format!("; deleted the old root (ID {id}) and {nested} nested subvolume(s)")
@@ -453,27 +506,57 @@ fn full(e: &anyhow::Error) -> bool {
     matches!(errno_of(e), Some(Errno::ENOSPC | Errno::EDQUOT))
 }
 
-/// The metadata the old root's own tree must hold for the last resort (deleting it before its
-/// replacement exists) to be taken: far more than a snapshot and an exchange need.
-const LAST_RESORT_MIN_BYTES: u64 = 1 << 20;
-
 /// How long to wait for the kernel to free the space of deleted subvolumes.
 const CLEANER_WAIT: Duration = Duration::from_secs(120);
 
-/// The swap failed because the filesystem is full. Make room, in two stages, and swap.
+/// A swap that went through.
+#[derive(Debug)]
+struct Swapped {
+    /// The fresh root's id, committed.
+    new: u64,
+    /// How many subvolumes nested in the old root were deleted before the swap.
+    nested_deleted: usize,
+    /// The last resort was taken: the old root was deleted before its replacement existed.
+    old_deleted_first: bool,
+}
+
+/// Why a swap did not go through, by what `root` is now.
+#[derive(Debug)]
+enum SwapFailed {
+    /// `root` is the old subvolume. Its message says what, if anything, was deleted in it.
+    Before(anyhow::Error),
+    /// `renameat2(RENAME_EXCHANGE)` returned: in this boot `root` is the fresh snapshot, but
+    /// a later step (the default, the commit) failed, so what is on the disk is not known.
+    /// Never retried, never sent to [`swap_when_full`].
+    Exchanged { new: u64, error: anyhow::Error },
+    /// The last resort deleted the old root and no fresh one could be made: NO `root`.
+    NoRoot(anyhow::Error),
+}
+
+impl From<anyhow::Error> for SwapFailed {
+    fn from(e: anyhow::Error) -> SwapFailed {
+        SwapFailed::Before(e)
+    }
+}
+
+/// The swap failed because the filesystem is full. Make room, in stages, and swap.
 ///
-/// 1. Delete, before the swap, what the rollback deletes anyway and `root` does not need:
-///    the leftovers of earlier runs, old roots past the retention limits, and the subvolumes
-///    nested in `root`. `root` itself stays, so a power cut leaves a `root`. Wait for the
-///    kernel to free their space, and try the swap again.
-/// 2. If that is not enough (the space is held by `root`'s own files), delete the old `root`
-///    itself, wait for its space, and snapshot the blank as `root`. From the commit of that
-///    deletion until the commit of the new `root` there is no `root`: a power cut then leaves
-///    none, and the next run creates it from the blank (`CreateRoot`). Both instants are
-///    logged at warning level.
+/// 1. Delete the leftovers of earlier runs and old roots past the retention limits (the
+///    rollback deletes them anyway; `root` is not touched). Wait for the kernel to free
+///    their space, and try the swap again.
+/// 2. Decide whether deleting `root`'s tree is sure to make room: only on ENOSPC (a qgroup
+///    limit, EDQUOT, would refuse the new root as well) and only if `root` with everything
+///    nested in it holds at least half of the tree bytes of all subvolumes
+///    ([`erase::deleting_makes_room`]). If not, the space is held outside `root` (a full
+///    `persist`): stop, with `root` and everything nested in it untouched.
+/// 3. Delete what is nested in `root`, wait, try the swap again.
+/// 4. The last resort: delete the old `root` itself (the default, if it follows `root`,
+///    moves to the blank meanwhile, so that the next run moves it back), wait for its
+///    space, and snapshot the blank as `root`. From the commit of that deletion until the
+///    commit of the new `root` there is no `root`: a power cut then leaves none, and the next
+///    run creates it from the blank (`CreateRoot`). Both instants are logged at warning level.
 ///
-/// Returns the fresh root's id. An error means the swap did not happen; its message says
-/// whether `root` is the old one or missing.
+/// From stage 3 on it goes through to the end: once `root` lost anything, it is replaced.
 fn swap_when_full(
     fs: BorrowedFd<'_>,
     names: &Names,
@@ -482,7 +565,7 @@ fn swap_when_full(
     old: u64,
     default_follows: bool,
     e: anyhow::Error,
-) -> Result<u64> {
+) -> Result<Swapped, SwapFailed> {
     let root = quoted(&names.root);
     log::warn!(
         "{e:#}: the filesystem is full; making room by deleting, before the swap, what the \
@@ -494,19 +577,31 @@ fn swap_when_full(
     };
     // What the last attempt said: ENOSPC (the filesystem) or EDQUOT (a qgroup).
     let last = std::cell::Cell::new(errno_of(&e));
-    let retry = |stage: &str| -> Result<Option<u64>> {
+    let retry = |stage: &str, nested: usize| -> Result<Option<Swapped>, SwapFailed> {
         erase::wait_for_cleaner(fs, CLEANER_WAIT);
         match swap(fs, names, old, default_follows) {
-            Ok(id) => {
+            Ok(new) => {
                 log::warn!("the swap worked after making room ({stage})");
-                Ok(Some(id))
+                Ok(Some(Swapped {
+                    new,
+                    nested_deleted: nested,
+                    old_deleted_first: false,
+                }))
             }
-            Err(e) if full(&e) => {
+            Err(SwapFailed::Before(e)) if full(&e) => {
                 log::warn!("{e:#}: still full after {stage}");
                 last.set(errno_of(&e));
                 Ok(None)
             }
-            Err(e) => Err(e.context(format!("{root} (ID {old}) is still the old root"))),
+            Err(SwapFailed::Before(e)) => Err(SwapFailed::Before(e.context(if nested == 0 {
+                format!("{root} (ID {old}) is still the old root, untouched")
+            } else {
+                format!(
+                    "{root} (ID {old}) is still the old root, but the {nested} subvolume(s) \
+                     nested in it were DELETED to make room"
+                )
+            }))),
+            Err(other) => Err(other),
         }
     };
     // 1. Leftovers of earlier runs and old roots past the limits.
@@ -528,42 +623,67 @@ fn swap_when_full(
         }
     }
     if freed {
-        if let Some(id) = retry("deleting leftovers and old roots")? {
-            return Ok(id);
-        }
-    }
-    // 2. What is nested in `root` (kept old roots lose it too: there is no room to keep it).
-    match eraser.delete_nested(old, Path::new(&names.root)) {
-        Ok(0) => {}
-        Ok(n) => {
-            log::warn!("made room: deleted the {n} subvolume(s) nested in {root}");
-            if let Some(id) = retry("deleting what was nested in the old root")? {
-                return Ok(id);
-            }
-        }
-        Err(e) => {
-            log::warn!("{e:#}; going on");
-            if let Some(id) = retry("deleting what was nested in the old root")? {
-                return Ok(id);
-            }
+        if let Some(s) = retry("deleting leftovers and old roots", 0)? {
+            return Ok(s);
         }
     }
 
-    // The last resort: the old root goes before its replacement exists. Only when that is
-    // sure to make room: the filesystem is full (a qgroup limit on the top level would refuse
-    // the new root as well) and the old root's own tree holds enough metadata to free.
-    let held = erase::tree_bytes(fs, old)?.unwrap_or(0);
-    log::debug!("the old {root} (ID {old}) holds {held} bytes of tree blocks");
-    if last.get() != Some(Errno::ENOSPC) || held < LAST_RESORT_MIN_BYTES {
-        bail!(
-            "the filesystem is still full ({}), and the old {root} (ID {old}) holds only {} KiB \
-             of metadata, so deleting it first would not make room: the space is held outside \
-             what this tool deletes; {root} (ID {old}) is still the old root, without what was \
-             nested in it; free space (or lift the qgroup limit) and run again",
-            last.get().map_or("?", |e| e.desc()),
-            held / 1024
-        );
+    // 2. Only go on if replacing `root` is sure to make room.
+    let untouched = format!(
+        "so the rollback did not happen: {root} (ID {old}) is untouched, with everything \
+         nested in it, and boots as it is"
+    );
+    let last = last.get();
+    if last != Some(Errno::ENOSPC) {
+        return Err(SwapFailed::Before(anyhow::anyhow!(
+            "a qgroup limit is full ({}) and deleting {root} would not lift it, {untouched}; \
+             lift the limit (btrfs qgroup limit none) and run again",
+            last.map_or("?", |e| e.desc())
+        )));
     }
+    let (held, total) = erase::tree_holds_the_space(fs, old, Path::new(&names.root))
+        .map_err(|e| SwapFailed::Before(e.context(untouched.clone())))?;
+    log::debug!(
+        "{root} (ID {old}) with what is nested in it holds {held} bytes of tree blocks, all \
+         subvolumes {total}"
+    );
+    if !erase::deleting_makes_room(held, total) {
+        return Err(SwapFailed::Before(anyhow::anyhow!(
+            "the filesystem is full (ENOSPC) and the space is held outside {root}: of the {} \
+             MiB of metadata of all subvolumes, {root} (ID {old}) with what is nested in it \
+             holds only {} MiB, so deleting it would not make room ({}, or file data), \
+             {untouched}; free space outside {root} and run again",
+            total >> 20,
+            held >> 20,
+            outside(fs, names, old)
+        )));
+    }
+
+    // 3. What is nested in `root` (kept old roots lose it too: there is no room to keep it).
+    // From here on `root` is replaced, whatever it takes.
+    let nested = match eraser.delete_nested(old, Path::new(&names.root)) {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("{e:#}; going on");
+            match e.downcast_ref::<erase::Leftovers>() {
+                Some(l) => l.deleted,
+                None => 0,
+            }
+        }
+    };
+    log::warn!(
+        "made room: deleted {nested} subvolume(s) nested in {root} (ID {old}), which holds the \
+         space"
+    );
+    if let Some(s) = retry("deleting what was nested in the old root", nested)? {
+        return Ok(s);
+    }
+
+    // 4. The last resort: the old root goes before its replacement exists.
+    let blank = match subvolume::entry(fs, &names.blank) {
+        Ok(Entry::Subvolume { id, .. }) => id,
+        _ => subvolume::TOP_LEVEL,
+    };
     log::warn!(
         "deleting the old {root} (ID {old}) before its replacement exists: the space is held by \
          its own files. Until the fresh {root} is committed, a power cut leaves NO {root}; the \
@@ -571,17 +691,27 @@ fn swap_when_full(
         quoted(&names.blank)
     );
     logging::sync_file();
+    // The default, if it follows `root`, waits at the blank: the next run moves it back (the
+    // plan takes a default at the blank as following `root`).
     let eraser = Eraser {
         fs,
-        fallback_default: subvolume::TOP_LEVEL,
+        fallback_default: blank,
     };
     if let Err(e) = eraser.delete_expected(&names.root, old) {
-        let gone = !matches!(subvolume::entry(fs, &names.root)?, Entry::Subvolume { .. });
-        return Err(e.context(if gone {
-            format!("NO {root} now: the next run creates it from the blank")
+        let gone = !matches!(
+            subvolume::entry(fs, &names.root),
+            Ok(Entry::Subvolume { .. })
+        );
+        return Err(if gone {
+            SwapFailed::NoRoot(e.context(format!(
+                "NO {root} now: the next run creates it from the blank"
+            )))
         } else {
-            format!("{root} (ID {old}) is still the old root, but what was nested in it is deleted")
-        }));
+            SwapFailed::Before(e.context(format!(
+                "{root} (ID {old}) is still the old root, but the {nested} subvolume(s) nested \
+                 in it were DELETED to make room"
+            )))
+        });
     }
     log::warn!("the old {root} (ID {old}) is deleted and committed: there is NO {root} now");
     for (i, step) in plan.steps.iter().enumerate() {
@@ -599,22 +729,98 @@ fn swap_when_full(
                 log::warn!("{e:#}; waiting for the kernel to free the old root's space")
             }
             Err(e) => {
-                return Err(e.context(format!(
+                return Err(SwapFailed::NoRoot(e.context(format!(
                     "NO {root} now: the old one is deleted and the fresh snapshot could not be \
                      made; the next run tries again"
-                )))
+                ))))
             }
         }
     };
+    // Only a default that follows `root` was parked at the blank; any other stays.
     if default_follows {
-        ioctl::set_default_subvol(fs, new)
-            .and_then(|()| ioctl::sync(fs))
-            .with_context(|| {
-                format!("the fresh {root} (ID {new}) is in place, but cannot be made the default")
-            })?;
+        if let Err(e) = ioctl::set_default_subvol(fs, new).and_then(|()| ioctl::sync(fs)) {
+            // The next run moves it (the plan takes a default at the blank as following root).
+            log::error!(
+                "the fresh {root} (ID {new}) is in place, but cannot be made the default \
+                 subvolume ({e}); the default is still the blank (ID {blank}), and the next run \
+                 moves it"
+            );
+        }
     }
     log::warn!("there is a {root} again: the fresh snapshot (ID {new}) is committed");
-    Ok(new)
+    Ok(Swapped {
+        new,
+        nested_deleted: nested,
+        old_deleted_first: true,
+    })
+}
+
+/// Where the metadata is, for a message: the top-level subvolumes other than `root` that
+/// hold the most tree bytes.
+fn outside(fs: BorrowedFd<'_>, names: &Names, root: u64) -> String {
+    let Ok(children) = subvolume::children(fs, subvolume::TOP_LEVEL) else {
+        return "held elsewhere".into();
+    };
+    let mut sizes: Vec<(u64, std::ffi::OsString, u64)> = children
+        .into_iter()
+        .filter(|(id, _, name)| *id != root && *name != names.root)
+        .map(|(id, _, name)| {
+            let b = erase::tree_bytes(fs, id).ok().flatten().unwrap_or(0);
+            (b, name, id)
+        })
+        .collect();
+    sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let named: Vec<String> = sizes
+        .iter()
+        .take(3)
+        .map(|(b, name, id)| format!("{} (ID {id}) holds {} MiB", quoted(name), b >> 20))
+        .collect();
+    if named.is_empty() {
+        "held by the top level".into()
+    } else {
+        named.join(", ")
+    }
+}
+
+/// `root` is missing: create it; on a full filesystem make room first with what the plan
+/// deletes anyway (leftovers, old roots past the limits), wait for the kernel to free it and
+/// try again.
+fn create_root_making_room(
+    fs: BorrowedFd<'_>,
+    names: &Names,
+    plan: &Plan,
+    done: &mut [bool],
+) -> Result<u64> {
+    let e = match create_root(fs, names) {
+        Err(e) if full(&e) => e,
+        other => return other,
+    };
+    log::warn!(
+        "{e:#}: the filesystem is full; making room by deleting leftovers and old roots past \
+         the limits first"
+    );
+    let eraser = Eraser {
+        fs,
+        fallback_default: subvolume::TOP_LEVEL,
+    };
+    for (i, step) in plan.steps.iter().enumerate() {
+        let result = match step {
+            _ if done[i] => continue,
+            Step::RemoveLeftover { name, id, .. } => eraser.delete_expected(name, *id),
+            Step::PruneOld { old } => prune_old(&eraser, old).map(|()| 0),
+            _ => continue,
+        };
+        done[i] = true;
+        match result {
+            Ok(_) => log::warn!("made room: {}", describe(step, names)),
+            Err(e) => log::warn!("{e:#}; going on"),
+        }
+    }
+    erase::wait_for_cleaner(fs, CLEANER_WAIT);
+    create_root(fs, names).context(
+        "still full after deleting leftovers and old roots: there is NO root; free space and \
+         run again",
+    )
 }
 
 /// One step in words (the plan's own description).
@@ -695,8 +901,14 @@ fn remove_restore_marker(fs: BorrowedFd<'_>) -> Result<()> {
 
 /// Snapshot the blank under the temporary name, exchange it with `root`, optionally make it
 /// the default subvolume, and commit: the exchange and the new default land in one
-/// transaction. Returns the fresh root's id once committed.
-fn swap(fs: BorrowedFd<'_>, names: &Names, old: u64, default_follows: bool) -> Result<u64> {
+/// transaction. Returns the fresh root's id once committed. Once the exchange has returned,
+/// every failure is [`SwapFailed::Exchanged`]: `root` may be either subvolume on the disk.
+fn swap(
+    fs: BorrowedFd<'_>,
+    names: &Names,
+    old: u64,
+    default_follows: bool,
+) -> Result<u64, SwapFailed> {
     let new = subvolume::snapshot(fs, &names.blank, &names.temp)?;
     log::debug!(
         "snapshotted {} as {} (ID {new})",
@@ -713,11 +925,11 @@ fn swap(fs: BorrowedFd<'_>, names: &Names, old: u64, default_follows: bool) -> R
         )
     };
     let mut exchanged = exchange();
+    let mut cleared = false;
     if exchanged == Err(Errno::EPERM) {
         // `chattr +i` (or `+a`) on the old root's top directory, or on the blank's (which its
         // snapshot inherits), forbids the rename. The old root is about to be erased and the
         // snapshot is ours: clear the flags and try once more.
-        let mut cleared = false;
         for name in [&names.root, &names.temp] {
             let fd = subvolume::open_dir(fs, name.as_os_str())?;
             cleared |= erase::clear_undeletable(fd.as_fd(), &quoted(name).to_string())?;
@@ -731,31 +943,33 @@ fn swap(fs: BorrowedFd<'_>, names: &Names, old: u64, default_follows: bool) -> R
         if ioctl::snap_destroy_by_id(fs, new).is_ok() {
             let _ = ioctl::sync(fs);
         }
-        return Err(e).with_context(|| {
-            format!(
-                "cannot exchange {} with {} (renameat2 RENAME_EXCHANGE)",
-                quoted(&names.temp),
-                quoted(&names.root)
-            )
-        });
-    }
-    if default_follows {
-        ioctl::set_default_subvol(fs, new).with_context(|| {
-            format!(
-                "cannot make the fresh {} (ID {new}) the default subvolume",
-                quoted(&names.root)
-            )
-        })?;
-    }
-    ioctl::sync(fs).with_context(|| {
-        format!(
-            "{} was exchanged with a fresh snapshot (ID {new}), but the commit failed: after a \
-             reboot {} is either the old or the fresh subvolume, and the next run handles both",
-            quoted(&names.root),
+        let flags = if cleared {
+            " (its immutable/append-only flags were cleared for the exchange and stay cleared: \
+             set them again with chattr if they are wanted)"
+        } else {
+            ""
+        };
+        return Err(SwapFailed::Before(anyhow::Error::new(e).context(format!(
+            "cannot exchange {} with {}{flags} (renameat2 RENAME_EXCHANGE)",
+            quoted(&names.temp),
             quoted(&names.root)
-        )
-    })?;
-    subvolume::expect(fs, &names.root, new)?;
+        ))));
+    }
+    let after = |error: anyhow::Error| SwapFailed::Exchanged { new, error };
+    if default_follows {
+        ioctl::set_default_subvol(fs, new)
+            .with_context(|| {
+                format!(
+                    "cannot make the fresh {} (ID {new}) the default subvolume",
+                    quoted(&names.root)
+                )
+            })
+            .map_err(after)?;
+    }
+    ioctl::sync(fs)
+        .context("cannot commit the exchange (BTRFS_IOC_SYNC)")
+        .map_err(after)?;
+    subvolume::expect(fs, &names.root, new).map_err(after)?;
     log::debug!(
         "exchanged {} (now ID {new}) with the old root (ID {old}, now {}){} and committed",
         quoted(&names.root),

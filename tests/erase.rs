@@ -570,7 +570,7 @@ fn privileged_full_filesystem_from_outside_root_never_leaves_no_root() {
     let err = stderr(&out);
     eprintln!("{err}");
     assert_exit(&out, 1);
-    assert!(err.contains("held outside what this tool deletes"), "{err}");
+    assert!(err.contains("the space is held outside"), "{err}");
     assert!(!err.contains("NO \"root\""), "{err}");
     let m = disk.mount();
     assert_eq!(m.id("root"), root_id, "root is not the old one");
@@ -583,6 +583,207 @@ fn privileged_full_filesystem_from_outside_root_never_leaves_no_root() {
         fs::read_to_string(m.join("persist/etc/ssh/key")).unwrap(),
         "secret\n"
     );
+}
+
+/// Subvolumes below `root`, by path, with their ids (btrfs-progs as the oracle).
+fn nested_of_root(m: &Mounted) -> Vec<(std::path::PathBuf, u64)> {
+    m.subvolumes()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("root") && p != Path::new("root"))
+        .collect()
+}
+
+/// The reviewer's case: `root` holds metadata of its own (1,500 small files, inline in its
+/// tree: well over 1 MiB), but the filesystem is filled, data then metadata, from `persist`.
+/// Deleting the old root first would not make room, so the run must refuse (exit 1) before
+/// touching `root`: same id, same files, same nested subvolumes (nothing deleted in it to make
+/// room), no window without a `root`, nothing moved to `old_roots/`, `persist` unchanged.
+#[test]
+fn privileged_full_from_persist_with_a_busy_root_leaves_root_whole() {
+    privileged!("privileged_full_from_persist_with_a_busy_root_leaves_root_whole");
+    let disk = Disk::sized("full-persist", "300M", &["mkfs.btrfs", "-q", "-f"]);
+    impermanence_layout(&disk);
+    let (root_id, tree, deep, nested, files) = {
+        let m = disk.mount();
+        fs::create_dir_all(m.join("root/usr/share")).unwrap();
+        for i in 0..1500 {
+            fs::write(m.join(format!("root/usr/share/f{i}")), format!("{i:>1500}")).unwrap();
+        }
+        sh(&mut Command::new("sync"));
+        fs::create_dir(m.join("persist/fill")).unwrap();
+        let n = fill_filesystem(&m.join("persist/fill"));
+        assert!(n > 100, "the metadata filled after {n} files only");
+        sh(&mut Command::new("sync"));
+        (
+            m.id("root"),
+            m.tree("root"),
+            m.tree("root/var/lib/machines/a/b/c"),
+            nested_of_root(&m),
+            fs::read_dir(m.join("persist/fill")).unwrap().count(),
+        )
+    };
+    assert!(nested.len() >= 6, "{nested:?}");
+    let out = disk.run(&["--keep-old-roots", "3"]);
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert_exit(&out, 1);
+    assert!(err.contains("the space is held outside"), "{err}");
+    assert!(err.contains("the rollback did not happen"), "{err}");
+    assert!(!err.contains("NO \"root\""), "{err}");
+    assert!(!err.contains("made room: deleted"), "{err}");
+    let m = disk.mount();
+    assert_eq!(m.id("root"), root_id, "root is not the old one");
+    assert_eq!(m.tree("root"), tree, "root's files changed");
+    assert_eq!(
+        nested_of_root(&m),
+        nested,
+        "root's nested subvolumes changed"
+    );
+    assert_eq!(m.tree("root/var/lib/machines/a/b/c"), deep);
+    assert!(!m.join("old_roots").exists(), "something was kept");
+    assert_eq!(
+        fs::read_dir(m.join("persist/fill")).unwrap().count(),
+        files,
+        "persist changed"
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("persist/etc/ssh/key")).unwrap(),
+        "secret\n"
+    );
+}
+
+/// The last resort with retention on: the space is held by `root`'s own files, so the old
+/// root is deleted before its replacement exists and cannot be kept; the final line says so.
+#[test]
+fn privileged_full_by_root_itself_says_the_old_root_went_first() {
+    privileged!("privileged_full_by_root_itself_says_the_old_root_went_first");
+    let disk = Disk::sized("full-self", "300M", &["mkfs.btrfs", "-q", "-f"]);
+    impermanence_layout(&disk);
+    let before = Before::take(&disk, "root", "root-blank");
+    let old = {
+        let m = disk.mount();
+        // The default follows `root`: parked at the blank in the window, then the fresh root.
+        btrfs([
+            "subvolume".to_string(),
+            "set-default".to_string(),
+            m.id("root").to_string(),
+            m.path.display().to_string(),
+        ]);
+        fs::create_dir_all(m.join("root/var/tmp")).unwrap();
+        plant_secret(&m, &["root/var/tmp"]);
+        let n = fill_filesystem(&m.join("root/var/tmp"));
+        assert!(n > 100, "the metadata filled after {n} files only");
+        sh(&mut Command::new("sync"));
+        ids_under(&m, "root")
+    };
+    let out = disk.run(&["--keep-old-roots", "3"]);
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert_exit(&out, 0);
+    let done = err
+        .lines()
+        .find(|l| l.contains("done: "))
+        .unwrap_or_else(|| panic!("no done line:\n{err}"));
+    assert!(done.contains("DELETED BEFORE its replacement"), "{done}");
+    assert!(done.contains("retention could not keep it"), "{done}");
+    assert!(err.contains("the default is now subvolume"), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_erased(&disk, &old);
+    let m = disk.mount();
+    assert_eq!(
+        m.default_id(),
+        m.id("root"),
+        "the default did not follow root"
+    );
+}
+
+/// `root` missing (a power cut in the last resort's window) on a filesystem still full, the
+/// space held by a leftover: the run deletes the leftover first, waits for the kernel to
+/// free it, and creates `root`.
+#[test]
+fn privileged_missing_root_on_a_full_filesystem_is_created() {
+    privileged!("privileged_missing_root_on_a_full_filesystem_is_created");
+    let disk = Disk::sized("full-missing", "300M", &["mkfs.btrfs", "-q", "-f"]);
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        // The old root, swapped out by an interrupted run, holds the space.
+        fs::rename(m.join("root"), m.join("root.btrfs-rollback-tmp")).unwrap();
+        let n = fill_filesystem(&m.join("root.btrfs-rollback-tmp"));
+        assert!(n > 100, "the metadata filled after {n} files only");
+        // Snapshots of the blank inside it until a snapshot is refused too (what the run
+        // needs to create `root`).
+        let refused = (0..5000).any(|i| {
+            !Command::new("btrfs")
+                .args(["subvolume", "snapshot"])
+                .arg(m.join("root-blank"))
+                .arg(m.join(format!("root.btrfs-rollback-tmp/s{i}")))
+                .output()
+                .unwrap()
+                .status
+                .success()
+        });
+        assert!(refused, "snapshots never filled the filesystem");
+        sh(&mut Command::new("sync"));
+    }
+    let out = disk.run(&[]);
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert_exit(&out, 0);
+    assert!(err.contains("making room by deleting leftovers"), "{err}");
+    let m = disk.mount();
+    let subs = m.subvolumes();
+    assert!(subs.contains_key(Path::new("root")), "{subs:?}");
+    assert!(
+        !subs.contains_key(Path::new("root.btrfs-rollback-tmp")),
+        "{subs:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("root/etc/machine-id.blank")).unwrap(),
+        "from the blank\n"
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("persist/etc/ssh/key")).unwrap(),
+        "secret\n"
+    );
+}
+
+/// After a power cut in the last resort's window the default is at the blank (where the last
+/// resort parks it when it follows `root`): the run that creates `root` moves it there. A
+/// default of 5 (the admin's) is left as it is.
+#[test]
+fn privileged_missing_root_takes_the_default_back_from_the_blank() {
+    privileged!("privileged_missing_root_takes_the_default_back_from_the_blank");
+    for (parked_at_blank, name) in [(true, "default-blank"), (false, "default-top")] {
+        let disk = Disk::new(name);
+        impermanence_layout(&disk);
+        {
+            let m = disk.mount();
+            let target = if parked_at_blank {
+                m.id("root-blank")
+            } else {
+                5
+            };
+            btrfs([
+                "subvolume".to_string(),
+                "set-default".to_string(),
+                target.to_string(),
+                m.path.display().to_string(),
+            ]);
+            // Where the last resort's window leaves it: no `root` (an old one elsewhere).
+            fs::rename(m.join("root"), m.join("root.btrfs-rollback-tmp")).unwrap();
+        }
+        let out = disk.run(&[]);
+        eprintln!("{}", stderr(&out));
+        assert_exit(&out, 0);
+        let m = disk.mount();
+        let expected = if parked_at_blank { m.id("root") } else { 5 };
+        assert_eq!(
+            m.default_id(),
+            expected,
+            "parked at the blank: {parked_at_blank}"
+        );
+    }
 }
 
 /// With `--keep-old-roots 1`, an old root a user made too deep for deletion by id is kept, then

@@ -122,13 +122,18 @@ impl Disk {
 
     /// An image formatted with another mkfs command (for the "not btrfs" tests), or none.
     pub fn with_mkfs(name: &str, mkfs: &[&str]) -> Disk {
+        Self::sized(name, "1G", mkfs)
+    }
+
+    /// An image of `size` (truncate's syntax), formatted with `mkfs`: small ones fill fast.
+    pub fn sized(name: &str, size: &str, mkfs: &[&str]) -> Disk {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("privileged-{}-{name}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let image = dir.join("disk.img");
-        sh(Command::new("truncate").arg("-s").arg("1G").arg(&image));
+        sh(Command::new("truncate").arg("-s").arg(size).arg(&image));
         if let Some((cmd, args)) = mkfs.split_first() {
             sh(Command::new(cmd).args(args).arg(&image));
         }
