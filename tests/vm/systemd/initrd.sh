@@ -99,7 +99,7 @@ resume base fs-lib"
 drivers="virtio_blk dm_crypt btrfs xts aesni_intel crc32c_intel"
 # The guest scripts' tools (report, setup): the binary under test is added by the runner.
 tools="btrfs mkfs.btrfs find sort md5sum cut tr wc head tail grep sed mkdir rmdir mount umount
-ls dmesg journalctl systemctl cat sync sleep date blkid"
+ls dmesg journalctl systemctl cat sync sleep date blkid mountpoint findmnt"
 
 key=$( { cat "$0"; in_chroot dpkg-query -W; echo "$kver"; } | sha256sum | cut -c1-16)
 out=$cache/initrd-$key.cpio
