@@ -18,6 +18,11 @@ done
 exec >>/dev/ttyS1 2>&1
 die() { echo "RB-FATAL $*"; echo "RESULT init.fatal=1"; exit 1; }
 mkdir -p /mnt-top /mnt-root
+i=0
+while [ ! -b "$DEV" ]; do
+    i=$((i + 1)); [ $i -gt 600 ] && die "no $DEV"
+    sleep 0.1
+done
 . /rb/guest.sh
 case "$SCENARIO" in
     setup) setup && report post ;;
