@@ -99,7 +99,7 @@ resume base fs-lib"
 drivers="virtio_blk dm_crypt btrfs xts aesni_intel crc32c_intel"
 # The guest scripts' tools (report, setup): the binary under test is added by the runner.
 tools="btrfs mkfs.btrfs find sort md5sum cut tr wc head tail grep sed mkdir rmdir mount umount
-ls dmesg journalctl systemctl cat sync sleep date blkid mountpoint findmnt"
+ls dmesg journalctl systemctl cat sync sleep date blkid mountpoint findmnt sulogin"
 
 key=$( { cat "$0"; in_chroot dpkg-query -W; echo "$kver"; } | sha256sum | cut -c1-16)
 out=$cache/initrd-$key.cpio
@@ -114,5 +114,20 @@ if [ ! -s "$out" ]; then
   rm -f "$cache"/initrd-*.cpio
   mv "$root/tmp/initrd.cpio" "$out.tmp" && mv "$out.tmp" "$out"
 fi
-echo "kernel $root/boot/vmlinuz-$kver"
+# Boot the uncompressed ELF vmlinux (PVH entry, as tests/vm/run.sh does) when it can be cut out
+# of the bzImage (zstd in trixie): no decompression under emulation.
+kernel=$root/boot/vmlinuz-$kver
+vmlinux=$cache/vmlinux-$kver
+if [ ! -s "$vmlinux" ] && command -v zstd >/dev/null; then
+  off=$(LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$kernel" | head -n 1 | cut -d: -f1)
+  if [ -n "$off" ]; then
+    tail -c +$((off + 1)) "$kernel" | zstd -dc >"$vmlinux.tmp" 2>/dev/null || true # trailing data after the frame
+    if [ "$(head -c 4 "$vmlinux.tmp" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+      mv "$vmlinux.tmp" "$vmlinux"
+    fi
+    rm -f "$vmlinux.tmp"
+  fi
+fi
+[ -s "$vmlinux" ] && [ "${RB_KERNEL:-vmlinux}" = vmlinux ] && kernel=$vmlinux
+echo "kernel $kernel"
 echo "initrd $out"

@@ -96,8 +96,11 @@ make_initrd() {
     mkdir -p "$o/usr/bin" && ln -sf "$exe" "$o/usr/bin/btrfs-rollback"
     install -m 644 "$VMDIR/guest.sh" "$o/rb/guest.sh"
     install -m 400 "$WORK/cryptroot.key" "$o/etc/cryptroot.key"
-    # NixOS's initrd fstab (filesystems.nix, initrdFstab) for fileSystems."/"; btrfs gets no fsck.
-    echo "$rootdev / btrfs subvol=root 0 0" >"$o/etc/sysroot-fstab"
+    # NixOS's initrd fstab (filesystems.nix, initrdFstab) has fileSystems."/" as "/" and hands it
+    # to systemd-fstab-generator as SYSTEMD_SYSROOT_FSTAB, which Debian's systemd does not pass to
+    # generators: the initrd's own /etc/fstab with the mount point under /sysroot makes the same
+    # sysroot.mount (part of initrd-root-fs.target). btrfs gets no fsck (0 0), as in NixOS.
+    echo "$rootdev /sysroot btrfs subvol=root 0 0" >"$o/etc/fstab"
     (cd "$o" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet) >"$d/overlay.cpio" || return 1
     cat "$BASE_INITRD" "$d/overlay.cpio" >"$WORK/initrd-$name.cpio"
     cp "$d/render/tree/etc/systemd/system/btrfs-rollback.service" "$WORK/btrfs-rollback-$name.service"

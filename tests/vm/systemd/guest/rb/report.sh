@@ -7,6 +7,7 @@
 # /dev/ttyS2: journalctl -b -o short-monotonic, for people.
 mkdir /run/rb-reported 2>/dev/null || exit 0 # once per boot
 DEV=/dev/mapper/cryptroot
+export SYSTEMD_COLORS=0 SYSTEMD_PAGER=
 exec >>/dev/ttyS1 2>&1
 die() { echo "RB-FATAL $*"; echo "RESULT init.fatal=1"; }
 mkdir -p /mnt-top /mnt-root
