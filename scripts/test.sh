@@ -4,6 +4,8 @@
 #   2. privileged tests: real btrfs on loop devices (tests/privileged.rs, as root)
 #   3. the static release binary's ELF check        (tests/static_binary.rs)
 #   4. the stage-1 boot test: QEMU, LUKS2, initramfs, power cuts (tests/vm/run.sh)
+#   5. the same under systemd in stage 1: Debian trixie's systemd in a dracut initrd, the unit
+#      rendered from nix/module.nix (tests/vm/run.sh --stage1 systemd)
 #
 #   scripts/test.sh [--no-vm]
 #
@@ -38,5 +40,9 @@ RUSTFLAGS='-C target-feature=+crt-static' \
 cargo test
 
 if [ $vm = 1 ]; then
-  tests/vm/run.sh
+  # Both suites run even when the first fails; the script fails if either did.
+  status=0
+  tests/vm/run.sh || status=1
+  tests/vm/run.sh --stage1 systemd || status=1
+  exit $status
 fi
