@@ -1,171 +1,194 @@
 #!/usr/bin/env bash
-# Evaluate the NixOS side without building anything (local use, not CI).
+# The evaluation tier: the NixOS side evaluated against a real nixpkgs, nothing built.
 #
-#   nix/check-eval.sh NIXPKGS [--real-package]
+#   nix/check-eval.sh [NIXPKGS] [--real-package] [--cases "NAME..."]
 #
-# NIXPKGS  a nixpkgs tree (e.g. /work/nixpkgs-24.05, laid out by
-#          ../shared/tools/offline-nixpkgs.sh); a flake cannot fetch its input
-#          offline, so nix/module.nix is evaluated directly.
-# --real-package  use nix/package.nix (pkgsStatic) instead of a stub script as
-#          boot.initrd.btrfsRollback.package when instantiating the VM tests.
+# NIXPKGS  a nixpkgs tree; without it, scripts/nixpkgs.sh finds one ($NIXPKGS, the offline
+#          ../shared/nixpkgs tarball CI has, or <nixpkgs>). With none (or no nix-instantiate)
+#          the tier is skipped with the reason, or fails under CI=true.
+# --real-package  instantiate the VM tests with nix/package.nix (pkgsStatic) instead of a stub.
+# --cases "NAME..."  only these cases of nix/check-eval.nix, and nothing else (while working on one).
 #
-# Prints the generated postResumeCommands (scripted stage 1) and the unit
-# (systemd stage 1) for both onFailure policies, checks that the assertions
-# and warnings fire for wrong layouts, instantiates every VM test, and parses
-# every .nix file. Exits non-zero on the first unexpected result.
+# Checks, each an ok/FAIL line: every case of nix/check-eval.nix (what our module's
+# assertions and warnings say for a layout, and what the scripted hook, the unit, its
+# scripts and /etc/btrfs-rollback.conf contain); the configuration file as the binary
+# reads it (cargo-built; --help shows the defaults it took); the module in a module set
+# without the scripted stage 1; the systems and every VM test instantiate; every .nix parses.
+# Exits 1 if any check failed. A NixOS evaluation takes ~10 s: the whole tier ~8 minutes.
 set -euo pipefail
-
-[ $# -ge 1 ] || { sed -n '2,15p' "$0"; exit 2; }
-nixpkgs=$(cd "$1" && pwd)
-real=false
-[ "${2:-}" = --real-package ] && real=true
 here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
 module=$here/module.nix
+
+skip() {
+  if [ "${CI:-}" = true ]; then
+    echo "FAIL evaluation tier cannot run (CI=true: a skip is a failure): $1"
+    exit 1
+  fi
+  echo "SKIP evaluation tier: $1"
+  exit 0
+}
+
+real=false
+nixpkgs=
+only=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --real-package) real=true ;;
+    --cases) only=$2; shift ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) nixpkgs=$1 ;;
+  esac
+  shift
+done
+command -v nix-instantiate >/dev/null || skip "no nix-instantiate (apt-get install nix-bin)"
+command -v python3 >/dev/null || skip "no python3"
+if [ -z "$nixpkgs" ]; then
+  reason=$(mktemp)
+  nixpkgs=$("$repo/scripts/nixpkgs.sh" 2>"$reason") || skip "no nixpkgs: $(cat "$reason")"
+  rm -f "$reason"
+fi
+nixpkgs=$(cd "$nixpkgs" && pwd)
+[ -f "$nixpkgs/nixos/default.nix" ] || skip "$nixpkgs has no nixos/default.nix"
+echo "nixpkgs: $nixpkgs ($(cat "$nixpkgs/.version" 2>/dev/null || echo "version unknown"))"
 
 if [ -z "${NIX_CONF_DIR:-}" ]; then
   NIX_CONF_DIR=$(mktemp -d)
   export NIX_CONF_DIR
   printf 'build-users-group =\nexperimental-features = nix-command flakes\nsubstituters =\nsandbox = false\n' >"$NIX_CONF_DIR/nix.conf"
 fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 
 failures=0
-ok() { printf 'ok   %s\n' "$1"; }
+passes=0
+ok() { printf 'ok   %s\n' "$1"; passes=$((passes + 1)); }
 bad() { printf 'FAIL %s\n' "$1"; failures=$((failures + 1)); }
+indent() { sed 's/^/       /'; }
 
-# A NixOS system: the module, a stub package, a LUKS + btrfs layout as the
-# README has it, and the extra configuration $1 (a Nix attribute set).
-system() {
-  cat <<EOF
-import "$nixpkgs/nixos" {
-  system = "x86_64-linux";
-  configuration = { lib, pkgs, ... }: {
-    imports = [ $module ({ lib, pkgs, ... }: $1) ];
-    boot.loader.grub.enable = false;
-    boot.initrd.luks.devices.cryptroot.device = "/dev/disk/by-partlabel/luks";
-    fileSystems."/".device = lib.mkDefault "/dev/mapper/cryptroot";
-    fileSystems."/".fsType = lib.mkDefault "btrfs";
-    fileSystems."/".options = [ "subvol=root" "compress=zstd" "noatime" ];
-    fileSystems."/persist" = { device = "/dev/mapper/cryptroot"; fsType = "btrfs"; options = [ "subvol=persist" ]; neededForBoot = true; };
-    fileSystems."/nix" = { device = "/dev/mapper/cryptroot"; fsType = "btrfs"; options = [ "subvol=nix" "noatime" ]; };
-    boot.initrd.btrfsRollback.enable = true;
-    boot.initrd.btrfsRollback.package = pkgs.writeShellScriptBin "btrfs-rollback" "echo stub";
-    system.stateVersion = "24.05";
-  };
-}
-EOF
-}
-
-# Evaluate attribute path $2 of the system with extra configuration $1 as a string.
-show() {
-  nix-instantiate --eval --strict --json --expr "($(system "$1")).$2" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin), end="")'
-}
-
-# The failed assertions and the warnings, one per line, squeezed.
-problems() {
-  nix-instantiate --eval --strict --json --expr "
-    let c = ($(system "$1")).config; in
-    (map (a: \"assertion: \" + a.message) (builtins.filter (a: !a.assertion) c.assertions))
-    ++ (map (w: \"warning: \" + w) c.warnings)" |
-    python3 -c 'import json, sys; [print(" ".join(p.split())) for p in json.load(sys.stdin)]'
-}
-
-# expect_problem NAME CONFIG WORDS...: the evaluation reports one problem containing all WORDS.
-expect_problem() {
-  local name=$1 config=$2 out
-  shift 2
-  out=$(problems "$config")
-  for word in "$@"; do
-    if ! grep -F -- "$word" <<<"$out" >/dev/null; then
-      bad "$name: no problem mentions '$word'. Got:"
-      printf '%s\n' "$out" | sed 's/^/       /'
-      return
-    fi
-  done
-  ok "$name: $(grep -F -- "$1" <<<"$out" | head -n 1 | cut -c1-150)…"
-}
-
-expect_clean() {
-  local name=$1 out
-  out=$(problems "$2")
-  if [ -z "$out" ]; then ok "$name: no assertion or warning"; else
-    bad "$name: unexpected problems:"
-    printf '%s\n' "$out" | sed 's/^/       /'
+echo
+echo "== the cases of nix/check-eval.nix (assertions, warnings, rendered hook, unit, config file)"
+cases=$(nix-instantiate --eval --strict --json "$here/check-eval.nix" --arg nixpkgs "$nixpkgs" --arg module "$module" |
+  python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)))')
+[ -z "$only" ] || cases=$only
+# A few systems per evaluation: each costs ~10 s and ~300 MB, the memory stays with the process.
+set -- $cases
+while [ $# -gt 0 ]; do
+  batch=("${@:1:4}")
+  shift $(($# < 4 ? $# : 4))
+  names=$(printf '"%s" ' "${batch[@]}")
+  if nix-instantiate --eval --strict --json "$here/check-eval.nix" --arg nixpkgs "$nixpkgs" \
+    --arg module "$module" --arg names "[ $names]" >"$work/batch.json" 2>"$work/batch.err"; then
+    python3 -c 'import json, sys; [print(json.dumps(c)) for c in json.load(sys.stdin)]' <"$work/batch.json" >>"$work/cases.jsonl"
+  else
+    for name in "${batch[@]}"; do bad "$name: does not evaluate:"; done
+    tail -n 15 "$work/batch.err" | indent
   fi
-}
+done
 
-echo "== scripted stage 1, onFailure = \"continue\": boot.initrd.postResumeCommands"
-show '{ }' config.boot.initrd.postResumeCommands
-echo "== scripted stage 1: extraUtilsCommands / extraUtilsCommandsTest"
-show '{ }' config.boot.initrd.extraUtilsCommands | grep -F btrfs-rollback
-show '{ }' config.boot.initrd.extraUtilsCommandsTest | grep -F btrfs-rollback
-echo "== scripted stage 1, onFailure = \"stop\": the failure branch"
-show '{ boot.initrd.btrfsRollback.onFailure = "stop"; }' config.boot.initrd.postResumeCommands | sed -n '/^if /,/^fi/p'
+# The binary that reads the configuration files (same sources, host build).
+binary=
+if command -v cargo >/dev/null; then
+  if (cd "$repo" && cargo build --quiet 2>"$work/cargo.err"); then
+    binary=$repo/target/debug/btrfs-rollback
+  else
+    bad "cargo build failed:"
+    tail -n 15 "$work/cargo.err" | indent
+  fi
+elif [ "${CI:-}" = true ]; then
+  bad "no cargo: the configuration files cannot be read by the binary (CI=true)"
+else
+  echo "SKIP configuration files read by the binary: no cargo"
+fi
 
-systemd='boot.initrd.systemd.enable = true;'
-echo
-echo "== systemd stage 1, onFailure = \"continue\": btrfs-rollback.service"
-show "{ $systemd }" 'config.boot.initrd.systemd.units."btrfs-rollback.service".text'
-echo "== its ExecStopPost script"
-show "{ $systemd }" 'config.boot.initrd.systemd.services.btrfs-rollback.postStop'
-echo "== systemd stage 1, onFailure = \"stop\": what changes"
-stop="{ $systemd boot.initrd.btrfsRollback.onFailure = \"stop\"; boot.initrd.systemd.emergencyAccess = true; }"
-show "$stop" 'config.boot.initrd.systemd.units."btrfs-rollback.service".requiredBy' | sed 's/^/requiredBy (a sysroot.mount.requires link): /'
-echo
-show "$stop" 'config.boot.initrd.systemd.services.btrfs-rollback.postStop' | grep -F 'Stopping the boot' | sed 's/^ */ExecStopPost says: /'
-echo "== systemd stage 1: the binary in the initrd"
-show "{ $systemd }" 'config.boot.initrd.systemd.storePaths' | tr ' ' '\n' | grep -F btrfs-rollback | sed 's/^/storePaths: /'
-show "{ $systemd }" 'config.boot.initrd.systemd.extraBin.btrfs-rollback' | sed 's/^/extraBin: /'
-echo
+if [ -s "$work/cases.jsonl" ]; then
+  python3 - "$work/cases.jsonl" "$binary" "$work" >"$work/judged" <<'PY' || true
+import json, os, subprocess, sys
 
-echo "== assertions and warnings"
-expect_clean "scripted, README layout" '{ }'
-expect_clean "systemd, README layout" "{ $systemd }"
-expect_clean "subvol=/root" '{ fileSystems."/".options = lib.mkForce [ "subvol=/root" ]; }'
-expect_problem "root is ext4" '{ fileSystems."/" = { device = "/dev/mapper/cryptroot"; fsType = "ext4"; }; }' \
-  'fileSystems."/".fsType is "ext4"'
-expect_problem "root is another subvolume" '{ fileSystems."/".options = lib.mkForce [ "subvol=@" ]; }' \
-  'subvol=root' 'boot.initrd.btrfsRollback.rootSubvolume'
-expect_problem "root without subvol=" '{ fileSystems."/".options = lib.mkForce [ "compress=zstd" ]; }' \
-  'Add "subvol=root" to fileSystems."/".options'
-expect_problem "root on another device" '{ fileSystems."/".device = lib.mkForce "/dev/mapper/other"; }' \
-  'boot.initrd.btrfsRollback.device is "/dev/mapper/cryptroot" but fileSystems."/".device is "/dev/mapper/other"'
-expect_clean "dm-name link of the same device" '{ fileSystems."/".device = lib.mkForce "/dev/disk/by-id/dm-name-cryptroot"; }'
-expect_problem "root by uuid: warning, not assertion" '{ fileSystems."/".device = lib.mkForce "/dev/disk/by-uuid/0f3c8a2e-5b1d-4c47-9e8b-6a1f2d3c4b5a"; }' \
-  'warning:' 'cannot check statically'
-expect_problem "root by label: warning" '{ fileSystems."/" = lib.mkForce { label = "nixos"; fsType = "btrfs"; options = [ "subvol=root" ]; }; }' \
-  'warning:' '/dev/disk/by-label/nixos'
-expect_problem "subvolid=: warning" '{ fileSystems."/".options = lib.mkForce [ "subvolid=256" ]; }' \
-  'warning:' 'Subvolume ids change at every rollback'
-expect_problem "nested rootSubvolume" '{ boot.initrd.btrfsRollback.rootSubvolume = "a/root"; fileSystems."/".options = lib.mkForce [ "subvol=a/root" ]; }' \
-  'boot.initrd.btrfsRollback.rootSubvolume = "a/root" must be a single path component'
-expect_problem "blankSnapshot is .." '{ boot.initrd.btrfsRollback.blankSnapshot = ".."; }' \
-  'boot.initrd.btrfsRollback.blankSnapshot = ".." must be a single path component'
-expect_problem "blank = root" '{ boot.initrd.btrfsRollback.blankSnapshot = "root"; }' \
-  'are both "root"'
-expect_problem "log inside the root" '{ boot.initrd.btrfsRollback.logFile = "root/rollback.log"; }' \
-  'boot.initrd.btrfsRollback.logFile = "root/rollback.log"'
-expect_problem "log outside the volume" '{ boot.initrd.btrfsRollback.logFile = "../rollback.log"; }' \
-  'without ".."'
-expect_clean "absolute log in /run" '{ boot.initrd.btrfsRollback.logFile = "/run/btrfs-rollback.log"; }'
-expect_problem "blank with a leading dash" '{ boot.initrd.btrfsRollback.blankSnapshot = "-x"; }' \
-  'no leading "-"'
-expect_problem "UUID= device" '{ boot.initrd.btrfsRollback.device = "UUID=0f3c8a2e"; fileSystems."/".device = lib.mkForce "UUID=0f3c8a2e"; }' \
-  'must be an absolute device path'
-expect_problem "mapper name without LUKS entry" '{ boot.initrd.btrfsRollback.device = "/dev/mapper/crypt"; fileSystems."/".device = lib.mkForce "/dev/mapper/crypt"; }' \
-  'warning:' 'boot.initrd.luks.devices has no entry named "crypt"'
-expect_problem "leftover hand-written rollback" '{ boot.initrd.postDeviceCommands = lib.mkAfter "btrfs subvolume delete /mnt/root\nbtrfs subvolume snapshot /mnt/root-blank /mnt/root\n"; }' \
-  'warning:' 'boot.initrd.postDeviceCommands still contains what looks like a hand-written rollback'
-expect_problem "stop without emergency access (systemd)" "{ $systemd boot.initrd.btrfsRollback.onFailure = \"stop\"; }" \
-  'warning:' 'boot.initrd.systemd.emergencyAccess is false'
-expect_problem "no root file system" '{ fileSystems = lib.mkForce { }; }' \
-  'fileSystems."/" is not defined'
+cases_file, binary, work = sys.argv[1:4]
+fake_bin = os.path.join(work, "bin")
+os.makedirs(fake_bin, exist_ok=True)
+for tool, body in [
+    ("systemctl", '[ "$FAKE_MAIN_STATUS" = fail ] && exit 1; echo "$FAKE_MAIN_STATUS"'),
+    ("btrfs-rollback", 'exit "$FAKE_STATUS"'),
+]:
+    with open(os.path.join(fake_bin, tool), "w") as f:
+        f.write("#!/bin/sh\n" + body + "\n")
+    os.chmod(os.path.join(fake_bin, tool), 0o755)
+squeeze = lambda s: " ".join(s.split())
+
+def report(good, what, detail=""):
+    print(("ok   " if good else "FAIL ") + what)
+    if not good and detail:
+        print("\n".join("       " + l for l in detail.rstrip("\n").splitlines()))
+
+for line in open(cases_file):
+    case = json.loads(line)
+    name, expect, problems = case["name"], case["expect"], case["problems"]
+    listing = "\n".join(problems) or "(none)"
+    if expect == "clean":
+        report(not problems, f"{name}: no assertion or warning", "got:\n" + listing)
+    else:
+        (kind, words), = expect.items()
+        hits = [p for p in problems if p.startswith(kind + ": ") and all(squeeze(w) in squeeze(p) for w in words)]
+        others = [p for p in problems if p not in hits]
+        short = squeeze(hits[0])[:150] + "…" if hits else ""
+        report(len(hits) == 1 and not others, f"{name}: {kind}: {short}",
+               f"expected exactly one {kind} containing {words}; got:\n" + listing)
+    for label, r in sorted(case["renders"].items()):
+        text = r["text"]
+        missing = [s for s in r["has"] if s not in text]
+        present = [s for s in r["lacks"] if s in text]
+        wrong = r["equals"] is not None and text != r["equals"]
+        detail = "".join(f"lacks {s!r}\n" for s in missing) + "".join(f"has {s!r}\n" for s in present)
+        if wrong:
+            detail += f"expected exactly {r['equals']!r}\n"
+        checks = len(r["has"]) + len(r["lacks"]) + (r["equals"] is not None)
+        report(not (missing or present or wrong), f"{name}: {label}: {checks} content check(s)",
+               detail + "text:\n" + text[:3000])
+        for run in r["runs"]:
+            # As a unit script runs it (set -e; stage 1 without), with stand-ins for
+            # systemctl, the binary and stage 1's fail; kmsg writes go nowhere.
+            env = dict(os.environ, PATH=fake_bin + ":" + os.environ["PATH"], **run["env"])
+            script = ("set -e\n" if run.get("setE", True) else "") + "fail() { echo fail called; }\n" \
+                + text.replace("/dev/kmsg", "/dev/null")
+            out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+            report(out.returncode == 0 and out.stdout == run["stdout"],
+                   f"{name}: {label}: run with {' '.join(f'{k}={v}' for k, v in run['env'].items())}: "
+                   + (repr(out.stdout.strip()[:90]) + "…" if out.stdout else "says nothing"),
+                   f"exit {out.returncode}, expected stdout {run['stdout']!r}, got {out.stdout!r} {out.stderr!r}")
+    if case["config-file"] is not None:
+        # The file as the module writes it, read by the real binary: its values are the
+        # defaults --help shows, for every subcommand that has the option.
+        if not binary:
+            continue
+        path = os.path.join(work, name + ".conf")
+        open(path, "w").write(case["config-file"])
+        values = dict(l.split(" = ", 1) for l in case["config-file"].splitlines() if l and not l.startswith("#"))
+        for sub in ["run", "list", "diff", "restore"]:
+            out = subprocess.run([binary, "--config", path, sub, "--help"], capture_output=True, text=True)
+            # "      --device <PATH>  The unlocked btrfs block device [default: /dev/mapper/crypt]"
+            lines = {k: l for l in out.stdout.splitlines() for k in values if l.strip().startswith(f"--{k} <")}
+            flags = [k for k in values if k in lines]
+            missing = [f"--{k} [default: {values[k]}]" for k in flags
+                       if not lines[k].rstrip().endswith(f"[default: {values[k]}]")]
+            report(out.returncode == 0 and not missing and "device" in flags,
+                   f"{name}: btrfs-rollback --config FILE {sub} --help: defaults from the file for {', '.join(flags)}",
+                   f"exit {out.returncode}; not shown as defaults: {missing}\n{out.stdout}{out.stderr}")
+PY
+  cat "$work/judged"
+  passes=$((passes + $(grep -c '^ok ' "$work/judged" || true)))
+  failures=$((failures + $(grep -c '^FAIL ' "$work/judged" || true)))
+fi
 echo
+if [ -n "$only" ]; then
+  echo "evaluation tier, cases $only only: $passes passed, $failures failed"
+  [ "$failures" -eq 0 ]
+  exit
+fi
 
 echo "== without the scripted stage 1 (nixpkgs plans to remove it): a module set with stubs"
-sim=$(mktemp --suffix=.nix)
-trap 'rm -f "$sim"' EXIT
-sed "s|MODULE|$module|" >"$sim" <<'NIX'
+sed "s|MODULE|$module|" >"$work/sim.nix" <<'NIX'
 # Our module in a module set without the scripted stage 1 options (as after their removal).
 { nixpkgs, removedStubs ? false, systemd ? true }:
 let
@@ -178,6 +201,7 @@ let
       assertions = lib.mkOption { type = t.listOf t.unspecified; default = [ ]; };
       warnings = lib.mkOption { type = t.listOf t.str; default = [ ]; };
       environment.systemPackages = lib.mkOption { type = t.listOf t.package; default = [ ]; };
+      environment.etc = lib.mkOption { type = t.attrsOf t.anything; default = { }; };
       boot.initrd.enable = lib.mkOption { type = t.bool; default = true; };
       boot.initrd.luks.devices = lib.mkOption { type = t.attrsOf t.anything; default = { }; };
       boot.initrd.systemd = {
@@ -185,21 +209,23 @@ let
         emergencyAccess = lib.mkOption { type = t.anything; default = false; };
         storePaths = lib.mkOption { type = t.listOf t.anything; default = [ ]; };
         extraBin = lib.mkOption { type = t.attrsOf t.anything; default = { }; };
+        contents = lib.mkOption { type = t.attrsOf t.anything; default = { }; };
         services = lib.mkOption { type = t.attrsOf t.anything; default = { }; };
       };
       fileSystems = lib.mkOption {
-        type = t.attrsOf (t.submodule { options = {
+        type = t.attrsOf (t.submodule ({ name, ... }: { options = {
+          mountPoint = lib.mkOption { type = t.str; default = name; };
           device = lib.mkOption { type = t.nullOr t.str; default = null; };
           label = lib.mkOption { type = t.nullOr t.str; default = null; };
           fsType = lib.mkOption { type = t.str; default = "auto"; };
           options = lib.mkOption { type = t.listOf t.str; default = [ ]; };
-        }; });
+        }; }));
         default = { };
       };
     };
   };
   removed = lib.optionals removedStubs (map (n: lib.mkRemovedOptionModule [ "boot" "initrd" n ] "gone") [
-    "postResumeCommands" "postDeviceCommands" "preLVMCommands" "postMountCommands" "extraUtilsCommands" "extraUtilsCommandsTest"
+    "postResumeCommands" "postDeviceCommands" "preLVMCommands" "postMountCommands" "extraUtilsCommands" "extraUtilsCommandsTest" "extraFiles"
   ]);
   eval = lib.evalModules {
     specialArgs = { inherit utils pkgs; };
@@ -218,34 +244,52 @@ in {
 NIX
 for removed in false true; do
   for sd in true false; do
-    out=$(nix-instantiate --eval --strict --json "$sim" --arg nixpkgs "$nixpkgs" --arg removedStubs "$removed" --arg systemd "$sd" 2>&1) || {
+    out=$(nix-instantiate --eval --strict --json "$work/sim.nix" --arg nixpkgs "$nixpkgs" --arg removedStubs "$removed" --arg systemd "$sd" 2>&1) || {
       bad "options absent (mkRemovedOptionModule stubs: $removed), systemd stage 1: $sd: evaluation failed:"
-      printf '%s\n' "$out" | tail -n 5 | sed 's/^/       /'
+      printf '%s\n' "$out" | tail -n 5 | indent
       continue
     }
     if [ "$sd" = true ]; then
-      grep -qF '"failed":[]' <<<"$out" && grep -qF 'btrfs-rollback\"' <<<"$out" &&
-        ok "options absent (stubs: $removed), systemd stage 1: the unit, no assertion" ||
+      if grep -qF '"failed":[]' <<<"$out" && grep -qF 'btrfs-rollback\"' <<<"$out"; then
+        ok "options absent (stubs: $removed), systemd stage 1: the unit, no assertion"
+      else
         bad "options absent (stubs: $removed), systemd stage 1: $out"
+      fi
+    elif grep -qF 'has no scripted stage 1' <<<"$out"; then
+      ok "options absent (stubs: $removed), scripted stage 1 asked for: the assertion fires"
     else
-      grep -qF 'has no scripted stage 1' <<<"$out" &&
-        ok "options absent (stubs: $removed), scripted stage 1 asked for: the assertion fires" ||
-        bad "options absent (stubs: $removed), scripted stage 1: $out"
+      bad "options absent (stubs: $removed), scripted stage 1: $out"
     fi
   done
 done
 echo
 
 echo "== the systems instantiate (derivations only, nothing is built)"
-for kind in '{ }' "{ $systemd }"; do
-  drv=$(nix-instantiate --expr "($(system "$kind")).system" 2>/dev/null) &&
-    ok "system $kind: $drv" || bad "system $kind does not instantiate"
+for kind in '{ }' '{ boot.initrd.systemd.enable = true; }'; do
+  if drv=$(nix-instantiate --expr "import $nixpkgs/nixos {
+      system = \"x86_64-linux\";
+      configuration = { pkgs, ... }: {
+        imports = [ $module $kind ];
+        boot.loader.grub.enable = false;
+        boot.initrd.luks.devices.cryptroot.device = \"/dev/disk/by-partlabel/luks\";
+        fileSystems.\"/\" = { device = \"/dev/mapper/cryptroot\"; fsType = \"btrfs\"; options = [ \"subvol=root\" ]; };
+        boot.initrd.btrfsRollback.enable = true;
+        boot.initrd.btrfsRollback.package = pkgs.writeShellScriptBin \"btrfs-rollback\" \"echo stub\";
+        system.stateVersion = \"24.05\";
+      };
+    }" -A system 2>"$work/system.err"); then
+    ok "system $kind: $drv"
+  else
+    bad "system $kind does not instantiate:"
+    tail -n 15 "$work/system.err" | indent
+  fi
 done
 echo
 
 echo "== VM tests (package: $([ "$real" = true ] && echo "nix/package.nix, pkgsStatic" || echo stub))"
 tests=$(nix-instantiate --eval --strict --json --expr "builtins.attrNames (import $here/tests { pkgs = import $nixpkgs { system = \"x86_64-linux\"; }; module = null; })" |
   python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)))')
+[ -n "$tests" ] || bad "no VM tests found"
 for t in $tests; do
   if drv=$(nix-instantiate --arg real "$real" --expr "
       { real }:
@@ -262,15 +306,91 @@ for t in $tests; do
     ok "$t: $(tail -n 1 <<<"$drv")"
   else
     bad "$t:"
-    printf '%s\n' "$drv" | tail -n 20 | sed 's/^/       /'
+    printf '%s\n' "$drv" | tail -n 20 | indent
   fi
 done
 echo
 
+echo "== the flake's outputs, nixpkgs as its input (instantiated, not built)"
+flake="import $here/check-flake.nix { nixpkgs = $nixpkgs; }"
+if out=$(nix-instantiate --eval --strict --json --expr "let f = $flake; in {
+    checks = builtins.attrNames f.checks.x86_64-linux;
+    modules = builtins.attrNames f.nixosModules;
+    clippyVersion = (import $nixpkgs { system = \"x86_64-linux\"; }).clippy.version;
+    clippy = f.checks.x86_64-linux.clippy.buildPhase;
+  }" 2>"$work/flake.err"); then
+  python3 - "$out" "$tests" >"$work/flake.judged" <<'PY' || true
+import json, sys
+d, tests = json.loads(sys.argv[1]), sys.argv[2].split()
+want = {"package", "clippy", "rustfmt"} | {"vm-" + t for t in tests}
+checks = [
+    (f"checks.x86_64-linux: {' '.join(d['checks'])}", want <= set(d["checks"]), f"missing {sorted(want - set(d['checks']))}"),
+    ("nixosModules: default, btrfs-rollback", {"default", "btrfs-rollback"} <= set(d["modules"]), d["modules"]),
+    (f"clippy check with clippy {d['clippyVersion']} (<= 1.95): --deny warnings",
+     "cargo clippy --offline --all-targets -- --deny warnings\n" in d["clippy"], d["clippy"]),
+]
+for what, good, detail in checks:
+    print(("ok   " if good else "FAIL ") + what + ("" if good else f": {detail}"))
+PY
+  cat "$work/flake.judged"
+  passes=$((passes + $(grep -c '^ok ' "$work/flake.judged" || true)))
+  failures=$((failures + $(grep -c '^FAIL ' "$work/flake.judged" || true)))
+else
+  bad "the flake's outputs do not evaluate:"
+  tail -n 15 "$work/flake.err" | indent
+fi
+for check in package clippy rustfmt; do
+  if drv=$(nix-instantiate --expr "$flake" -A "checks.x86_64-linux.$check" 2>"$work/flake.err"); then
+    ok "checks.x86_64-linux.$check: $drv"
+  else
+    bad "checks.x86_64-linux.$check does not instantiate:"
+    tail -n 15 "$work/flake.err" | indent
+  fi
+done
+echo
+
+echo "== examples/disko.nix with disko's module"
+if [ -n "${DISKO:-}" ]; then
+  if out=$(nix-instantiate --eval --strict --json "$here/check-disko.nix" --arg nixpkgs "$nixpkgs" \
+    --arg module "$module" --arg disko "$(cd "$DISKO" && pwd)" --arg example "$repo/examples/disko.nix" 2>"$work/disko.err"); then
+    python3 - "$out" >"$work/disko.judged" <<'PY' || true
+import json, sys
+d = json.loads(sys.argv[1])
+create = d["create"]
+blank = 'btrfs subvolume snapshot -r "$MNTPOINT/root" "$MNTPOINT/root-blank"'
+checks = [
+    ("our module reports nothing", d["problems"] == [], d["problems"]),
+    ("/ is btrfs subvol=/root of /dev/mapper/cryptroot",
+     d["root"]["device"] == "/dev/mapper/cryptroot" and "subvol=/root" in d["root"]["options"], d["root"]),
+    ("the LUKS partition is /dev/disk/by-partlabel/luks", d["luks"] == "/dev/disk/by-partlabel/luks", d["luks"]),
+    ("the create script takes the read-only root-blank after creating root",
+     blank in create and create.index('SUBVOL_ABS_PATH="$MNTPOINT//root"') < create.index(blank), ""),
+]
+for what, good, detail in checks:
+    print(("ok   " if good else "FAIL ") + "disko: " + what + ("" if good else f": {detail}"))
+PY
+    cat "$work/disko.judged"
+    passes=$((passes + $(grep -c '^ok ' "$work/disko.judged" || true)))
+    failures=$((failures + $(grep -c '^FAIL ' "$work/disko.judged" || true)))
+  else
+    bad "examples/disko.nix does not evaluate with disko from $DISKO:"
+    tail -n 15 "$work/disko.err" | indent
+  fi
+else
+  # Not a skip of the tier: CI has no disko source (no network, not vendored); the file is
+  # parsed below. Evaluated on a machine with DISKO=<a disko checkout>.
+  echo "not evaluated: examples/disko.nix needs disko's source (DISKO=<path>); parsed only"
+fi
+echo
+
 echo "== every .nix file parses"
 while IFS= read -r -d '' f; do
-  nix-instantiate --parse "$f" >/dev/null && ok "${f#"$here/../"}" || bad "$f does not parse"
-done < <(find "$here/.." -name '*.nix' -not -path '*/target/*' -not -path '*/.git/*' -print0)
+  if nix-instantiate --parse "$f" >/dev/null 2>"$work/parse.err"; then ok "${f#"$repo/"}"; else
+    bad "${f#"$repo/"} does not parse:"
+    indent <"$work/parse.err"
+  fi
+done < <(find "$repo" -name '*.nix' -not -path '*/target/*' -not -path '*/.git/*' -print0 | sort -z)
 
 echo
-if [ "$failures" -eq 0 ]; then echo "all checks passed"; else echo "$failures check(s) failed"; exit 1; fi
+echo "evaluation tier: $passes passed, $failures failed"
+[ "$failures" -eq 0 ]

@@ -50,9 +50,15 @@ let
   # What the person at the console reads after a failed rollback, in both
   # kinds of stage 1: shell lines that read `$rollbackStatus`, the exit status of
   # btrfs-rollback (or systemd's result when it did not exit).
+  #
+  # In the unit (`inUnit`), the line starts with "<3>": an error in the journal
+  # (systemd reads kernel-style priority prefixes on a unit's stdout), and a
+  # start timeout has its own words.
+  esc = lib.escapeShellArg;
   failureMessage =
+    inUnit:
     let
-      esc = lib.escapeShellArg;
+      prefix = lib.optionalString inUnit "<3>";
       nextStep =
         if cfg.onFailure == "continue" then
           "Booting the previous root (${policyText})."
@@ -62,52 +68,180 @@ let
     [
       ''case "$rollbackStatus" in''
       "  1|2) rollbackState=${esc "subvolume ${cfg.rootSubvolume} on ${cfg.device} was left untouched"} ;;"
+    ]
+    ++ lib.optional inUnit "  timeout) rollbackState=${
+      esc "btrfs-rollback did not finish within ${toString startTimeout} s (${opt}.waitSeconds + ${opt}.timeoutSeconds) and was stopped; subvolume ${cfg.rootSubvolume} on ${cfg.device} is either the previous root or a fresh snapshot of ${cfg.blankSnapshot}"
+    } ;;"
+    ++ [
       "  *) rollbackState=${
         esc "btrfs-rollback ended abnormally; subvolume ${cfg.rootSubvolume} on ${cfg.device} is either the previous root or a fresh snapshot of ${cfg.blankSnapshot}"
       } ;;"
       "esac"
-      ''echo "btrfs-rollback: ROOT NOT ROLLED BACK (exit status $rollbackStatus): $rollbackState. "${
+      ''echo "${prefix}btrfs-rollback: ROOT NOT ROLLED BACK (exit status $rollbackStatus): $rollbackState. "${
         esc "${nextStep} Log: ${cfg.logFile} on the top-level volume of ${cfg.device}, and journalctl -b."
       }''
     ];
+
+  # Exit status 3: the fresh root is in place, but (part of) the old one is
+  # still on the disk; the binary said what, the next boot retries. A warning at
+  # every boot until it is gone, never a silent success.
+  cleanupMessage = "btrfs-rollback: OLD ROOT NOT FULLY DELETED (exit status 3): the fresh ${cfg.rootSubvolume} from ${cfg.blankSnapshot} is in place, but parts of the old root are still on ${cfg.device}; the next boot tries again. What is left: the lines above, ${cfg.logFile} on the top-level volume, and btrfs-rollback list.";
+
+  # The unit's start timeout: the wait for the device, then the rollback. With
+  # 5,000 nested subvolumes a rollback takes about a second; the margin is for
+  # slow disks and a nearly full file system.
+  startTimeout = cfg.waitSeconds + cfg.timeoutSeconds;
+
+  # The booted system's and the initrd's /etc/btrfs-rollback.conf: the
+  # defaults of `btrfs-rollback list|diff|restore|run`, the same values the
+  # boot's run gets as flags.
+  configText =
+    lib.concatStrings (
+      lib.mapAttrsToList (key: value: "${key} = ${toString value}\n") (
+        {
+          device = cfg.device;
+          root = cfg.rootSubvolume;
+          blank = cfg.blankSnapshot;
+          log = cfg.logFile;
+          wait = cfg.waitSeconds;
+        }
+        // lib.optionalAttrs (cfg.keepOldRoots != null) { keep-old-roots = cfg.keepOldRoots; }
+        // lib.optionalAttrs (cfg.keepDays != null) { keep-days = cfg.keepDays; }
+      )
+    );
+  configFileText =
+    "# boot.initrd.btrfsRollback: the defaults of btrfs-rollback; the boot's run gets the same values as flags.\n"
+    + configText;
+  configFile = pkgs.writeText "btrfs-rollback.conf" configFileText;
   indentLines = prefix: lines: lib.concatMapStrings (line: prefix + line + "\n") lines;
 
-  # Hand-written rollbacks in the scripted hooks, as the usual guides have them.
+  # The scripted stage 1's snippet (postResumeCommands, after the resume attempt).
+  scriptedSnippet =
+    ''
+      # boot.initrd.btrfsRollback: exit status 0 and 3 are a rolled-back root.
+      btrfs-rollback ${lib.escapeShellArgs args}
+      rollbackStatus=$?
+      if [ "$rollbackStatus" -eq 3 ]; then
+        echo ${esc cleanupMessage}
+        echo ${esc "<12>${cleanupMessage}"} > /dev/kmsg || true
+      elif [ "$rollbackStatus" -ne 0 ]; then
+    ''
+    + indentLines "  " (failureMessage false ++ lib.optional (cfg.onFailure == "stop") "fail")
+    + ''
+      fi
+    '';
+
+  # Hand-written rollbacks, as the usual guides have them: in the scripted
+  # hooks (the impermanence README uses postResumeCommands, the seed guide
+  # postDeviceCommands) and, since systemd stage 1 became the default, in a unit.
+  # (Not the bare blank name: a name like "root" is in nixpkgs' own hooks.)
   leftoverPatterns = [
     "btrfs subvolume delete"
     "btrfs subvolume snapshot"
     "btrfs subvol delete"
     "btrfs subvol snapshot"
-    cfg.blankSnapshot
   ];
-  leftoverHooks = lib.filter (
-    name:
-    let
-      text = config.boot.initrd.${name} or "";
-    in
-    lib.any (pattern: lib.hasInfix pattern text) leftoverPatterns
-  ) (lib.optionals scriptedAvailable [ "preLVMCommands" "postDeviceCommands" "postMountCommands" ]);
+  looksLikeRollback = text: lib.any (pattern: lib.hasInfix pattern text) leftoverPatterns;
+  leftoverHooks = map (name: "boot.initrd.${name}") (
+    lib.filter (
+      name:
+      looksLikeRollback (
+        # Our own snippet is not a leftover.
+        lib.replaceStrings [ scriptedSnippet ] [ "" ] (config.boot.initrd.${name} or "")
+      )
+    ) (
+      lib.optionals scriptedAvailable [
+        "preLVMCommands"
+        "postDeviceCommands"
+        "postResumeCommands"
+        "postMountCommands"
+      ]
+    )
+  );
+  leftoverUnits = lib.optionals useSystemd (
+    lib.mapAttrsToList (name: _: "boot.initrd.systemd.services.${name}") (
+      lib.filterAttrs (
+        name: svc:
+        name != "btrfs-rollback"
+        && looksLikeRollback (
+          lib.concatStringsSep "\n" (
+            [
+              (svc.script or "")
+              (svc.preStart or "")
+              (svc.postStart or "")
+            ]
+            ++ lib.toList (svc.serviceConfig.ExecStartPre or [ ])
+            ++ lib.toList (svc.serviceConfig.ExecStart or [ ])
+          )
+        )
+      ) config.boot.initrd.systemd.services
+    )
+  );
+  leftovers = leftoverHooks ++ leftoverUnits;
 
   # The root file system and how it names its device and subvolume.
-  rootFs = config.fileSystems."/" or null;
-  rootDevice =
-    if rootFs == null then
-      null
-    else if rootFs.device != null then
-      rootFs.device
-    else if rootFs.label != null then
-      "/dev/disk/by-label/${rootFs.label}"
+  fsDevice =
+    fs:
+    if fs.device != null then
+      fs.device
+    else if fs.label != null then
+      "/dev/disk/by-label/${fs.label}"
     else
       null;
+  rootFs = config.fileSystems."/" or null;
+  rootDevice = if rootFs == null then null else fsDevice rootFs;
   rootOptions = if rootFs == null then [ ] else rootFs.options;
 
-  # Device names that can be compared without knowing the disk: everything but
-  # udev's by-uuid/by-label/by-partuuid/... links and UUID=/LABEL= specs.
-  # /dev/disk/by-id/dm-name-NAME is the same node as /dev/mapper/NAME.
+  # Device names that can be compared without knowing the disk; equal after
+  # canonicalDevice means the same node:
+  #   /dev/disk/by-id/dm-name-NAME is /dev/mapper/NAME;
+  #   /dev/VG/LV (LVM's link) is /dev/mapper/VG-LV, "-" in VG and LV doubled.
+  # udev's by-uuid/by-label/by-partuuid/... links, /dev/dm-N and UUID=/LABEL=
+  # specs cannot be compared (a warning, not an assertion).
+  notVolumeGroups = [
+    "mapper"
+    "disk"
+    "md"
+    "block"
+    "char"
+    "bus"
+    "bcache"
+    "zvol"
+    "input"
+    "net"
+    "pts"
+    "shm"
+    "snd"
+    "dri"
+  ];
+  lvmName =
+    device:
+    let
+      parts = lib.splitString "/" device;
+      vg = lib.elemAt parts 2;
+      lv = lib.elemAt parts 3;
+    in
+    if
+      lib.length parts == 4
+      && lib.head parts == ""
+      && lib.elemAt parts 1 == "dev"
+      && vg != ""
+      && lv != ""
+      && !(lib.elem vg notVolumeGroups)
+    then
+      { inherit vg lv; }
+    else
+      null;
+  dmEscape = lib.replaceStrings [ "-" ] [ "--" ];
   canonicalDevice =
     device:
+    let
+      lvm = lvmName device;
+    in
     if lib.hasPrefix "/dev/disk/by-id/dm-name-" device then
       "/dev/mapper/" + lib.removePrefix "/dev/disk/by-id/dm-name-" device
+    else if lvm != null then
+      "/dev/mapper/${dmEscape lvm.vg}-${dmEscape lvm.lv}"
     else
       device;
   comparableDevice =
@@ -115,10 +249,54 @@ let
     let
       d = canonicalDevice device;
     in
-    lib.hasPrefix "/dev/" d && !(lib.hasPrefix "/dev/disk/" d);
+    lib.hasPrefix "/dev/" d && !(lib.hasPrefix "/dev/disk/" d) && !(lib.hasPrefix "/dev/dm-" d);
   devicesComparable =
     rootDevice != null && comparableDevice rootDevice && comparableDevice cfg.device;
   sameDevice = canonicalDevice rootDevice == canonicalDevice cfg.device;
+
+  # Other btrfs file systems whose subvolume lies inside the root subvolume
+  # (subvol=root/persist, subvol=/root/home): erased at every boot. btrfs reads
+  # subvol= relative to the top-level volume; "/" and "//" change nothing.
+  subvolOf =
+    fs:
+    let
+      given = lib.filter (lib.hasPrefix "subvol=") fs.options;
+    in
+    if given == [ ] then
+      null
+    else
+      lib.concatStringsSep "/" (
+        lib.filter (c: c != "" && c != ".") (lib.splitString "/" (lib.removePrefix "subvol=" (lib.last given)))
+      );
+  insideRoot =
+    fs:
+    let
+      subvol = subvolOf fs;
+    in
+    subvol != null && lib.hasPrefix "${cfg.rootSubvolume}/" subvol;
+  # On the rolled-back file system for sure, or maybe (names that cannot be compared).
+  onRollbackDevice =
+    fs:
+    let
+      d = fsDevice fs;
+    in
+    d != null && (d == rootDevice || d == cfg.device || canonicalDevice d == canonicalDevice cfg.device);
+  maybeOnRollbackDevice =
+    fs:
+    let
+      d = fsDevice fs;
+    in
+    d == null || !(comparableDevice d) || !(comparableDevice cfg.device);
+  otherBtrfs = lib.filter (fs: fs.mountPoint != "/" && fs.fsType == "btrfs") (
+    lib.attrValues config.fileSystems
+  );
+  nestedMessage = fs: ''
+    ${opt}: fileSystems."${fs.mountPoint}" mounts subvol=${subvolOf fs} of ${toString (fsDevice fs)},
+    which lies inside ${opt}.rootSubvolume = "${cfg.rootSubvolume}": it is erased with the
+    root at every boot. Make it a subvolume of its own directly under the top-level volume
+    (e.g. subvol=${lib.last (lib.splitString "/" (subvolOf fs))}: create it, move the data over, and change
+    fileSystems."${fs.mountPoint}".options).
+  '';
 
   subvolOptions = lib.filter (o: lib.hasPrefix "subvol=" o) rootOptions;
   subvolidOptions = lib.filter (o: lib.hasPrefix "subvolid=" o) rootOptions;
@@ -130,11 +308,20 @@ let
     ]
   ) subvolOptions;
 
+  # The LUKS mapping the device should be; not asked of LVM names (an LV inside
+  # a LUKS container has its own name).
   mapperName =
     let
       d = canonicalDevice cfg.device;
     in
-    if lib.hasPrefix "/dev/mapper/" d then lib.removePrefix "/dev/mapper/" d else null;
+    if
+      lib.hasPrefix "/dev/mapper/" d
+      && lvmName cfg.device == null
+      && (rootDevice == null || lvmName rootDevice == null)
+    then
+      lib.removePrefix "/dev/mapper/" d
+    else
+      null;
 
   # A name directly under the top-level volume. A leading "-" would read as a
   # flag on the command line.
@@ -201,7 +388,10 @@ in
         The block device holding the btrfs file system, as it is named once opened: for a
         root on LUKS, the mapped device of the entry in {option}`boot.initrd.luks.devices`
         (`/dev/mapper/<name>`). It must be the device of `fileSystems."/"`. With systemd in
-        stage 1 the rollback unit waits for (and is bound to) this device's unit.
+        stage 1 the rollback unit wants this device's unit and starts after it; if the device
+        never appears, the unit still runs when systemd gives up waiting, and btrfs-rollback
+        reports the missing device (exit status 1, see
+        {option}`boot.initrd.btrfsRollback.onFailure`).
       '';
     };
 
@@ -247,8 +437,23 @@ in
       description = ''
         How long btrfs-rollback waits for {option}`boot.initrd.btrfsRollback.device` to
         appear before it gives up (exit status 1, root untouched). With systemd in stage 1
-        the unit already starts after the device's unit, so the wait only matters for the
-        scripted stage 1.
+        the unit starts once the device's unit is up or systemd stopped waiting for it
+        (after `DefaultDeviceTimeoutSec`, 90 s), so this is the last few seconds of grace.
+      '';
+    };
+
+    timeoutSeconds = lib.mkOption {
+      type = lib.types.ints.positive;
+      default = 300;
+      description = ''
+        systemd stage 1: how long the rollback may take once the device is there. The unit's
+        `TimeoutStartSec` is this plus {option}`boot.initrd.btrfsRollback.waitSeconds`; when
+        it is hit, systemd stops btrfs-rollback and the console and journal say
+        `btrfs-rollback: ROOT NOT ROLLED BACK (exit status timeout): …` (then
+        {option}`boot.initrd.btrfsRollback.onFailure` applies). A rollback is crash-safe, so
+        the root is either the previous one or a fresh snapshot. Even 5,000 nested
+        subvolumes take about a second; the margin is for slow disks and a full file system.
+        The scripted stage 1 has no timeout.
       '';
     };
 
@@ -393,6 +598,12 @@ in
               not exist). Use systemd in stage 1: boot.initrd.systemd.enable = true.
             '';
           }
+        ]
+        ++ map (fs: {
+          assertion = onRollbackDevice fs -> !(insideRoot fs);
+          message = nestedMessage fs;
+        }) otherBtrfs
+        ++ [
           {
             assertion = config.boot.initrd.enable;
             message = ''
@@ -402,13 +613,16 @@ in
           }
         ];
 
-        # `btrfs-rollback list` and `run --dry-run` on the booted system.
+        # `btrfs-rollback list|diff|restore|run` on the booted system, with the
+        # boot's settings as their defaults.
         environment.systemPackages = [ cfg.package ];
+        environment.etc."btrfs-rollback.conf".text = configFileText;
 
         warnings =
-          lib.optional (rootFs != null && rootDevice != null && !devicesComparable) ''
+          lib.optional (rootFs != null && rootDevice != null && lib.hasPrefix "/" cfg.device && !devicesComparable) ''
             ${opt}: cannot check statically that ${opt}.device ("${cfg.device}") is the
-            device of fileSystems."/" ("${rootDevice}"): one of them is a /dev/disk/by-* link.
+            device of fileSystems."/" ("${rootDevice}"): one of them is a /dev/disk/by-* link or
+            /dev/dm-N.
             Make sure both name the same opened btrfs device (for a root on LUKS:
             "/dev/mapper/<name of the boot.initrd.luks.devices entry>"), or the rollback
             resets a different file system than the one mounted as "/".
@@ -432,14 +646,17 @@ in
                 Unless ${cfg.device} is created another way (LVM, a custom unit), set
                 ${opt}.device = "/dev/mapper/<name of the LUKS entry>".
               ''
-          ++ lib.optional (leftoverHooks != [ ]) ''
-            ${opt} is enabled, but ${
-              lib.concatMapStringsSep " and " (h: "boot.initrd.${h}") leftoverHooks
-            } still
-            ${if lib.length leftoverHooks == 1 then "contains" else "contain"} what looks like a hand-written rollback (btrfs subvolume
-            delete/snapshot, or "${cfg.blankSnapshot}"). Running both deletes the root twice, and
-            postDeviceCommands runs before resume from hibernation. Remove the old snippet
-            (the lib.mkAfter block with "btrfs subvolume delete" in your impermanence module).
+          ++ map (fs: ''
+            ${lib.removeSuffix "\n" (nestedMessage fs)}
+            (A warning, not an error: ${toString (fsDevice fs)} cannot be compared with ${opt}.device
+            = "${cfg.device}" statically; if they are the same file system, this is an error.)
+          '') (lib.filter (fs: insideRoot fs && !(onRollbackDevice fs) && maybeOnRollbackDevice fs) otherBtrfs)
+          ++ lib.optional (leftovers != [ ]) ''
+            ${opt} is enabled, but ${lib.concatStringsSep " and " leftovers} still
+            ${if lib.length leftovers == 1 then "contains" else "contain"} what looks like a hand-written rollback (btrfs subvolume
+            delete/snapshot). Running both erases the root twice, and a
+            hand-written rollback usually runs before resume from hibernation. Remove the old
+            snippet (the block with "btrfs subvolume delete" in your impermanence module) or unit.
           ''
           ++
             lib.optional (useSystemd && cfg.onFailure == "stop" && lib.elem config.boot.initrd.systemd.emergencyAccess [ false null ])
@@ -461,18 +678,9 @@ in
           boot.initrd.extraUtilsCommandsTest = ''
             $out/bin/btrfs-rollback --version
           '';
-          boot.initrd.postResumeCommands = lib.mkAfter (
-            ''
-              # boot.initrd.btrfsRollback: exit status 0 and 3 are a rolled-back root.
-              btrfs-rollback ${lib.escapeShellArgs args}
-              rollbackStatus=$?
-              if [ "$rollbackStatus" -ne 0 ] && [ "$rollbackStatus" -ne 3 ]; then
-            ''
-            + indentLines "  " (failureMessage ++ lib.optional (cfg.onFailure == "stop") "fail")
-            + ''
-              fi
-            ''
-          );
+          boot.initrd.postResumeCommands = lib.mkAfter scriptedSnippet;
+          # For the failure prompt's shell: the same defaults as the boot's run.
+          boot.initrd.extraFiles."/etc/btrfs-rollback.conf".source = configFile;
         }
       ))
 
@@ -481,6 +689,8 @@ in
         boot.initrd.systemd.storePaths = [ "${cfg.package}/bin/btrfs-rollback" ];
         # For a rescue shell in the initrd: the same binary, by name.
         boot.initrd.systemd.extraBin.btrfs-rollback = "${cfg.package}/bin/btrfs-rollback";
+        # ... with the boot's settings as its defaults.
+        boot.initrd.systemd.contents."/etc/btrfs-rollback.conf".text = configFileText;
 
         boot.initrd.systemd.services.btrfs-rollback = {
           description = "Roll back btrfs subvolume ${cfg.rootSubvolume} to ${cfg.blankSnapshot}";
@@ -488,7 +698,11 @@ in
           # "stop": a failed rollback fails sysroot.mount (dependency), and with
           # it initrd-root-fs.target, whose OnFailure= is emergency.target.
           requiredBy = lib.optional (cfg.onFailure == "stop") "sysroot.mount";
-          bindsTo = [ deviceUnit ];
+          # A soft dependency: if the device never appears, systemd's device job
+          # times out and the unit still runs, so btrfs-rollback (--wait) reports
+          # the missing device and onFailure applies. (BindsTo=/Requires= would
+          # fail the unit as a dependency: no ExecStopPost, no message.)
+          wants = [ deviceUnit ];
           after = [
             deviceUnit
             "local-fs-pre.target"
@@ -514,16 +728,32 @@ in
             ExecStart = utils.escapeSystemdExecArgs ([ "${cfg.package}/bin/btrfs-rollback" ] ++ args);
             # Fresh root in place, only the cleanup of the old one failed.
             SuccessExitStatus = 3;
+            # Type=oneshot has no start timeout by default: a hang would be a boot
+            # that never ends. When hit: SIGTERM, then ExecStopPost says so.
+            TimeoutStartSec = "${toString startTimeout}s";
             StandardOutput = "journal+console";
             StandardError = "journal+console";
           };
-          # ExecStopPost: runs after a failed start too, with $SERVICE_RESULT.
+          # Exit status 3 counts as success, so ExecStopPost does not run for it
+          # (RemainAfterExit): ExecStartPost asks systemd for the status and makes
+          # it a warning ("<4>": journal priority) at every boot.
+          postStart = ''
+            if [ "$(systemctl show --property=ExecMainStatus --value btrfs-rollback.service || true)" = 3 ]; then
+              echo ${esc "<4>${cleanupMessage}"}
+            fi
+          '';
+          # ExecStopPost: runs after a failed start too, with $SERVICE_RESULT
+          # ("exit-code", "timeout", "signal", ...).
           postStop =
             ''
               if [ "$SERVICE_RESULT" != success ]; then
-                rollbackStatus=''${EXIT_STATUS:-$SERVICE_RESULT}
+                if [ "$SERVICE_RESULT" = timeout ]; then
+                  rollbackStatus=timeout
+                else
+                  rollbackStatus=''${EXIT_STATUS:-$SERVICE_RESULT}
+                fi
             ''
-            + indentLines "  " failureMessage
+            + indentLines "  " (failureMessage true)
             + ''
               fi
             '';

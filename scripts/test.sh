@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run every test tier of btrfs-rollback:
-#   1. unit tests                                  (cargo test, no privileges)
-#   2. privileged tests: real btrfs on loop devices (tests/privileged.rs, as root)
-#   3. the static release binary's ELF check        (tests/static_binary.rs)
-#   4. the stage-1 boot test: QEMU, LUKS2, initramfs, power cuts (tests/vm/run.sh)
-#   5. the same under systemd in stage 1: Debian trixie's systemd in a dracut initrd, the unit
+#   1. the musl build NixOS users get (scripts/musl.sh): built, its tests run, static, size
+#   2. unit tests                                  (cargo test, no privileges)
+#   3. privileged tests: real btrfs on loop devices (tests/*.rs, as root), run against the
+#      musl binary when there is one (BTRFS_ROLLBACK_TEST_BIN), else cargo's own build
+#   4. the static release binary's ELF check        (tests/static_binary.rs)
+#   5. the stage-1 boot test: QEMU, LUKS2, initramfs, power cuts (tests/vm/run.sh)
+#   6. the same under systemd in stage 1: Debian trixie's systemd in a dracut initrd, the unit
 #      rendered from nix/module.nix (tests/vm/run.sh --stage1 systemd)
 #
 #   scripts/test.sh [--no-vm]
@@ -33,9 +35,17 @@ if [ "$(id -u)" = 0 ]; then
   fi
 fi
 
-echo "test.sh: building the static release binary"
-RUSTFLAGS='-C target-feature=+crt-static' \
-  cargo build --release --target x86_64-unknown-linux-gnu
+echo "test.sh: the musl build (scripts/musl.sh)"
+musl_bin=$(scripts/musl.sh --print-bin)
+if [ -n "$musl_bin" ]; then
+  echo "test.sh: the privileged tests, the ELF check and the VM suite use $musl_bin"
+  export BTRFS_ROLLBACK_TEST_BIN=$musl_bin BTRFS_ROLLBACK_STATIC_BIN=$musl_bin
+  export BTRFS_ROLLBACK_BIN=${BTRFS_ROLLBACK_BIN:-$musl_bin}
+else
+  echo "test.sh: no musl build here; building the static glibc release binary instead"
+  RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --release --target x86_64-unknown-linux-gnu
+fi
 
 cargo test
 

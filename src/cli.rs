@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::config;
 use crate::diff;
 use crate::list;
 use crate::logging;
@@ -35,6 +36,11 @@ struct Cli {
     /// Log every step (also on stderr; RUST_LOG=debug does the same).
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Read the defaults of these options from PATH (`key = value` lines, keys as the long
+    /// options) instead of $BTRFS_ROLLBACK_CONFIG or /etc/btrfs-rollback.conf, which the
+    /// NixOS module writes. Options given here win.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,23 +84,47 @@ struct TargetArgs {
 struct RunArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// Log file to append to: relative to the top-level volume, or an absolute path.
+    /// Log file to append to: relative to the top-level volume (no "..", no symbolic links
+    /// on the way), or an absolute path.
     #[arg(long, value_name = "PATH", default_value = "rollback.log")]
     log: PathBuf,
+    /// Go on even if ROOT, or a subvolume nested in it, is mounted on this system (as the
+    /// running system's `/`): the running system's files are then deleted under it. Without
+    /// it, a mounted ROOT is refused (exit 1).
+    #[arg(long)]
+    force_mounted: bool,
     /// Print the plan (every subvolume that would go, by path and id) and change nothing.
     #[arg(long)]
     dry_run: bool,
     /// With --dry-run: print the plan as JSON.
     #[arg(long, requires = "dry_run")]
     json: bool,
-    /// Keep old roots under old_roots/<creation time> instead of deleting them, at most N
-    /// (the newest is always kept).
+    #[command(flatten)]
+    retention: RetentionArgs,
+}
+
+/// How long old roots are kept: `run` applies it, `list` shows what it would do.
+#[derive(Debug, Args)]
+struct RetentionArgs {
+    /// Keep old roots under old_roots/<creation time> instead of deleting them, at most N,
+    /// ranked by last use (the most recently used is always kept). Only old roots this tool
+    /// put there (marked with the trusted.btrfs-rollback.retired attribute) are pruned.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     keep_old_roots: Option<u32>,
     /// Keep old roots under old_roots/<creation time> instead of deleting them, for D days
-    /// (the newest is always kept). With --keep-old-roots, both limits apply.
+    /// after they were retired (the most recently used is always kept). With
+    /// --keep-old-roots, both limits apply.
     #[arg(long, value_name = "D")]
     keep_days: Option<u32>,
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> Retention {
+        Retention {
+            count: self.keep_old_roots,
+            days: self.keep_days,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +134,8 @@ struct ListArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 #[derive(Debug, Args)]
@@ -123,8 +155,34 @@ struct DiffArgs {
 struct RestoreArgs {
     #[command(flatten)]
     target: TargetArgs,
+    /// Log file to append to, as for `run`.
+    #[arg(long, value_name = "PATH", default_value = "rollback.log")]
+    log: PathBuf,
+    /// Go on even if ROOT, or a subvolume nested in it, is mounted on this system: the running
+    /// system's `/` is then exchanged under it. Without it, a mounted ROOT is refused (exit 1).
+    #[arg(long)]
+    force_mounted: bool,
     /// The old root to restore, a name in old_roots/ (as `list` shows it).
     name: OsString,
+}
+
+/// `--log`: no `..` anywhere, and a relative path must name a file below the top level.
+fn check_log(path: &std::path::Path) -> Result<()> {
+    use std::path::Component;
+    if path.components().any(|c| c == Component::ParentDir) {
+        anyhow::bail!(
+            "--log {} contains \"..\": give a path below the top-level volume (or an absolute \
+             path)",
+            names::quoted(path)
+        );
+    }
+    if !path.is_absolute() && !crate::beneath::is_plain_relative(path) {
+        anyhow::bail!(
+            "--log {} names no file: give a file name relative to the top-level volume",
+            names::quoted(path)
+        );
+    }
+    Ok(())
 }
 
 impl TargetArgs {
@@ -138,8 +196,21 @@ impl TargetArgs {
     }
 }
 
+/// Parse `args` with the configuration file's values as the defaults.
+fn parse(args: Vec<OsString>) -> std::result::Result<Cli, ExitCode> {
+    let config = config::load(config::explicit_path(&args).as_deref()).map_err(|e| {
+        eprintln!("btrfs-rollback: error: {e:#}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let matches = config.apply(Cli::command()).get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     logging::init(cli.verbose);
     let target = match &cli.command {
         Command::Run(a) => &a.target,
@@ -148,7 +219,10 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => &a.target,
     };
     let checked = target.target().and_then(|target| match &cli.command {
-        Command::Restore(a) => names::check_component("NAME", &a.name).map(|()| target),
+        Command::Restore(a) => names::check_component("NAME", &a.name)
+            .and_then(|()| check_log(&a.log))
+            .map(|()| target),
+        Command::Run(a) => check_log(&a.log).map(|()| target),
         _ => Ok(target),
     });
     let target = match checked {
@@ -163,17 +237,24 @@ pub fn main() -> ExitCode {
             &target,
             &RunOptions {
                 log: a.log.clone(),
+                force_mounted: a.force_mounted,
                 dry_run: a.dry_run,
                 json: a.json,
-                retention: Retention {
-                    count: a.keep_old_roots,
-                    days: a.keep_days,
-                },
+                retention: a.retention.retention(),
             },
         ),
-        Command::List(a) => list::list(&target, a.json).map(|()| Outcome::Looked),
+        Command::List(a) => {
+            list::list(&target, &a.retention.retention(), a.json).map(|()| Outcome::Looked)
+        }
         Command::Diff(a) => diff::diff(&target, &a.exclude, a.json).map(|()| Outcome::Looked),
-        Command::Restore(a) => restore::restore(&target, &a.name),
+        Command::Restore(a) => restore::restore(
+            &target,
+            &restore::RestoreOptions {
+                log: a.log.clone(),
+                force_mounted: a.force_mounted,
+            },
+            &a.name,
+        ),
     };
     match result {
         Ok(Outcome::RolledBack | Outcome::Looked) => ExitCode::SUCCESS,
@@ -189,7 +270,6 @@ pub fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn command_line_is_consistent() {
@@ -212,6 +292,42 @@ mod tests {
     }
 
     #[test]
+    fn defaults_come_from_the_configuration_and_flags_win() {
+        let file =
+            std::env::temp_dir().join(format!("btrfs-rollback-cli-{}.conf", std::process::id()));
+        std::fs::write(
+            &file,
+            "device = /dev/vdb\nroot = @\nblank = @blank\nlog = logs/r.log\nwait = 3\n\
+             keep-old-roots = 5\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["btrfs-rollback", "--config", file.to_str().unwrap(), "run"];
+            args.extend(extra);
+            let cli = parse(args.into_iter().map(OsString::from).collect()).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("not run")
+            };
+            args
+        };
+        let args = parse(&[]);
+        assert_eq!(args.target.device, PathBuf::from("/dev/vdb"));
+        assert_eq!(args.target.root, OsString::from("@"));
+        assert_eq!(args.target.blank, OsString::from("@blank"));
+        assert_eq!(args.target.wait, 3);
+        assert_eq!(args.target.mountpoint, PathBuf::from("/mnt"));
+        assert_eq!(args.log, PathBuf::from("logs/r.log"));
+        assert_eq!(args.retention.keep_old_roots, Some(5));
+        let args = parse(&["--device", "/dev/vdc", "--keep-old-roots", "2"]);
+        assert_eq!(args.target.device, PathBuf::from("/dev/vdc"));
+        assert_eq!(args.retention.keep_old_roots, Some(2));
+        assert_eq!(args.target.root, OsString::from("@"));
+        std::fs::remove_file(&file).unwrap();
+        let missing = vec!["btrfs-rollback", "--config", "/nonexistent/b.conf", "list"];
+        assert!(super::parse(missing.into_iter().map(OsString::from).collect()).is_err());
+    }
+
+    #[test]
     fn names_with_a_leading_dash_are_values() {
         let cli = Cli::try_parse_from(["btrfs-rollback", "list", "--root=-odd", "--blank", "-x"]);
         // `--blank -x` is refused by clap (looks like a flag); `--blank=-x` is the spelling.
@@ -231,5 +347,31 @@ mod tests {
             panic!("not run")
         };
         assert!(args.target.target().is_err());
+    }
+
+    #[test]
+    fn log_paths_may_not_climb() {
+        for bad in [
+            "../escape.log",
+            "logs/../../x",
+            "/run/../etc/passwd",
+            ".",
+            "",
+        ] {
+            assert!(check_log(std::path::Path::new(bad)).is_err(), "{bad:?}");
+        }
+        for ok in [
+            "rollback.log",
+            "logs/rollback.log",
+            "/run/btrfs-rollback.log",
+        ] {
+            assert!(check_log(std::path::Path::new(ok)).is_ok(), "{ok:?}");
+        }
+        let cli = Cli::try_parse_from(["btrfs-rollback", "restore", "--log", "x.log", "NAME"]);
+        let Command::Restore(args) = cli.unwrap().command else {
+            panic!("not restore")
+        };
+        assert_eq!(args.log, PathBuf::from("x.log"));
+        assert!(!args.force_mounted);
     }
 }

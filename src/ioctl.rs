@@ -370,3 +370,48 @@ pub fn renameat2(
         Ok(())
     }
 }
+
+/// fgetxattr(2): the value of the extended attribute `name` of `fd` (at most 255 bytes: this
+/// tool only reads its own short marks), `None` if there is no such attribute.
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> std::result::Result<Option<Vec<u8>>, Errno> {
+    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let mut buf = [0u8; 255];
+    // SAFETY: fgetxattr(int fd, const char *name, void *value, size_t size) writes at most
+    // `size` bytes into `value`; `name` is NUL-terminated; both outlive the call.
+    let ret = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    match ret {
+        n if n >= 0 => Ok(Some(buf[..n as usize].to_vec())),
+        _ => match Errno::last() {
+            Errno::ENODATA => Ok(None),
+            e => Err(e),
+        },
+    }
+}
+
+/// fsetxattr(2): set the extended attribute `name` of `fd` to `value`, creating or replacing it.
+pub fn set_xattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> std::result::Result<(), Errno> {
+    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)
+    // reads `size` bytes from `value`; `name` is NUL-terminated; both outlive the call.
+    let ret = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}

@@ -4,7 +4,9 @@
 //! `unsafe` lives in `ioctl.rs` only.
 #![deny(unsafe_code)]
 
+pub mod beneath;
 pub mod cli;
+pub mod config;
 pub mod device;
 pub mod diff;
 pub mod ioctl;
@@ -12,6 +14,7 @@ pub mod json;
 pub mod list;
 pub mod logging;
 pub mod mount;
+pub mod mountinfo;
 pub mod names;
 pub mod plan;
 pub mod restore;

@@ -21,7 +21,7 @@ struct TopLevelSubvolume {
     readonly: bool,
 }
 
-pub fn list(target: &Target, json: bool) -> Result<()> {
+pub fn list(target: &Target, retention: &Retention, json: bool) -> Result<()> {
     let (top, described) = rollback::open(target, true)?;
     let fs = top.fd();
     let names = &target.names;
@@ -40,7 +40,16 @@ pub fn list(target: &Target, json: bool) -> Result<()> {
     top_level.sort_by_key(|s| s.id);
     let state = rollback::inspect(&top, names)?;
     let now = crate::logging::now();
-    let plan = plan::plan(names, &state, &Retention::default(), now);
+    let plan = plan::plan(names, &state, retention, now);
+    // Why each old root stays or goes at the next run with these limits.
+    let verdicts = plan::judge(&[], &state.old_roots, retention, now);
+    let verdict = |o: &OldRoot| {
+        verdicts
+            .iter()
+            .find(|(v, _)| v.id == o.id)
+            .map(|(_, v)| *v)
+            .unwrap_or(plan::Verdict::NotOurs)
+    };
     if json {
         let plan = match &plan {
             Ok(plan) => plan.to_json(names),
@@ -83,7 +92,7 @@ pub fn list(target: &Target, json: bool) -> Result<()> {
                     state
                         .old_roots
                         .iter()
-                        .map(|o| old_root_json(o, now))
+                        .map(|o| old_root_json(o, verdict(o), now))
                         .collect(),
                 ),
             ),
@@ -124,28 +133,28 @@ pub fn list(target: &Target, json: bool) -> Result<()> {
     if !state.old_roots.is_empty() {
         let _ = writeln!(
             out,
-            "old roots ({} in {:?}, newest last; `restore NAME` brings one back):",
+            "old roots ({} in {:?}, most recently used first; `restore NAME` brings one back; \
+             {}):",
             state.old_roots.len(),
-            plan::OLD_ROOTS
+            plan::OLD_ROOTS,
+            limits(retention)
         );
-        for o in &state.old_roots {
+        for (o, v) in &verdicts {
+            let v = *v;
             let _ = writeln!(
                 out,
-                "  {:<24} ID {:<6} {}, {} nested subvolume(s)",
+                "  {:<24} ID {:<6} {}, {} nested subvolume(s); {}",
                 quoted(&o.name).to_string(),
                 o.id,
                 age(now - o.created),
-                o.nested.len()
+                o.nested.len(),
+                v.describe()
             );
         }
     }
     match plan {
         Ok(plan) => {
-            let _ = writeln!(
-                out,
-                "`run` would (without --keep-old-roots/--keep-days; `run --dry-run` shows \
-                 the plan with them):"
-            );
+            let _ = writeln!(out, "`run` would ({}):", limits(retention));
             for line in plan.describe(names).lines() {
                 let _ = writeln!(out, "  {line}");
             }
@@ -208,12 +217,28 @@ fn slot_json(name: &OsStr, slot: &Slot) -> Json {
     Json::Object(fields)
 }
 
-fn old_root_json(o: &OldRoot, now: i64) -> Json {
+/// The retention limits in words, for the headings.
+fn limits(retention: &Retention) -> String {
+    match (retention.count, retention.days) {
+        (None, None) => "with no --keep-old-roots/--keep-days, old roots are deleted".into(),
+        (Some(n), None) => format!("with --keep-old-roots {n}"),
+        (None, Some(d)) => format!("with --keep-days {d}"),
+        (Some(n), Some(d)) => format!("with --keep-old-roots {n} --keep-days {d}"),
+    }
+}
+
+/// `{"name", "id", "created", "age_seconds", "retired", "ours", "verdict", "why", "nested"}`
+fn old_root_json(o: &OldRoot, verdict: plan::Verdict, now: i64) -> Json {
     Json::Object(vec![
         ("name", Json::os(&o.name)),
         ("id", Json::id(o.id)),
         ("created", Json::Int(o.created)),
         ("age_seconds", Json::Int(now - o.created)),
+        ("retired", o.retired.map_or(Json::Null, Json::Int)),
+        ("ours", Json::Bool(verdict != plan::Verdict::NotOurs)),
+        ("verdict", Json::str(verdict.key())),
+        ("prune", Json::Bool(verdict.prune())),
+        ("why", Json::str(verdict.describe())),
         (
             "nested",
             Json::Array(o.nested.iter().map(nested_json).collect()),

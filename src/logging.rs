@@ -7,14 +7,19 @@
 //! `/dev/kmsg` gets informational lines and above only: the kernel rate-limits userspace
 //! writes (10 lines per 5 s by default), so the per-subvolume details go to the file.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+
+use crate::beneath;
 
 /// The log file is moved to `<name>.old` when it grows past this at the start of a run.
 pub const LOG_FILE_CAP: u64 = 1024 * 1024;
@@ -124,37 +129,59 @@ pub fn sync_file() {
     }
 }
 
-/// Open `path` for appending: relative to `dir` (the top-level volume), or as given if absolute.
-/// Writes the lines logged so far. A file past `cap` bytes is first moved to `<path>.old`.
+/// Open `path` for appending: relative to `dir` (the top-level volume), or as given if absolute
+/// (a file in the initrd). Writes the lines logged so far. A file past `cap` bytes is first
+/// moved to `<path>.old`.
+///
+/// A relative path is resolved below `dir` without following any symbolic link (see
+/// `beneath.rs`); the command line refuses `..`. A FIFO, socket or symbolic link at the path
+/// is moved aside to `<path>.moved-aside.<unix time>` with a warning, and a fresh log file is
+/// created; a directory is left alone (the run goes on without a log file). Nothing here
+/// blocks. An error means the run goes on without a log file (the caller warns).
 pub fn attach_file(dir: BorrowedFd<'_>, path: &Path, cap: u64) -> std::io::Result<LogFile> {
     let shown = if path.is_absolute() {
         path.to_path_buf()
     } else {
         Path::new("<top-level>").join(path)
     };
-    let open = || -> std::io::Result<File> {
-        use nix::fcntl::OFlag;
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_APPEND
-            | OFlag::O_CREAT
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC;
-        let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
-        Ok(File::from(nix::fcntl::openat(dir, path, flags, mode)?))
+    let (parent, name) = if path.is_absolute() {
+        let name = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::other(format!("{} names no file", shown.display())))?;
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let fd = nix::fcntl::openat(
+            nix::fcntl::AT_FDCWD,
+            parent,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        (fd, name)
+    } else {
+        beneath::open_parent(dir, path).map_err(|e| match e {
+            Errno::ELOOP => std::io::Error::other(format!(
+                "a directory on the way to {} is a symbolic link, which is never followed",
+                shown.display()
+            )),
+            Errno::EXDEV => std::io::Error::other(format!(
+                "{} leads out of the top-level volume",
+                shown.display()
+            )),
+            e => e.into(),
+        })?
     };
-    let mut file = open()?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other(format!(
-            "{} is not a regular file",
-            shown.display()
-        )));
-    }
-    if meta.len() > cap {
-        let mut old = path.as_os_str().to_os_string();
+    let parent = parent.as_fd();
+    let mut file = open_log(parent, name, &shown)?;
+    if file.metadata()?.len() > cap {
+        let mut old = name.to_os_string();
         old.push(".old");
-        nix::fcntl::renameat(dir, path, dir, old.as_os_str())?;
-        file = open()?;
+        match nix::fcntl::renameat(parent, name, parent, old.as_os_str()) {
+            Ok(()) => file = open_log(parent, name, &shown)?,
+            Err(e) => log::warn!(
+                "cannot move the log file {} to {:?} ({e}); appending to it as it is",
+                shown.display(),
+                old
+            ),
+        }
     }
     let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
     for line in sinks.pending.drain(..) {
@@ -162,6 +189,59 @@ pub fn attach_file(dir: BorrowedFd<'_>, path: &Path, cap: u64) -> std::io::Resul
     }
     sinks.file = Some(file);
     Ok(LogFile { path: shown })
+}
+
+/// Open `name` in `parent` for appending, creating it; move away first whatever is there and
+/// is not a regular file.
+fn open_log(parent: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> std::io::Result<File> {
+    use nix::sys::stat::fstatat;
+    match fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if beneath::kind_of_mode(st.st_mode) == "a regular file" => {}
+        // A directory may be anything, `persist` included: never moved.
+        Ok(st) if beneath::kind_of_mode(st.st_mode) == "a directory" => {
+            return Err(std::io::Error::other(format!(
+                "{} is a directory, not a log file; it is left alone",
+                shown.display()
+            )))
+        }
+        Ok(st) => {
+            let what = beneath::kind_of_mode(st.st_mode);
+            let mut aside = name.to_os_string();
+            aside.push(format!(".moved-aside.{}", now()));
+            crate::ioctl::renameat2(
+                parent,
+                name,
+                parent,
+                &aside,
+                crate::ioctl::Rename::NoReplace,
+            )
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "{} is {what}, not a log file, and cannot be moved aside to {:?} ({e})",
+                    shown.display(),
+                    aside
+                ))
+            })?;
+            log::warn!(
+                "{} was {what}, not a log file: moved it aside to {:?} and started a new log",
+                shown.display(),
+                aside
+            );
+        }
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT;
+    let fd = beneath::open(parent, Path::new(name), flags, 0o600)?;
+    // Something could have replaced the name between the look and the open.
+    let what = beneath::kind(fd.as_fd())?;
+    if what != "a regular file" {
+        return Err(std::io::Error::other(format!(
+            "{} is {what}, not a log file",
+            shown.display()
+        )));
+    }
+    Ok(File::from(fd))
 }
 
 /// Seconds since the epoch, now (0 if the clock is before 1970).

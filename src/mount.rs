@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use crate::mountinfo;
+use crate::names::quoted;
 use crate::subvolume::{self, TOP_LEVEL};
 
 /// The top-level volume, mounted at `mountpoint` until this is dropped.
@@ -17,15 +19,12 @@ pub struct TopLevel {
 }
 
 impl TopLevel {
-    /// Mount the top-level volume of `device` at `mountpoint` (created if missing), explicitly
-    /// with `subvolid=5`, so a default subvolume set to anything else does not matter.
+    /// Mount the top-level volume of `device` at `mountpoint` (its last component created if
+    /// missing, and removed again on drop), explicitly with `subvolid=5`, so a default
+    /// subvolume set to anything else does not matter.
     pub fn mount(device: &Path, mountpoint: &Path, readonly: bool) -> Result<Self> {
-        let created = !mountpoint.exists();
-        if created {
-            std::fs::create_dir_all(mountpoint).with_context(|| {
-                format!("cannot create the mountpoint {}", mountpoint.display())
-            })?;
-        } else if is_mountpoint(mountpoint)? {
+        let created = prepare_mountpoint(mountpoint)?;
+        if !created && is_mountpoint(mountpoint)? {
             bail!(
                 "something is already mounted at {}; give a free directory with --mountpoint",
                 mountpoint.display()
@@ -81,6 +80,62 @@ impl TopLevel {
         &self.mountpoint
     }
 
+    /// Where `name` (a subvolume in the top level) or anything inside it is mounted on this
+    /// system, as "MOUNTPOINT (shows NAME/...)" descriptions; empty if nowhere. Mounts of this
+    /// filesystem are recognised by the device number of this top-level mount.
+    pub fn mounts_inside(&self, name: &std::ffi::OsStr) -> Result<Vec<String>> {
+        let mounts = mountinfo::read()?;
+        let here = self
+            .mountpoint
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", self.mountpoint.display()))?;
+        let dev = mountinfo::top_level_dev(&mounts, &here).with_context(|| {
+            format!(
+                "cannot find the top-level mount at {} in /proc/self/mountinfo",
+                here.display()
+            )
+        })?;
+        Ok(mountinfo::mounts_inside(&mounts, dev, name)
+            .iter()
+            .map(|m| {
+                let shows = m.root.strip_prefix("/").unwrap_or(&m.root);
+                format!("{} (shows {})", quoted(&m.mount_point), quoted(shows))
+            })
+            .collect())
+    }
+
+    /// Refuse to go on if `root` or anything inside it is mounted on this system (a running
+    /// system's `/`): changing it would delete files under a running system. With `force`,
+    /// only warn. `doing` says what would be done to it ("roll back", "replace").
+    pub fn check_not_in_use(&self, root: &std::ffi::OsStr, force: bool, doing: &str) -> Result<()> {
+        let mounted = self.mounts_inside(root).with_context(|| {
+            format!(
+                "cannot tell whether {} is mounted on this system; pass --force-mounted to {doing} \
+                 without knowing",
+                quoted(root)
+            )
+        })?;
+        if mounted.is_empty() {
+            return Ok(());
+        }
+        let list = mounted.join(", ");
+        if force {
+            log::warn!(
+                "{} is in use on this system, mounted at {list}; going on because of \
+                 --force-mounted: what is mounted there is replaced or deleted under whatever \
+                 uses it",
+                quoted(root)
+            );
+            return Ok(());
+        }
+        bail!(
+            "{} is in use on this system, mounted at {list}; to {doing} it now would delete the \
+             files of a running system under it. Run it from stage 1 or a rescue system, or \
+             unmount it first (--force-mounted goes on anyway)",
+            quoted(root)
+        )
+    }
+
     /// Take an exclusive lock on the top-level directory, so two rollbacks of the same
     /// filesystem (through any mountpoint) never run at once.
     pub fn lock(&self) -> Result<Flock<OwnedFd>> {
@@ -112,51 +167,59 @@ impl Drop for TopLevel {
     }
 }
 
+/// Make sure `mountpoint` is a directory: a missing last component is created (returns true;
+/// the caller removes it again), a missing parent is refused rather than created, and so is
+/// anything that is not a directory, a symbolic link included (it would be followed).
+fn prepare_mountpoint(mountpoint: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(mountpoint) {
+        Ok(meta) if meta.is_dir() => return Ok(false),
+        Ok(meta) => bail!(
+            "the mountpoint {} is {}, not a directory; give a directory with --mountpoint; \
+             nothing was mounted or changed",
+            mountpoint.display(),
+            if meta.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "a file"
+            }
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot look at the mountpoint {}", mountpoint.display()))
+        }
+    }
+    let parent = match mountpoint.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => Path::new("/"),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "the mountpoint {} does not exist, and neither does its parent directory {}: only \
+             the last component is created; create {} first or give another --mountpoint; \
+             nothing was mounted or changed",
+            mountpoint.display(),
+            parent.display(),
+            parent.display()
+        );
+    }
+    std::fs::create_dir(mountpoint)
+        .with_context(|| format!("cannot create the mountpoint {}", mountpoint.display()))?;
+    Ok(true)
+}
+
 /// Whether a filesystem is mounted at `dir`: from /proc/self/mountinfo when it can be read,
 /// else by comparing the device of `dir` with that of its parent.
 fn is_mountpoint(dir: &Path) -> Result<bool> {
     let canonical = dir
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
-    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-        let target = canonical.to_string_lossy();
-        return Ok(info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .any(|mp| unescape_mountinfo(mp) == target));
+    if let Ok(mounts) = mountinfo::read() {
+        return Ok(mounts.iter().any(|m| m.mount_point == canonical));
     }
     use std::os::unix::fs::MetadataExt;
     let here = std::fs::metadata(&canonical)?;
     let parent = std::fs::metadata(canonical.join(".."))?;
     Ok(here.dev() != parent.dev() || here.ino() == parent.ino())
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unescape_mountinfo;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo("/mnt/x"), "/mnt/x");
-        assert_eq!(unescape_mountinfo("/a\\134b"), "/a\\b");
-    }
 }

@@ -14,6 +14,13 @@ const NAME_MAX: usize = 255;
 /// safe to delete (see `rollback.rs`).
 const TEMP_SUFFIX: &str = ".btrfs-rollback-tmp";
 
+/// The longest name a run derives from `--root`: `<root>.btrfs-rollback-tmp.<id>`, a leftover
+/// set aside under its subvolume id, which has at most 20 digits (`u64::MAX`).
+const ASIDE_EXTRA: usize = TEMP_SUFFIX.len() + 1 + 20;
+
+/// The longest `--root` whose derived names all fit in a btrfs name.
+pub const ROOT_MAX: usize = NAME_MAX - ASIDE_EXTRA;
+
 /// The names a rollback works with, all in the top-level volume, all checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -32,15 +39,17 @@ impl Names {
                 quoted(root)
             );
         }
-        let mut temp = root.to_os_string();
-        temp.push(TEMP_SUFFIX);
-        if temp.len() > NAME_MAX {
+        if root.len() > ROOT_MAX {
             bail!(
-                "--root {} is too long: {} bytes at most, to leave room for {TEMP_SUFFIX:?}",
+                "--root {} is {} bytes long, too long: {ROOT_MAX} bytes at most, so that the \
+                 names derived from it (\"<root>{TEMP_SUFFIX}.<subvolume id>\", up to \
+                 {ASIDE_EXTRA} bytes more) fit in btrfs's {NAME_MAX}-byte names",
                 quoted(root),
-                NAME_MAX - TEMP_SUFFIX.len()
+                root.len()
             );
         }
+        let mut temp = root.to_os_string();
+        temp.push(TEMP_SUFFIX);
         if blank == temp {
             bail!(
                 "--blank {} is the temporary name this tool uses for --root {}",
@@ -142,6 +151,15 @@ mod tests {
         let almost = "r".repeat(250);
         let err = names(&almost, "b").unwrap_err().to_string();
         assert!(err.contains("too long"), "{err}");
+        // Fits with the temporary suffix, but not with `.<id>` after it (issue 9, item 10).
+        let err = names(&"r".repeat(236), "b").unwrap_err().to_string();
+        assert!(err.contains("215 bytes at most"), "{err}");
+        assert!(names(&"r".repeat(ROOT_MAX), "b").is_ok());
+        assert!(names(&"r".repeat(ROOT_MAX + 1), "b").is_err());
+        // The longest aside name fits exactly.
+        let root = "r".repeat(ROOT_MAX);
+        let aside = format!("{root}{TEMP_SUFFIX}.{}", u64::MAX);
+        assert_eq!(aside.len(), NAME_MAX);
     }
 
     #[test]

@@ -62,12 +62,135 @@ pub struct OldRoot {
     pub id: u64,
     pub created: i64,
     pub nested: Vec<Nested>,
+    /// When btrfs-rollback retired it (seconds since the epoch), read from its mark (see
+    /// `RETIRED_XATTR`); `None` for a subvolume this tool did not put here, which is never
+    /// pruned and does not count toward `--keep-old-roots`.
+    pub retired: Option<i64>,
+    /// The transid of its last change (GET_SUBVOL_INFO `generation`): when it was last used
+    /// (the mark is written when it is retired). Old roots are ranked by it, newest first,
+    /// whatever the clock said and whatever their ids.
+    pub generation: u64,
 }
 
 impl OldRoot {
     pub fn path(&self) -> PathBuf {
         Path::new(OLD_ROOTS).join(&self.name)
     }
+}
+
+/// The extended attribute btrfs-rollback writes on the top directory of every root it moves
+/// into `old_roots/`: the time it retired it, in seconds since the epoch. Only subvolumes with
+/// this mark and a name in this tool's format are pruned; `trusted.` attributes can only be set
+/// (and read) with CAP_SYS_ADMIN, so no unprivileged user can make a subvolume look like one.
+pub const RETIRED_XATTR: &str = "trusted.btrfs-rollback.retired";
+
+/// Whether `name` is in the format `old_root_name` gives (`2026-11-27_10-04-05`, `.2`, ...).
+pub fn is_old_root_name(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    let (base, n) = match name.split_once('.') {
+        Some((base, n)) => (base, Some(n)),
+        None => (name, None),
+    };
+    let shape = base.len() == 19
+        && base.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'_',
+            13 | 16 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    let suffix_ok = |n: &str| {
+        !n.starts_with('0')
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && n.parse::<u32>().is_ok_and(|n| n >= 2)
+    };
+    shape && n.map_or(true, suffix_ok)
+}
+
+/// Why an old root stays or goes at the next run with retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The most recently used one: never pruned.
+    Newest,
+    /// Within the limits; `rank` 1 is the newest.
+    Kept { rank: usize },
+    /// Past `--keep-old-roots`.
+    TooMany { rank: usize, limit: u32 },
+    /// Retired longer ago than `--keep-days`.
+    TooOld { days: u32 },
+    /// Not put there by btrfs-rollback (no mark, or a name not in its format): never pruned.
+    NotOurs,
+}
+
+impl Verdict {
+    pub fn prune(&self) -> bool {
+        matches!(self, Verdict::TooMany { .. } | Verdict::TooOld { .. })
+    }
+
+    /// For `list` and the plan: why it stays or goes.
+    pub fn describe(&self) -> String {
+        match self {
+            Verdict::Newest => "kept: the most recently used".into(),
+            Verdict::Kept { rank } => format!("kept: number {rank} by last use"),
+            Verdict::TooMany { rank, limit } => {
+                format!("to be pruned: number {rank} by last use, {limit} are kept")
+            }
+            Verdict::TooOld { days } => format!("to be pruned: retired more than {days} d ago"),
+            Verdict::NotOurs => {
+                "never pruned: not put here by btrfs-rollback (no mark or another name)".into()
+            }
+        }
+    }
+
+    pub fn key(&self) -> &'static str {
+        match self {
+            Verdict::Newest => "newest",
+            Verdict::Kept { .. } => "kept",
+            Verdict::TooMany { .. } => "too_many",
+            Verdict::TooOld { .. } => "too_old",
+            Verdict::NotOurs => "not_ours",
+        }
+    }
+}
+
+/// Judge old roots against `retention`: `fresh` are the ones this run keeps (the root it
+/// replaces first), newer than any already kept; `kept` are those already in `old_roots/`.
+/// Returns every old root with its verdict, newest first, then the ones that are not ours.
+/// Ranking is by last use (`generation`), so a restored root that served again is new, and
+/// roots that never booted are not kept at all (see `Keeper::keep`).
+pub fn judge<'a>(
+    fresh: &'a [OldRoot],
+    kept: &'a [OldRoot],
+    retention: &Retention,
+    now: i64,
+) -> Vec<(&'a OldRoot, Verdict)> {
+    let mut ours: Vec<&OldRoot> = kept
+        .iter()
+        .filter(|o| o.retired.is_some() && is_old_root_name(&o.name))
+        .collect();
+    ours.sort_by_key(|o| std::cmp::Reverse((o.generation, o.id)));
+    let mut out: Vec<(&OldRoot, Verdict)> = Vec::new();
+    for (i, old) in fresh.iter().chain(ours).enumerate() {
+        let rank = i + 1;
+        let age = now - old.retired.unwrap_or(now);
+        let verdict = if i == 0 {
+            Verdict::Newest
+        } else if let Some(limit) = retention.count.filter(|&c| rank > c as usize) {
+            Verdict::TooMany { rank, limit }
+        } else if let Some(days) = retention.days.filter(|&d| age > i64::from(d) * 86_400) {
+            Verdict::TooOld { days }
+        } else {
+            Verdict::Kept { rank }
+        };
+        out.push((old, verdict));
+    }
+    for old in kept {
+        if !out.iter().any(|(o, _)| o.id == old.id) {
+            out.push((old, Verdict::NotOurs));
+        }
+    }
+    out
 }
 
 /// What `old_roots` is in the top-level volume.
@@ -161,6 +284,16 @@ pub fn aside_name(names: &Names, id: u64) -> OsString {
     name
 }
 
+/// The id in a set-aside name `<temp>.<id>` (the inverse of `aside_name`); `None` for any
+/// other name, including ids with leading zeros or signs, which this tool never writes.
+pub fn aside_id(names: &Names, name: &std::ffi::OsStr) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let rest = name.as_bytes().strip_prefix(names.temp.as_bytes())?;
+    let digits = std::str::from_utf8(rest.strip_prefix(b".")?).ok()?;
+    let id: u64 = digits.parse().ok()?;
+    (aside_name(names, id) == name).then_some(id)
+}
+
 /// The name of a kept old root created at `created`: its UTC creation time,
 /// `2026-11-27_10-04-05`, with `.2`, `.3`, ... if that is `taken`.
 pub fn old_root_name(created: i64, taken: &[OsString]) -> OsString {
@@ -238,6 +371,25 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
              interrupted rollback; make another subvolume the default and run again"
         );
     }
+    // Whatever an earlier run could not delete is old data still on the disk: say so at every
+    // run until it is gone (the steps below try again).
+    for (name, slot) in
+        std::iter::once((&names.temp, &state.temp)).chain(state.asides.iter().map(|(n, s)| (n, s)))
+    {
+        if let Some(id) = slot.id() {
+            warnings.push(format!(
+                "{} (ID {id}, {} nested subvolume(s)), left over from an earlier run, is still \
+                 on the disk{}",
+                quoted(name),
+                slot.nested.len(),
+                if slot.modified {
+                    ": it served as a root and may hold its files"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
     let keeping = retention.enabled();
     if let (true, OldRootsDir::Unusable(what)) = (keeping, state.old_roots_dir) {
         bail!(
@@ -272,7 +424,7 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
             if default_in_temp {
                 steps.push(Step::DefaultToRoot);
             }
-            keeper.leftover(names.temp.clone(), &state.temp, &mut steps);
+            keeper.leftover(names.temp.clone(), &state.temp, now, &mut steps);
         }
         Some(old) => {
             if let Some(id) = state.temp.id() {
@@ -285,8 +437,11 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
                 old,
                 default_follows: default == old || default_in_temp,
             });
-            if keeping {
-                keeper.keep(names.temp.clone(), &state.root, &mut steps);
+            // A root unchanged since it was made from the blank never served (a run was
+            // interrupted, then run again before a boot): it is only a copy of the blank and
+            // must not push out a root that did serve.
+            if keeping && state.root.modified {
+                keeper.keep(names.temp.clone(), &state.root, now, &mut steps);
             } else {
                 steps.push(Step::DeleteOld {
                     id: old,
@@ -294,25 +449,17 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
                 });
             }
             if let Some(id) = state.temp.id() {
-                keeper.leftover(aside_name(names, id), &state.temp, &mut steps);
+                keeper.leftover(aside_name(names, id), &state.temp, now, &mut steps);
             }
         }
     }
     for (name, slot) in &state.asides {
-        keeper.leftover(name.clone(), slot, &mut steps);
+        keeper.leftover(name.clone(), slot, now, &mut steps);
     }
     if keeping {
-        let mut all: Vec<&OldRoot> = state.old_roots.iter().chain(&keeper.kept).collect();
-        // Newest first, by id: ids grow with creation, whatever the clock said.
-        all.sort_by_key(|o| std::cmp::Reverse(o.id));
-        for (i, old) in all.iter().enumerate().skip(1) {
-            let age = (now - old.created).max(0);
-            let too_many = retention.count.is_some_and(|c| i >= c as usize);
-            let too_old = retention.days.is_some_and(|d| age > i64::from(d) * 86_400);
-            if too_many || too_old {
-                steps.push(Step::PruneOld {
-                    old: (*old).clone(),
-                });
+        for (old, verdict) in judge(&keeper.kept, &state.old_roots, retention, now) {
+            if verdict.prune() {
+                steps.push(Step::PruneOld { old: old.clone() });
             }
         }
     }
@@ -328,7 +475,7 @@ struct Keeper {
 
 impl Keeper {
     /// Keep the subvolume `from` under `old_roots/<its creation time>`.
-    fn keep(&mut self, from: OsString, slot: &Slot, steps: &mut Vec<Step>) {
+    fn keep(&mut self, from: OsString, slot: &Slot, now: i64, steps: &mut Vec<Step>) {
         let Some(id) = slot.id() else { return };
         let to = old_root_name(slot.created, &self.taken);
         self.taken.push(to.clone());
@@ -337,16 +484,18 @@ impl Keeper {
             id,
             created: slot.created,
             nested: slot.nested.clone(),
+            retired: Some(now),
+            generation: u64::MAX,
         });
         steps.push(Step::KeepOld { from, id, to });
     }
 
     /// A leftover that served as a root is kept like an old root; one that did not (a fresh
     /// snapshot never swapped in, unchanged since) is only a copy of the blank.
-    fn leftover(&mut self, name: OsString, slot: &Slot, steps: &mut Vec<Step>) {
+    fn leftover(&mut self, name: OsString, slot: &Slot, now: i64, steps: &mut Vec<Step>) {
         let Some(id) = slot.id() else { return };
         if self.keeping && slot.modified {
-            self.keep(name, slot, steps);
+            self.keep(name, slot, now, steps);
         } else {
             steps.push(Step::RemoveLeftover {
                 name,
@@ -742,12 +891,15 @@ mod tests {
         Retention { count, days }
     }
 
+    /// An old root this tool kept, retired `age_days` ago; last used in transaction `id`.
     fn old(id: u64, age_days: i64) -> OldRoot {
         OldRoot {
             name: old_root_name(NOW - age_days * DAY, &[]),
             id,
             created: NOW - age_days * DAY,
             nested: Vec::new(),
+            retired: Some(NOW - age_days * DAY),
+            generation: id,
         }
     }
 
@@ -759,6 +911,25 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn aside_names_round_trip() {
+        let n = names();
+        for id in [256, 257, 1 << 40, u64::MAX] {
+            assert_eq!(aside_id(&n, &aside_name(&n, id)), Some(id));
+        }
+        for bad in [
+            "root.btrfs-rollback-tmp",
+            "root.btrfs-rollback-tmp.",
+            "root.btrfs-rollback-tmp.0256",
+            "root.btrfs-rollback-tmp.+256",
+            "root.btrfs-rollback-tmp.256x",
+            "root.btrfs-rollback-tmp.18446744073709551616",
+            "other.btrfs-rollback-tmp.256",
+        ] {
+            assert_eq!(aside_id(&n, std::ffi::OsStr::new(bad)), None, "{bad}");
+        }
     }
 
     #[test]
@@ -802,7 +973,7 @@ mod tests {
     }
 
     #[test]
-    fn pruning_by_age_uses_creation_time_but_never_takes_the_newest() {
+    fn pruning_by_age_uses_retirement_time_but_never_takes_the_newest() {
         let mut s = state();
         s.root.created = NOW - 40 * DAY;
         s.old_roots = vec![old(100, 50), old(110, 10)];
@@ -814,13 +985,86 @@ mod tests {
     #[test]
     fn clock_skew_neither_prunes_nor_reorders() {
         let mut s = state();
-        // Created "in the future" and, the clock since fixed, "long ago": order is by id.
+        // Retired "in the future" and, the clock since fixed, "long ago": order is by last
+        // use (generation), never by the clock.
         s.old_roots = vec![old(100, -400), old(110, 400)];
         let p = super::plan(&names(), &s, &keep(Some(2), Some(30)), NOW).unwrap();
         // 256 newest, 110 next (but 400 days old: pruned by age), 100 third (count).
         assert_eq!(pruned(&p), vec![110, 100]);
         let p = super::plan(&names(), &s, &keep(Some(5), None), NOW).unwrap();
         assert_eq!(pruned(&p), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn subvolumes_this_tool_did_not_keep_are_never_pruned_and_do_not_count() {
+        let mut s = state();
+        let mut backup = old(90, 300);
+        backup.name = "my-backup".into();
+        let mut unmarked = old(95, 200);
+        unmarked.retired = None;
+        let mut renamed = old(97, 200);
+        renamed.name = "before-upgrade".into();
+        s.old_roots = vec![backup, unmarked, renamed, old(100, 3), old(110, 2)];
+        let p = super::plan(&names(), &s, &keep(Some(2), Some(30)), NOW).unwrap();
+        // 256 newest, 110 second, 100 third: pruned. The three others stay.
+        assert_eq!(pruned(&p), vec![100]);
+        let verdicts = judge(&[], &s.old_roots, &keep(Some(2), Some(30)), NOW);
+        let not_ours: Vec<u64> = verdicts
+            .iter()
+            .filter(|(_, v)| *v == Verdict::NotOurs)
+            .map(|(o, _)| o.id)
+            .collect();
+        assert_eq!(not_ours, vec![90, 95, 97]);
+    }
+
+    #[test]
+    fn old_roots_rank_by_last_use_so_a_restored_root_is_not_pruned_first() {
+        let mut s = state();
+        // 100 is the oldest subvolume, but it was restored and served until recently.
+        let mut restored = old(100, 1);
+        restored.generation = 500;
+        s.old_roots = vec![restored, old(110, 2), old(120, 3)];
+        let p = super::plan(&names(), &s, &keep(Some(2), None), NOW).unwrap();
+        assert_eq!(pruned(&p), vec![120, 110]);
+    }
+
+    #[test]
+    fn a_root_that_never_served_is_deleted_not_kept() {
+        let mut s = state();
+        s.root.modified = false;
+        s.old_roots = vec![old(110, 2)];
+        let p = super::plan(&names(), &s, &keep(Some(1), None), NOW).unwrap();
+        assert!(
+            matches!(p.steps[1], Step::DeleteOld { id: 256, .. }),
+            "{p:?}"
+        );
+        // It does not push out the root that did serve.
+        assert_eq!(pruned(&p), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn old_root_names_are_recognised() {
+        for good in [
+            "2026-11-27_10-09-05",
+            "2026-11-27_10-09-05.2",
+            "1970-01-01_00-00-00.17",
+        ] {
+            assert!(is_old_root_name(OsStr::new(good)), "{good}");
+        }
+        for bad in [
+            "my-backup",
+            "2026-11-27_10-09-05.1",
+            "2026-11-27_10-09-05.02",
+            "2026-11-27_10-09-05.",
+            "2026-11-27 10-09-05",
+            "2026-11-27_10-09-05x",
+            "2026-11-27_10-09-0",
+        ] {
+            assert!(!is_old_root_name(OsStr::new(bad)), "{bad}");
+        }
+        // Every name old_root_name gives is recognised.
+        let taken = vec![OsString::from("2026-11-27_10-09-05")];
+        assert!(is_old_root_name(&old_root_name(NOW, &taken)));
     }
 
     #[test]

@@ -2,21 +2,31 @@
 //! boot, crash-safely.
 //!
 //! 1. Check: `old_roots/NAME` is a writable subvolume; `root` is a subvolume or missing.
-//! 2. Write the restore marker (the id of `old_roots/NAME`) and commit, so that the next `run`
-//!    keeps that subvolume as `root` once instead of rolling it back.
+//!    `root` is not mounted anywhere on this system (unless `--force-mounted`).
+//! 2. Write the restore marker (the id of `old_roots/NAME`) under a temporary name, created
+//!    exclusively and never through a symbolic link, rename it into place and commit, so that
+//!    the next `run` keeps that subvolume as `root` once instead of rolling it back.
 //! 3. Exchange `old_roots/NAME` with `root` (one transaction, with the default subvolume if it
 //!    follows `root`) and commit. Before this commit a power cut leaves everything as it was
 //!    (the marker then names a subvolume that is not `root`, and `run` ignores and removes it);
 //!    after it, `root` is the restored one and the replaced root is kept as `old_roots/NAME`.
 //! 4. Rename the replaced root to a name from its own creation time, and commit.
+//!
+//! A failure says how far it got: before the exchange nothing was changed (exit 1; a marker
+//! left behind names a subvolume that is not `root`, so `run` ignores it); after it the
+//! restored root is in place and the message says where the replaced one is (exit 3).
 
 use std::ffi::OsStr;
-use std::io::Write;
-use std::os::fd::AsFd;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
+use crate::beneath;
 use crate::ioctl::{self, Rename};
 use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
@@ -25,40 +35,125 @@ use crate::plan::{old_root_name, OLD_ROOTS};
 use crate::rollback::{self, Outcome, Target, RESTORE_MARKER};
 use crate::subvolume::{self, Entry};
 
+/// The name the marker is written under before it is renamed into place.
+const MARKER_TEMP: &str = "btrfs-rollback.restored.tmp";
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The log file, as for `run`.
+    pub log: PathBuf,
+    /// Go on even if `root` is mounted somewhere.
+    pub force_mounted: bool,
+}
+
+/// How far a restore got, so that an error can say what is on the disk.
+#[derive(Debug, Clone, Copy)]
+enum Reached {
+    Nothing,
+    /// The marker for this id may be on the disk; nothing was exchanged.
+    Marker(u64),
+    /// `old_roots/NAME` was moved to `root`; `replaced` (if there was a root) is at
+    /// `old_roots/NAME`. Not committed yet.
+    Exchanged {
+        restored: u64,
+        replaced: Option<u64>,
+    },
+    /// The same, committed.
+    Committed {
+        restored: u64,
+        replaced: Option<u64>,
+    },
+}
+
 /// `name` must be a single path component (the command line checks it).
-pub fn restore(target: &Target, name: &OsStr) -> Result<Outcome> {
+pub fn restore(target: &Target, options: &RestoreOptions, name: &OsStr) -> Result<Outcome> {
     let names = &target.names;
     let (top, described) = rollback::open(target, false)?;
     let _lock = top
         .lock()
         .with_context(|| format!("{} is busy", target.device.display()))?;
-    let _log = logging::attach_file(top.fd(), Path::new("rollback.log"), LOG_FILE_CAP)
-        .map_err(|e| log::warn!("cannot write the log file rollback.log ({e}); going on"))
-        .ok();
+    // Declared after `top`, so it is closed before the volume is unmounted.
+    let _log = match logging::attach_file(top.fd(), &options.log, LOG_FILE_CAP) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            log::warn!(
+                "cannot write the log file {} on the top-level volume ({e}); going on without it",
+                options.log.display()
+            );
+            None
+        }
+    };
     let old_path = Path::new(OLD_ROOTS).join(name);
     log::info!(
         "restoring {} as {} on {described}",
         quoted(&old_path),
         quoted(&names.root)
     );
-    let result = restore_on(&top, target, name);
-    if let Err(e) = &result {
-        log::error!(
-            "{e:#}; {} and {} on {} were not changed",
-            quoted(&names.root),
-            quoted(&old_path),
-            target.device.display()
-        );
-        return Ok(Outcome::Refused);
+    let mut reached = Reached::Nothing;
+    let result = restore_on(&top, target, options, name, &mut reached);
+    let Err(e) = result else {
+        return result;
+    };
+    let (root, old, device) = (
+        quoted(&names.root),
+        quoted(&old_path),
+        target.device.display(),
+    );
+    let replaced_at = |replaced: Option<u64>| match replaced {
+        Some(id) => format!("the replaced root (ID {id}) is {old}"),
+        None => "there was no root to replace".to_string(),
+    };
+    match reached {
+        Reached::Nothing => {
+            log::error!("{e:#}; {root} and {old} on {device} were not changed");
+            Ok(Outcome::Refused)
+        }
+        Reached::Marker(id) => {
+            log::error!(
+                "{e:#}; {root} and {old} on {device} were not changed; a restore marker for ID \
+                 {id} may be left in the top-level volume, which the next run ignores and \
+                 removes ({root} is not ID {id})"
+            );
+            Ok(Outcome::Refused)
+        }
+        Reached::Exchanged { restored, replaced } => {
+            log::error!(
+                "{e:#}; {old} (ID {restored}) was already moved to {root} on {device}, not yet \
+                 committed: after a reboot {root} is either the restored root (kept once by the \
+                 next run) or the one it replaced; {}",
+                replaced_at(replaced)
+            );
+            Ok(Outcome::CleanupFailed)
+        }
+        Reached::Committed { restored, replaced } => {
+            log::error!(
+                "{e:#}; the restore itself is done and committed: {root} on {device} is ID \
+                 {restored} and the next run keeps it once; {}",
+                replaced_at(replaced)
+            );
+            Ok(Outcome::CleanupFailed)
+        }
     }
-    result
 }
 
-fn restore_on(top: &TopLevel, target: &Target, name: &OsStr) -> Result<Outcome> {
+fn restore_on(
+    top: &TopLevel,
+    target: &Target,
+    options: &RestoreOptions,
+    name: &OsStr,
+    reached: &mut Reached,
+) -> Result<Outcome> {
     let fs = top.fd();
     let names = &target.names;
     let old_path = Path::new(OLD_ROOTS).join(name);
-    let restored = match subvolume::entry(fs, old_path.as_os_str())? {
+    // Opened without following a symbolic link: old_roots/ is where kept roots are, nothing else.
+    let dir = subvolume::open_dir(fs, OLD_ROOTS).with_context(|| {
+        format!(
+            "cannot open the directory {OLD_ROOTS:?} in the top-level volume (a symbolic link \
+             is not followed); `btrfs-rollback list` shows the kept old roots"
+        )
+    })?;
+    let restored = match subvolume::entry(dir.as_fd(), name)? {
         Entry::Subvolume {
             readonly: false,
             id,
@@ -80,26 +175,48 @@ fn restore_on(top: &TopLevel, target: &Target, name: &OsStr) -> Result<Outcome> 
         Entry::Missing => None,
         Entry::Other(what) => bail!("{} is {what}, not a subvolume", quoted(&names.root)),
     };
-    let default_follows = current.is_some_and(|id| subvolume::default_id(fs).ok() == Some(id));
+    let default = subvolume::default_id(fs).context("cannot read the default subvolume")?;
+    let default_follows = current == Some(default);
+    top.check_not_in_use(&names.root, options.force_mounted, "replace")?;
 
-    write_marker(top, restored)?;
-    let dir = subvolume::open_dir(fs, OLD_ROOTS)?;
-    let Some(current) = current else {
-        ioctl::renameat2(
-            dir.as_fd(),
-            name,
-            fs,
-            names.root.as_os_str(),
-            Rename::NoReplace,
+    *reached = Reached::Marker(restored);
+    write_marker(fs, restored)?;
+    let how = if current.is_some() {
+        Rename::Exchange
+    } else {
+        Rename::NoReplace
+    };
+    ioctl::renameat2(dir.as_fd(), name, fs, names.root.as_os_str(), how).with_context(|| {
+        format!(
+            "cannot {} {} {} {} (renameat2)",
+            if current.is_some() {
+                "exchange"
+            } else {
+                "move"
+            },
+            quoted(&old_path),
+            if current.is_some() { "with" } else { "to" },
+            quoted(&names.root)
         )
-        .with_context(|| {
+    })?;
+    *reached = Reached::Exchanged {
+        restored,
+        replaced: current,
+    };
+    if default_follows {
+        ioctl::set_default_subvol(fs, restored).with_context(|| {
             format!(
-                "cannot move {} to {}",
-                quoted(&old_path),
-                quoted(&names.root)
+                "cannot make the restored root (ID {restored}) the default subvolume; it stays \
+                 ID {default}, the replaced root"
             )
         })?;
-        ioctl::sync(fs).context("cannot commit the restored root")?;
+    }
+    ioctl::sync(fs).context("cannot commit the restore (BTRFS_IOC_SYNC)")?;
+    *reached = Reached::Committed {
+        restored,
+        replaced: current,
+    };
+    let Some(current) = current else {
         log::info!(
             "done: {} (ID {restored}) is {} again; the next run keeps it once",
             quoted(&old_path),
@@ -107,35 +224,14 @@ fn restore_on(top: &TopLevel, target: &Target, name: &OsStr) -> Result<Outcome> 
         );
         return Ok(Outcome::RolledBack);
     };
-    ioctl::renameat2(
-        dir.as_fd(),
-        name,
-        fs,
-        names.root.as_os_str(),
-        Rename::Exchange,
-    )
-    .with_context(|| {
-        format!(
-            "cannot exchange {} with {} (renameat2 RENAME_EXCHANGE)",
-            quoted(&old_path),
-            quoted(&names.root)
-        )
-    })?;
-    if default_follows {
-        ioctl::set_default_subvol(fs, restored)
-            .context("cannot make the restored root the default subvolume")?;
-    }
-    ioctl::sync(fs).with_context(|| {
-        format!(
-            "{} was exchanged with {}, but the commit failed: after a reboot either may be {}",
-            quoted(&old_path),
-            quoted(&names.root),
-            quoted(&names.root)
-        )
-    })?;
     // The replaced root now sits at old_roots/NAME: give it its own name.
-    let replaced = subvolume::expect(fs, &old_path, current)?;
-    let created = ioctl::get_subvol_info(replaced.as_fd())?.otime;
+    let replaced = subvolume::expect(dir.as_fd(), name, current)?;
+    if let Err(e) = rollback::mark_retired(replaced.as_fd(), old_path.as_os_str()) {
+        log::warn!("{e:#}; retention will never prune it");
+    }
+    let created = ioctl::get_subvol_info(replaced.as_fd())
+        .with_context(|| format!("cannot read the creation time of {}", quoted(&old_path)))?
+        .otime;
     let taken = subvolume::names_with_prefix(dir.as_fd(), OsStr::new(""))?;
     let new_name = old_root_name(created, &taken);
     let kept_as = match ioctl::renameat2(
@@ -146,7 +242,12 @@ fn restore_on(top: &TopLevel, target: &Target, name: &OsStr) -> Result<Outcome> 
         Rename::NoReplace,
     ) {
         Ok(()) => {
-            ioctl::sync(fs).context("cannot commit the rename of the replaced root")?;
+            ioctl::sync(fs).with_context(|| {
+                format!(
+                    "cannot commit the rename of the replaced root to {}",
+                    quoted(&Path::new(OLD_ROOTS).join(&new_name))
+                )
+            })?;
             Path::new(OLD_ROOTS).join(&new_name)
         }
         Err(e) => {
@@ -168,13 +269,81 @@ fn restore_on(top: &TopLevel, target: &Target, name: &OsStr) -> Result<Outcome> 
     Ok(Outcome::RolledBack)
 }
 
-/// Write the restore marker (the id to keep) durably before anything is exchanged.
-fn write_marker(top: &TopLevel, id: u64) -> Result<()> {
-    let path = top.path().join(RESTORE_MARKER);
-    let mut file = std::fs::File::create(&path)
-        .with_context(|| format!("cannot write the restore marker {}", path.display()))?;
-    writeln!(file, "{id}")?;
-    file.sync_all()?;
-    ioctl::sync(top.fd()).context("cannot commit the restore marker")?;
+/// Write the restore marker (the id to keep) durably before anything is exchanged: to a
+/// temporary name created exclusively (never an existing file, never through a symbolic
+/// link), then renamed over the marker's name, which replaces whatever is there (a link
+/// itself, never what it points to); a directory there is refused.
+fn write_marker(fs: BorrowedFd<'_>, id: u64) -> Result<()> {
+    match unlinkat(fs, MARKER_TEMP, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => {
+            return Err(e).context(format!(
+                "cannot remove {MARKER_TEMP:?}, left in the top-level volume by an earlier \
+                 restore; move it away"
+            ))
+        }
+    }
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+    let fd = beneath::open(fs, Path::new(MARKER_TEMP), flags, 0o600)
+        .with_context(|| format!("cannot create {MARKER_TEMP:?} in the top-level volume"))?;
+    let mut file = std::fs::File::from(fd);
+    let written = writeln!(file, "{id}").and_then(|()| file.sync_all());
+    let renamed = written
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(nix::fcntl::renameat(fs, MARKER_TEMP, fs, RESTORE_MARKER)?));
+    if let Err(e) = renamed {
+        if let Err(e) = unlinkat(fs, MARKER_TEMP, UnlinkatFlags::NoRemoveDir) {
+            log::warn!("cannot remove {MARKER_TEMP:?} again ({e}); the next restore replaces it");
+        }
+        return Err(e).context(format!(
+            "cannot write the restore marker {RESTORE_MARKER:?} in the top-level volume (if it \
+             is a directory, move it away)"
+        ));
+    }
+    ioctl::sync(fs).context("cannot commit the restore marker")?;
     Ok(())
+}
+
+/// Read the restore marker: the id of the root `restore` put in place, `None` if there is no
+/// marker. Opened without following a symbolic link and without blocking. Anything else than
+/// a regular file holding an id is stale: a link, FIFO or socket is logged and reads as 0 (no
+/// root's id), so the run removes it; a directory is logged and ignored (left alone).
+pub fn read_marker(fs: BorrowedFd<'_>) -> Result<Option<u64>> {
+    let path = Path::new(RESTORE_MARKER);
+    let stale = |what: &str| {
+        log::warn!(
+            "{RESTORE_MARKER:?} in the top-level volume is {what}, not a marker written by \
+             `btrfs-rollback restore`: ignoring it as stale"
+        );
+    };
+    let fd = match beneath::open(fs, path, OFlag::O_RDONLY, 0) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => {
+            stale("a symbolic link (not followed)");
+            return Ok(Some(0));
+        }
+        Err(Errno::ENXIO) => {
+            stale("a socket");
+            return Ok(Some(0));
+        }
+        Err(e) => return Err(e).context(format!("cannot open {RESTORE_MARKER:?}")),
+    };
+    let what = beneath::kind(fd.as_fd()).context(format!("cannot stat {RESTORE_MARKER:?}"))?;
+    if what == "a directory" {
+        stale("a directory; it is left alone, remove it by hand");
+        return Ok(None);
+    }
+    if what != "a regular file" {
+        stale(what);
+        return Ok(Some(0));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .take(64)
+        .read_to_end(&mut bytes)
+        .context(format!("cannot read {RESTORE_MARKER:?}"))?;
+    // Anything unreadable as an id is stale: 0 is never a root's id.
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(Some(text.trim().parse().unwrap_or(0)))
 }

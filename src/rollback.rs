@@ -15,7 +15,6 @@
 //!    failure here is exit status 3: the fresh root is in place.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
 use crate::names::{quoted, Names};
 pub use crate::plan::Retention;
-use crate::plan::{self, OldRoot, OldRootsDir, Plan, Slot, State, Step, OLD_ROOTS};
+use crate::plan::{self, OldRoot, OldRootsDir, Plan, Slot, State, Step, OLD_ROOTS, RETIRED_XATTR};
 use crate::subvolume::{self, Entry};
 
 /// Where the filesystem is and how to reach it.
@@ -97,10 +96,11 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
         })
     };
     let mut asides = Vec::new();
-    for name in subvolume::names_with_prefix(fs, &plan::aside_name(names, 0))? {
+    let mut prefix = names.temp.clone();
+    prefix.push(".");
+    for name in subvolume::names_with_prefix(fs, &prefix)? {
         // `<temp>.<id>` is ours only if it is subvolume <id>; anything else is left alone.
-        let id = name.as_bytes()[names.temp.len() + 1..].to_vec();
-        let id: Option<u64> = String::from_utf8(id).ok().and_then(|s| s.parse().ok());
+        let id = plan::aside_id(names, &name);
         let slot = slot(Path::new(&name))?;
         match (id, &slot.entry) {
             (Some(id), Entry::Subvolume { id: found, .. }) if id == *found => {
@@ -113,12 +113,7 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
         }
     }
     let (old_roots_dir, old_roots) = old_roots(fs, &slot)?;
-    let restored = match std::fs::read_to_string(top.path().join(RESTORE_MARKER)) {
-        // Anything unreadable as an id is stale: 0 is never a root's id.
-        Ok(text) => Some(text.trim().parse().unwrap_or(0)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).context(format!("cannot read {RESTORE_MARKER:?}")),
-    };
+    let restored = crate::restore::read_marker(fs)?;
     Ok(State {
         root: slot(Path::new(&names.root))?,
         blank: slot(Path::new(&names.blank))?,
@@ -154,11 +149,17 @@ fn old_roots(
         let path = Path::new(OLD_ROOTS).join(&name);
         let s = slot(&path)?;
         if let Entry::Subvolume { id, .. } = s.entry {
+            let fd = subvolume::expect(fs, &path, id)?;
+            let generation = ioctl::get_subvol_info(fd.as_fd())
+                .with_context(|| format!("cannot read the generation of {}", quoted(&path)))?
+                .generation;
             roots.push(OldRoot {
                 name,
                 id,
                 created: s.created,
                 nested: s.nested,
+                retired: retired_mark(fd.as_fd(), &path),
+                generation,
             });
         }
     }
@@ -166,9 +167,26 @@ fn old_roots(
     Ok((OldRootsDir::Usable, roots))
 }
 
+/// The time in an old root's mark (`plan::RETIRED_XATTR`), `None` without a readable one.
+fn retired_mark(fd: BorrowedFd<'_>, path: &Path) -> Option<i64> {
+    match ioctl::get_xattr(fd, RETIRED_XATTR) {
+        Ok(Some(value)) => std::str::from_utf8(&value).ok()?.trim().parse().ok(),
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!(
+                "cannot read the mark of {} ({e}); it is treated as not kept by this tool",
+                quoted(path)
+            );
+            None
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub log: PathBuf,
+    /// Go on even if `root` is mounted somewhere (see `TopLevel::check_not_in_use`).
+    pub force_mounted: bool,
     pub dry_run: bool,
     /// With `dry_run`: the plan as JSON.
     pub json: bool,
@@ -210,34 +228,43 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
         env!("CARGO_PKG_VERSION"),
     );
     // Errors from here on are logged while the log file is still open.
-    let result = inspect(&top, names).and_then(|state| {
-        let plan = plan::plan(names, &state, &options.retention, logging::now())
-            .context("refusing to roll back")?;
-        for warning in &plan.warnings {
-            log::warn!("{warning}");
+    let in_use = match top.check_not_in_use(&names.root, options.force_mounted, "roll back") {
+        Err(e) if dry_run => {
+            log::warn!("a run would refuse: {e:#}");
+            Ok(())
         }
-        if dry_run && options.json {
-            print!("{}", plan.to_json(names).to_string_pretty());
-            return Ok(Outcome::Looked);
-        }
-        if dry_run {
-            print!(
-                "dry run, nothing changed; a run would:\n{}",
-                plan.describe(names)
-            );
-            return Ok(Outcome::Looked);
-        }
-        // The plan goes to the log file; a huge one only in part (it rotates at 1 MiB).
-        let described = plan.describe(names);
-        let lines: Vec<&str> = described.lines().collect();
-        for line in lines.iter().take(PLAN_LINES) {
-            log::debug!("plan: {line}");
-        }
-        if lines.len() > PLAN_LINES {
-            log::debug!("plan: ... {} more lines", lines.len() - PLAN_LINES);
-        }
-        execute(&top, names, &plan, &target.device)
-    });
+        other => other,
+    };
+    let result = in_use
+        .and_then(|()| inspect(&top, names))
+        .and_then(|state| {
+            let plan = plan::plan(names, &state, &options.retention, logging::now())
+                .context("refusing to roll back")?;
+            for warning in &plan.warnings {
+                log::warn!("{warning}");
+            }
+            if dry_run && options.json {
+                print!("{}", plan.to_json(names).to_string_pretty());
+                return Ok(Outcome::Looked);
+            }
+            if dry_run {
+                print!(
+                    "dry run, nothing changed; a run would:\n{}",
+                    plan.describe(names)
+                );
+                return Ok(Outcome::Looked);
+            }
+            // The plan goes to the log file; a huge one only in part (it rotates at 1 MiB).
+            let described = plan.describe(names);
+            let lines: Vec<&str> = described.lines().collect();
+            for line in lines.iter().take(PLAN_LINES) {
+                log::debug!("plan: {line}");
+            }
+            if lines.len() > PLAN_LINES {
+                log::debug!("plan: ... {} more lines", lines.len() - PLAN_LINES);
+            }
+            execute(&top, names, &plan, &target.device)
+        });
     result.or_else(|e| {
         log::error!(
             "{e:#}; {} on {} was not changed",
@@ -339,7 +366,13 @@ pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result
         Ok(()) | Err(ioctl::Errno::EEXIST) => {}
         Err(e) => return Err(e).context(format!("cannot create {OLD_ROOTS:?}")),
     }
-    subvolume::expect(fs, from, id)?;
+    let old = subvolume::expect(fs, from, id)?;
+    if let Err(e) = mark_retired(old.as_fd(), from) {
+        log::warn!(
+            "{e:#}; it is kept without the mark, so retention will never prune it: delete it by \
+             hand when it is no longer wanted"
+        );
+    }
     let dir = subvolume::open_dir(fs, OLD_ROOTS)?;
     let dest = Path::new(OLD_ROOTS).join(to);
     ioctl::renameat2(fs, from, dir.as_fd(), to, Rename::NoReplace).with_context(|| {
@@ -352,6 +385,18 @@ pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result
     ioctl::sync(fs).with_context(|| format!("cannot commit {}", quoted(&dest)))?;
     log::debug!("kept {} (ID {id}) as {}", quoted(from), quoted(&dest));
     Ok(())
+}
+
+/// Mark the root at `path` (open as `fd`) as retired by this tool now, so that retention may
+/// prune it later (`plan::RETIRED_XATTR`). Also what makes it the most recently used.
+pub fn mark_retired(fd: BorrowedFd<'_>, path: &OsStr) -> Result<()> {
+    let now = logging::now().to_string();
+    ioctl::set_xattr(fd, RETIRED_XATTR, now.as_bytes()).with_context(|| {
+        format!(
+            "cannot mark {} as an old root kept by btrfs-rollback ({RETIRED_XATTR})",
+            quoted(path)
+        )
+    })
 }
 
 fn prune_old(fs: BorrowedFd<'_>, old: &OldRoot) -> Result<()> {

@@ -238,7 +238,7 @@ fn privileged_missing_root_is_created_from_the_blank() {
 fn privileged_missing_device_is_a_clear_error() {
     privileged!("privileged_missing_device_is_a_clear_error");
     let start = Instant::now();
-    let out = Command::new(BIN)
+    let out = bin_command()
         .args(["run", "--device", "/dev/no-such-disk", "--wait", "1"])
         .args(["--mountpoint", "/nonexistent-mountpoint"])
         .output()
@@ -261,7 +261,7 @@ fn privileged_device_that_appears_late_is_waited_for() {
     impermanence_layout(&disk);
     let before = Before::take(&disk, "root", "root-blank");
     let link = disk.dir.join("late-device");
-    let child = Command::new(BIN)
+    let child = bin_command()
         .args(["run", "--wait", "10", "--device"])
         .arg(&link)
         .arg("--mountpoint")
@@ -289,7 +289,7 @@ fn privileged_device_that_is_not_btrfs_is_refused() {
     let blank = Disk::with_mkfs("zeros", &[]);
     assert_exit(&blank.run(&[]), 1);
     // A regular file is not a block device.
-    let out = Command::new(BIN)
+    let out = bin_command()
         .args(["run", "--wait", "0", "--device"])
         .arg(&ext4.image)
         .output()

@@ -216,3 +216,117 @@ fn privileged_list_and_dry_run_speak_json() {
     // --json without --dry-run is a usage error.
     assert_exit(&disk.run(&["--json"]), 2);
 }
+
+/// Only what btrfs-rollback retired (its mark, its name format) is pruned: a backup the admin
+/// put in old_roots/, and a subvolume named like ours but without the mark, stay.
+#[test]
+fn privileged_retention_prunes_only_what_it_kept() {
+    privileged!("privileged_retention_prunes_only_what_it_kept");
+    let disk = Disk::new("notours");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        fs::create_dir(m.join("old_roots")).unwrap();
+        m.subvol("old_roots/my-backup");
+        fs::write(m.join("old_roots/my-backup/precious"), "mine").unwrap();
+        m.subvol("old_roots/2020-01-01_00-00-00");
+    }
+    for _ in 0..3 {
+        fs::write(disk.mount().join("root/etc/junk"), "boot").unwrap();
+        assert_exit(&disk.run(&["--keep-old-roots", "1", "--keep-days", "1"]), 0);
+    }
+    let kept: Vec<PathBuf> = old_roots(&disk).into_iter().map(|(p, _)| p).collect();
+    assert!(
+        kept.contains(&PathBuf::from("old_roots/my-backup")),
+        "{kept:?}"
+    );
+    assert!(
+        kept.contains(&PathBuf::from("old_roots/2020-01-01_00-00-00")),
+        "{kept:?}"
+    );
+    // Plus the one most recently retired.
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert_eq!(
+        fs::read_to_string(disk.mount().join("old_roots/my-backup/precious")).unwrap(),
+        "mine"
+    );
+    let out = disk
+        .cmd("list")
+        .args(["--keep-old-roots", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"my-backup\"") && text.contains("never pruned: not put here"),
+        "{text}"
+    );
+    assert!(text.contains("kept: the most recently used"), "{text}");
+}
+
+/// The scenario: restore an old root, boot it (kept once), work in it; the next run
+/// with retention keeps it as the most recently used and prunes one the user had left behind.
+#[test]
+fn privileged_a_restored_root_is_not_pruned_first() {
+    privileged!("privileged_a_restored_root_is_not_pruned_first");
+    let disk = Disk::new("restoreprune");
+    impermanence_layout(&disk);
+    let keep = ["--keep-old-roots", "2"];
+    let first = disk.mount().id("root");
+    assert_exit(&disk.run(&keep), 0);
+    fs::write(disk.mount().join("root/etc/junk"), "second boot").unwrap();
+    let second = disk.mount().id("root");
+    assert_exit(&disk.run(&keep), 0);
+    fs::write(disk.mount().join("root/etc/junk"), "third boot").unwrap();
+    let third = disk.mount().id("root");
+    let (name, id) = old_roots(&disk)
+        .into_iter()
+        .find(|(_, id)| *id == first)
+        .unwrap();
+    assert_eq!(id, first);
+    let out = disk
+        .cmd("restore")
+        .arg(name.file_name().unwrap())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_exit(&disk.run(&keep), 0); // kept once: the restored root boots
+    fs::write(disk.mount().join("root/etc/junk"), "worked in it").unwrap();
+    let out = disk.run(&keep);
+    assert_exit(&out, 0);
+    let ids: Vec<u64> = old_roots(&disk).into_iter().map(|(_, id)| id).collect();
+    assert!(
+        ids.contains(&first),
+        "the restored root was pruned: {ids:?}"
+    );
+    assert!(
+        ids.contains(&third),
+        "the root replaced by restore: {ids:?}"
+    );
+    assert!(
+        !ids.contains(&second),
+        "the left-behind root stayed: {ids:?}"
+    );
+    let (path, _) = old_roots(&disk)
+        .into_iter()
+        .find(|(_, id)| *id == first)
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(disk.mount().join(path).join("etc/junk")).unwrap(),
+        "worked in it"
+    );
+}
+
+/// A root that never served (two runs with no boot in between) is only a copy of the blank:
+/// it is deleted, not kept, and does not push out the root that did serve.
+#[test]
+fn privileged_a_root_that_never_booted_is_not_kept() {
+    privileged!("privileged_a_root_that_never_booted_is_not_kept");
+    let disk = Disk::new("neverbooted");
+    impermanence_layout(&disk);
+    let served = disk.mount().id("root");
+    assert_exit(&disk.run(&["--keep-old-roots", "1"]), 0);
+    let out = disk.run(&["--keep-old-roots", "1"]);
+    assert_exit(&out, 0);
+    let ids: Vec<u64> = old_roots(&disk).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids, vec![served], "{}", stderr(&out));
+}

@@ -173,6 +173,14 @@ in
         assert re.fullmatch(r"/dev/mapper/cryptroot\[/root\]\s+btrfs", source), f"/ is {source!r}"
 
 
+    def assert_settings_known() -> None:
+        """The booted system has the binary and the boot's settings: `list` needs no flags."""
+        conf = machine.succeed("cat /etc/btrfs-rollback.conf")
+        assert "device = /dev/mapper/cryptroot" in conf, conf
+        listing = machine.succeed("btrfs-rollback list")
+        assert "root-blank" in listing, listing
+
+
     def write_darlings() -> None:
         """State that a rollback must erase, and state it must keep."""
         machine.succeed(

@@ -17,6 +17,7 @@ in
           boot_rollback()
           assert_booted_from_root()
           assert_rollback_logged(0)
+          assert_settings_known()
 
       with subtest("a reboot erases / and the subvolumes nested in it, and keeps /persist"):
           write_darlings()

@@ -27,8 +27,21 @@ macro_rules! privileged {
     };
 }
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_btrfs-rollback");
+/// The binary under test: `BTRFS_ROLLBACK_TEST_BIN` if set (scripts/test.sh points it at the
+/// musl build, the one users ship), else the one cargo built for these tests.
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("BTRFS_ROLLBACK_TEST_BIN")
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_btrfs-rollback").into())
+}
+
+/// The binary under test as a command, isolated from the machine's own configuration: on a
+/// NixOS machine with the module, `/etc/btrfs-rollback.conf` would change its defaults.
+pub fn bin_command() -> Command {
+    let mut c = Command::new(bin());
+    c.env("BTRFS_ROLLBACK_CONFIG", "/dev/null");
+    c
+}
 
 /// Whether the privileged tests can run; if not, skip (or fail under CI=true).
 pub fn privileged(test: &str) -> bool {
@@ -148,7 +161,7 @@ impl Disk {
 
     /// Run the binary with `args` after `sub` (run/list), pointed at this disk.
     pub fn cmd(&self, sub: &str) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = bin_command();
         c.arg(sub)
             .arg("--device")
             .arg(&self.dev)

@@ -1,0 +1,566 @@
+//! Privileged tests of issue 9, items 6, 7, 9, 10, 11 and 12: what a hostile or careless
+//! user can leave where the tool opens its files (FIFOs, symbolic links, directories), a
+//! `root` that is in use, overlong names, `restore`'s log and messages, and `--mountpoint`.
+//! Each checks with btrfs-progs and a fresh mount what happened to the disk and that nothing
+//! outside `root` changed. See `common/mod.rs` for when they skip.
+
+#[macro_use]
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{symlink, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Longer than any run of these tests takes on a loaded machine; a run still going is hung.
+const HANG: Duration = Duration::from_secs(90);
+
+/// Run `cmd` and fail the test if it does not finish within `HANG` (it is killed then).
+fn bounded(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the binary");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > HANG {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} hung for {HANG:?} and was killed; stderr so far:\n{}",
+                stderr(&out)
+            );
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn mkfifo(path: &Path) {
+    sh(Command::new("mkfifo").arg(path));
+}
+
+/// Every regular file below `dir` (through a fresh mount), with its content: what `persist`
+/// holds, to compare byte for byte before and after.
+fn checksums(m: &Mounted, dir: &str) -> String {
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . -type f -print0 | sort -z | xargs -0 -r sha256sum",
+        m.join(dir).display()
+    )))
+}
+
+/// Keep one old root (a run with --keep-old-roots) and return its name in old_roots/.
+fn keep_one_old_root(disk: &Disk) -> PathBuf {
+    assert_exit(&bounded(disk.cmd("run").args(["--keep-old-roots", "5"])), 0);
+    let subs = disk.mount().subvolumes();
+    let old = subs
+        .keys()
+        .find(|p| p.starts_with("old_roots") && p.components().count() == 2)
+        .expect("an old root was kept");
+    PathBuf::from(old.file_name().unwrap())
+}
+
+#[test]
+fn privileged_fifos_at_the_log_and_the_marker_do_not_hang_the_run() {
+    privileged!("privileged_fifos_at_the_log_and_the_marker_do_not_hang_the_run");
+    let disk = Disk::new("fifo");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        mkfifo(&m.join("rollback.log"));
+        mkfifo(&m.join("btrfs-rollback.restored"));
+    }
+    let before = Before::take(&disk, "root", "root-blank");
+    let out = bounded(&mut disk.cmd("run"));
+    assert!(!is_mounted(&disk.work_mountpoint()));
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("was a FIFO, not a log file: moved it aside"),
+        "{err}"
+    );
+    assert!(err.contains("\"btrfs-rollback.restored\" in the top-level volume is a FIFO"));
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    let m = disk.mount();
+    // A fresh log file with this run in it; the FIFO kept aside, as it was.
+    let log = fs::read_to_string(m.join("rollback.log")).unwrap();
+    assert!(log.contains("rolling back"), "{log}");
+    let aside: Vec<_> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("rollback.log.moved-aside."))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(fs::symlink_metadata(m.join(&aside[0]))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // The stale marker was removed.
+    assert!(fs::symlink_metadata(m.join("btrfs-rollback.restored")).is_err());
+    drop(m);
+
+    // restore with FIFOs at the marker and at its temporary name: replaced, not opened.
+    let name = keep_one_old_root(&disk);
+    let kept_id = disk.mount().id(Path::new("old_roots").join(&name));
+    {
+        let m = disk.mount();
+        mkfifo(&m.join("btrfs-rollback.restored"));
+        mkfifo(&m.join("btrfs-rollback.restored.tmp"));
+    }
+    let out = bounded(disk.cmd("restore").arg(&name));
+    assert_exit(&out, 0);
+    let m = disk.mount();
+    assert_eq!(m.id("root"), kept_id);
+    assert_eq!(
+        fs::read_to_string(m.join("btrfs-rollback.restored"))
+            .unwrap()
+            .trim(),
+        kept_id.to_string()
+    );
+    assert!(!m.join("btrfs-rollback.restored.tmp").exists());
+}
+
+#[test]
+fn privileged_symlinks_at_the_log_and_the_marker_are_not_followed() {
+    privileged!("privileged_symlinks_at_the_log_and_the_marker_are_not_followed");
+    let disk = Disk::new("links");
+    impermanence_layout(&disk);
+    let persist_before = checksums(&disk.mount(), "persist");
+    {
+        let m = disk.mount();
+        symlink("persist/etc/ssh/key", m.join("btrfs-rollback.restored")).unwrap();
+        symlink("persist/etc/ssh/key", m.join("rollback.log")).unwrap();
+        symlink("persist/etc", m.join("logs")).unwrap();
+        symlink(m.join("persist/etc"), m.join("abslogs")).unwrap();
+    }
+    let before = Before::take(&disk, "root", "root-blank");
+
+    // A link at the log file is moved aside, a link at the marker is stale and removed.
+    let out = bounded(&mut disk.cmd("run"));
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("was a symbolic link, not a log file"), "{err}");
+    assert!(err.contains("symbolic link (not followed)"), "{err}");
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    {
+        let m = disk.mount();
+        assert_eq!(checksums(&m, "persist"), persist_before);
+        assert!(fs::symlink_metadata(m.join("rollback.log"))
+            .unwrap()
+            .is_file());
+        assert!(fs::symlink_metadata(m.join("btrfs-rollback.restored")).is_err());
+    }
+
+    // A link on the way to the log file (relative or absolute target): no file log, the run
+    // goes on, nothing written through it.
+    for log in ["logs/rollback.log", "abslogs/rollback.log"] {
+        let before = Before::take(&disk, "root", "root-blank");
+        let out = bounded(disk.cmd("run").args(["--log", log]));
+        assert_exit(&out, 0);
+        let err = stderr(&out);
+        assert!(err.contains("cannot write the log file"), "{err}");
+        assert!(err.contains("symbolic link"), "{err}");
+        before.assert_rolled_back(&disk, "root", "root-blank");
+        let m = disk.mount();
+        assert_eq!(checksums(&m, "persist"), persist_before);
+        assert!(!m.join("persist/etc/rollback.log").exists());
+    }
+
+    // restore writes its marker as a file of its own, never through a link at its name.
+    let name = keep_one_old_root(&disk);
+    let persist_before = checksums(&disk.mount(), "persist");
+    symlink(
+        "persist/etc/ssh/key",
+        disk.mount().join("btrfs-rollback.restored"),
+    )
+    .unwrap();
+    let out = bounded(disk.cmd("restore").arg(&name));
+    assert_exit(&out, 0);
+    let m = disk.mount();
+    assert_eq!(checksums(&m, "persist"), persist_before);
+    assert_eq!(
+        fs::read_to_string(m.join("persist/etc/ssh/key")).unwrap(),
+        "secret\n"
+    );
+    let marker = m.join("btrfs-rollback.restored");
+    assert!(fs::symlink_metadata(&marker).unwrap().is_file());
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap().trim(),
+        m.id("root").to_string()
+    );
+    assert!(!m.join("btrfs-rollback.restored.tmp").exists());
+}
+
+#[test]
+fn privileged_log_paths_that_climb_out_are_usage_errors() {
+    privileged!("privileged_log_paths_that_climb_out_are_usage_errors");
+    let disk = Disk::new("climb");
+    impermanence_layout(&disk);
+    let subs = disk.mount().subvolumes();
+    let persist_before = checksums(&disk.mount(), "persist");
+    for log in [
+        "../escape.log",
+        "persist/../../escape.log",
+        "/tmp/../escape.log",
+    ] {
+        for sub in ["run", "restore"] {
+            let mut cmd = disk.cmd(sub);
+            cmd.args(["--log", log]);
+            if sub == "restore" {
+                cmd.arg("anything");
+            }
+            let out = bounded(&mut cmd);
+            assert_exit(&out, 2);
+            assert!(stderr(&out).contains("contains \"..\""), "{}", stderr(&out));
+        }
+    }
+    // Nothing was mounted, written or changed: not next to the mountpoint, not on the disk.
+    assert!(!disk.dir.join("escape.log").exists());
+    assert!(!disk.work_mountpoint().exists());
+    let m = disk.mount();
+    assert_eq!(m.subvolumes(), subs);
+    assert_eq!(checksums(&m, "persist"), persist_before);
+    assert!(!m.join("rollback.log").exists());
+}
+
+#[test]
+fn privileged_directories_named_like_the_marker_or_the_log_do_not_fail_runs() {
+    privileged!("privileged_directories_named_like_the_marker_or_the_log_do_not_fail_runs");
+    let disk = Disk::new("dirs");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        fs::create_dir(m.join("btrfs-rollback.restored")).unwrap();
+        fs::write(m.join("btrfs-rollback.restored/inside"), "mine").unwrap();
+        fs::create_dir(m.join("rollback.log")).unwrap();
+    }
+    for _ in 0..2 {
+        let before = Before::take(&disk, "root", "root-blank");
+        let out = bounded(&mut disk.cmd("run"));
+        assert_exit(&out, 0);
+        let err = stderr(&out);
+        assert!(err.contains("is a directory; it is left alone"), "{err}");
+        assert!(err.contains("is a directory, not a log file"), "{err}");
+        before.assert_rolled_back(&disk, "root", "root-blank");
+        let m = disk.mount();
+        assert_eq!(
+            fs::read_to_string(m.join("btrfs-rollback.restored/inside")).unwrap(),
+            "mine"
+        );
+        assert!(m.join("rollback.log").is_dir());
+    }
+    // restore cannot put its marker there: refused, nothing changed.
+    fs::remove_dir(disk.mount().join("rollback.log")).unwrap();
+    let name = keep_one_old_root(&disk);
+    let subs = disk.mount().subvolumes();
+    let out = bounded(disk.cmd("restore").arg(&name));
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("cannot write the restore marker"), "{err}");
+    assert!(err.contains("were not changed"), "{err}");
+    let m = disk.mount();
+    assert_eq!(m.subvolumes(), subs);
+    assert!(!m.join("btrfs-rollback.restored.tmp").exists());
+    assert!(m.join("btrfs-rollback.restored/inside").exists());
+}
+
+/// A mount of `subvol` of the disk, for as long as it lives (a running system's `/`).
+struct Live {
+    path: PathBuf,
+}
+
+impl Live {
+    fn mount(disk: &Disk, subvol: &str, name: &str) -> Live {
+        let path = disk.dir.join(name);
+        fs::create_dir_all(&path).unwrap();
+        sh(Command::new("mount")
+            .args(["-t", "btrfs", "-o"])
+            .arg(format!("subvol={subvol}"))
+            .arg(&disk.dev)
+            .arg(&path));
+        Live { path }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).output();
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+#[test]
+fn privileged_a_mounted_root_is_refused() {
+    privileged!("privileged_a_mounted_root_is_refused");
+    let disk = Disk::new("live");
+    impermanence_layout(&disk);
+    let subs = disk.mount().subvolumes();
+    let root_id = disk.mount().id("root");
+
+    // root itself, and a subvolume nested in it, each mounted alone.
+    for (subvol, at) in [
+        ("root", "live root"),
+        ("root/var/lib/machines", "live-nested"),
+    ] {
+        let live = Live::mount(&disk, subvol, at);
+        let out = bounded(&mut disk.cmd("run"));
+        assert_exit(&out, 1);
+        let err = stderr(&out);
+        assert!(err.contains("is in use on this system"), "{err}");
+        assert!(
+            err.contains(&format!("{:?}", live.path.to_str().unwrap())),
+            "the mount is not named: {err}"
+        );
+        assert!(err.contains(&format!("shows {subvol:?}")), "{err}");
+        assert!(err.contains("was not changed"), "{err}");
+        assert_eq!(disk.mount().subvolumes(), subs);
+        // A dry run changes nothing anyway: it says a run would refuse.
+        let out = bounded(disk.cmd("run").arg("--dry-run"));
+        assert_exit(&out, 0);
+        assert!(
+            stderr(&out).contains("a run would refuse"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // A mount of another subvolume (persist) or of the blank is not a live root.
+    let name = {
+        let _persist = Live::mount(&disk, "persist", "persist-mounted");
+        let _blank = Live::mount(&disk, "root-blank", "blank-mounted");
+        keep_one_old_root(&disk)
+    };
+    let subs = disk.mount().subvolumes();
+    let live = Live::mount(&disk, "root", "live-again");
+    // restore refuses a mounted root too.
+    let out = bounded(disk.cmd("restore").arg(&name));
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("is in use on this system"));
+    assert!(stderr(&out).contains("were not changed"));
+    assert_eq!(disk.mount().subvolumes(), subs);
+    assert!(!disk.mount().join("btrfs-rollback.restored").exists());
+
+    // --force-mounted goes on: the live root is replaced under the mount.
+    let live_id = disk.mount().id("root");
+    assert_ne!(live_id, root_id);
+    let before = Before::take(&disk, "root", "root-blank");
+    let out = bounded(disk.cmd("run").arg("--force-mounted"));
+    let err = stderr(&out);
+    eprintln!(
+        "run --force-mounted with root mounted: {:?}\n{err}",
+        out.status
+    );
+    assert!(err.contains("going on because of --force-mounted"), "{err}");
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{err}");
+    let m = disk.mount();
+    assert_ne!(m.id("root"), live_id, "root was not replaced");
+    assert_eq!(m.tree("root"), before.blank_tree);
+    for (path, (id, tree)) in &before.siblings {
+        assert_eq!(m.subvolumes().get(path), Some(id), "{path:?}");
+        assert_eq!(&m.tree(path), tree, "{path:?}");
+    }
+    drop(live);
+
+    // restore --force-mounted goes on too: the mounted root is exchanged under the mount.
+    let live = Live::mount(&disk, "root", "live-restore");
+    let kept_id = disk.mount().id(Path::new("old_roots").join(&name));
+    let out = bounded(disk.cmd("restore").arg("--force-mounted").arg(&name));
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("going on because of --force-mounted"));
+    assert_eq!(disk.mount().id("root"), kept_id);
+    drop(live);
+}
+
+#[test]
+fn privileged_overlong_root_names_are_refused() {
+    privileged!("privileged_overlong_root_names_are_refused");
+    let disk = Disk::new("longname");
+    impermanence_layout(&disk);
+    let long = "r".repeat(236);
+    disk.mount().subvol(&long);
+    let subs = disk.mount().subvolumes();
+    let out = bounded(disk.cmd("run").args(["--root", &long]));
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("215 bytes at most"),
+        "{}",
+        stderr(&out)
+    );
+    let out = bounded(disk.cmd("restore").args(["--root", &long, "x"]));
+    assert_exit(&out, 2);
+    assert_eq!(disk.mount().subvolumes(), subs);
+
+    // The longest accepted name still works with a leftover set aside as <temp>.<id>.
+    let root = "r".repeat(215);
+    {
+        let m = disk.mount();
+        sh(Command::new("btrfs")
+            .args(["-q", "subvolume", "snapshot"])
+            .arg(m.join("root-blank"))
+            .arg(m.join(&root)));
+        fs::write(m.join(&root).join("secret"), "x").unwrap();
+        m.subvol(format!("{root}.btrfs-rollback-tmp"));
+    }
+    let before = Before::take(&disk, &root, "root-blank");
+    let out = bounded(disk.cmd("run").args(["--root", &root]));
+    assert_exit(&out, 0);
+    let m = disk.mount();
+    assert_eq!(m.tree(&root), before.blank_tree);
+    let left: Vec<_> = m
+        .subvolumes()
+        .into_keys()
+        .filter(|p| p.to_str().unwrap().starts_with(&format!("{root}.")))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let ours = |p: &PathBuf| p.to_str().unwrap().starts_with("rrrr");
+    for (path, (id, _)) in before.siblings.iter().filter(|(p, _)| !ours(p)) {
+        assert_eq!(m.subvolumes().get(path), Some(id), "{path:?}");
+    }
+}
+
+#[test]
+fn privileged_mountpoint_parents_are_never_created() {
+    privileged!("privileged_mountpoint_parents_are_never_created");
+    let disk = Disk::new("mountpoint");
+    impermanence_layout(&disk);
+    let subs = disk.mount().subvolumes();
+    let deep = disk.dir.join("a/b/c");
+    let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
+        "--device".as_ref(),
+        disk.dev.as_os_str(),
+        "--mountpoint".as_ref(),
+        deep.as_os_str(),
+    ]));
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("neither does its parent directory"), "{err}");
+    assert!(!disk.dir.join("a").exists(), "a parent was created");
+    assert_eq!(disk.mount().subvolumes(), subs);
+
+    // With the parent there, only the last component is made, and removed again.
+    fs::create_dir_all(disk.dir.join("a/b")).unwrap();
+    let before = Before::take(&disk, "root", "root-blank");
+    let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
+        "--device".as_ref(),
+        disk.dev.as_os_str(),
+        "--mountpoint".as_ref(),
+        deep.as_os_str(),
+    ]));
+    assert_exit(&out, 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert!(!is_mounted(&deep));
+    assert!(!deep.exists(), "the mountpoint was left behind");
+    assert!(
+        disk.dir.join("a/b").is_dir(),
+        "an existing parent was removed"
+    );
+
+    // A symbolic link as the mountpoint is refused, not followed.
+    symlink(disk.dir.join("a/b"), disk.dir.join("link")).unwrap();
+    let subs = disk.mount().subvolumes();
+    let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
+        "--device".as_ref(),
+        disk.dev.as_os_str(),
+        "--mountpoint".as_ref(),
+        disk.dir.join("link").as_os_str(),
+    ]));
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!is_mounted(&disk.dir.join("a/b")));
+    assert_eq!(disk.mount().subvolumes(), subs);
+}
+
+#[test]
+fn privileged_restore_logs_where_it_is_told_and_refuses_a_linked_old_roots() {
+    privileged!("privileged_restore_logs_where_it_is_told_and_refuses_a_linked_old_roots");
+    let disk = Disk::new("restorelog");
+    impermanence_layout(&disk);
+    let name = keep_one_old_root(&disk);
+    let kept_id = disk.mount().id(Path::new("old_roots").join(&name));
+    let log_len = fs::metadata(disk.mount().join("rollback.log"))
+        .unwrap()
+        .len();
+
+    // old_roots as a link to persist, where a subvolume of that name waits: refused, no marker.
+    {
+        let m = disk.mount();
+        fs::rename(m.join("old_roots"), m.join("old_roots.real")).unwrap();
+        m.subvol(Path::new("persist").join(&name));
+        symlink("persist", m.join("old_roots")).unwrap();
+    }
+    let subs = disk.mount().subvolumes();
+    let persist_before = checksums(&disk.mount(), "persist");
+    let out = bounded(
+        disk.cmd("restore")
+            .args(["--log", "restore.log"])
+            .arg(&name),
+    );
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("a symbolic link is not followed"), "{err}");
+    assert!(err.contains("were not changed"), "{err}");
+    {
+        let m = disk.mount();
+        assert_eq!(m.subvolumes(), subs);
+        assert_eq!(checksums(&m, "persist"), persist_before);
+        assert!(!m.join("btrfs-rollback.restored").exists());
+        let log = fs::read_to_string(m.join("restore.log")).unwrap();
+        assert!(log.contains("a symbolic link is not followed"), "{log}");
+        fs::remove_file(m.join("old_roots")).unwrap();
+        fs::rename(m.join("old_roots.real"), m.join("old_roots")).unwrap();
+    }
+
+    // The real one: restored, logged to --log only, and says what it did.
+    let out = bounded(
+        disk.cmd("restore")
+            .args(["--log", "restore.log"])
+            .arg(&name),
+    );
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("the next run keeps it once"), "{err}");
+    assert!(!err.contains("not changed"), "{err}");
+    let m = disk.mount();
+    assert_eq!(m.id("root"), kept_id);
+    let log = fs::read_to_string(m.join("restore.log")).unwrap();
+    assert!(log.contains("restoring"), "{log}");
+    assert_eq!(
+        fs::metadata(m.join("rollback.log")).unwrap().len(),
+        log_len,
+        "restore wrote to rollback.log though --log said restore.log"
+    );
+}
+
+#[test]
+fn privileged_log_rotation_never_writes_through_a_link() {
+    privileged!("privileged_log_rotation_never_writes_through_a_link");
+    let disk = Disk::new("rotate");
+    impermanence_layout(&disk);
+    {
+        let m = disk.mount();
+        fs::write(m.join("rollback.log"), vec![b'x'; 2 << 20]).unwrap();
+        symlink("persist/etc/ssh/key", m.join("rollback.log.old")).unwrap();
+    }
+    let persist_before = checksums(&disk.mount(), "persist");
+    let before = Before::take(&disk, "root", "root-blank");
+    let out = bounded(&mut disk.cmd("run"));
+    assert_exit(&out, 0);
+    before.assert_rolled_back(&disk, "root", "root-blank");
+    let m = disk.mount();
+    assert_eq!(checksums(&m, "persist"), persist_before);
+    // The rename replaced the link itself with the full log.
+    let old = fs::symlink_metadata(m.join("rollback.log.old")).unwrap();
+    assert!(old.is_file());
+    assert_eq!(old.len(), 2 << 20);
+    assert!(fs::metadata(m.join("rollback.log")).unwrap().len() < 64 << 10);
+}
