@@ -11,11 +11,13 @@
 #   OUT_DIR/tree/etc/systemd/system/btrfs-rollback.service          the unit text, unchanged
 #   OUT_DIR/tree/etc/systemd/system/<unit>.wants|requires/...       its wantedBy / requiredBy
 #                                                                   links, as NixOS's initrd has them
-#   OUT_DIR/tree/<ExecStopPost path>                                the post-stop script
+#   OUT_DIR/tree/<ExecStartPost, ExecStopPost, ... path>            the job scripts
+#   OUT_DIR/tree/etc/btrfs-rollback.conf (etc.)                     the module's initrd contents
 #   OUT_DIR/tree/<runtimeShell path> -> /bin/bash                   the script's interpreter
 #   OUT_DIR/exec-start                                              where the binary must go
 #   OUT_DIR/unit.json                                               everything evaluated, for the record
 #
+# The device unit the rollback waits for goes to OUT_DIR/device-unit.
 # Store paths are kept as they are: the files are put at those paths in the initrd, so the unit
 # text is exactly the module's. The package is a stub (its store path is all that is used); the
 # runner puts the real binary at OUT_DIR/exec-start's path.
@@ -64,6 +66,7 @@ let
     };
   };
   c = system.config;
+  lib = system.pkgs.lib;
   unit = c.boot.initrd.systemd.units."btrfs-rollback.service";
   svc = c.boot.initrd.systemd.services.btrfs-rollback;
 in {
@@ -71,8 +74,21 @@ in {
   wantedBy = unit.wantedBy;
   requiredBy = unit.requiredBy;
   upholdedBy = unit.upheldBy or [ ];
-  postStop = svc.postStop;
-  execStopPost = toString svc.serviceConfig.ExecStopPost;
+  # The job scripts (nixpkgs' makeJobScript) and the Exec*= settings that run them.
+  scripts = builtins.filter (j: j.text != "") (map (j: {
+    inherit (j) key;
+    text = svc.\${j.option};
+    paths = map toString (lib.toList (svc.serviceConfig.\${j.key} or [ ]));
+  }) [
+    { key = "ExecStartPre"; option = "preStart"; }
+    { key = "ExecStartPost"; option = "postStart"; }
+    { key = "ExecStop"; option = "preStop"; }
+    { key = "ExecStopPost"; option = "postStop"; }
+  ]);
+  # Files the module adds to the initrd (boot.initrd.systemd.contents), e.g. /etc/btrfs-rollback.conf.
+  contents = lib.mapAttrs (_: v: v.text) (lib.filterAttrs
+    (n: v: lib.hasInfix "btrfs-rollback" n && (v.text or null) != null)
+    c.boot.initrd.systemd.contents);
   runtimeShell = system.pkgs.runtimeShell;
   package = toString c.boot.initrd.btrfsRollback.package;
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
@@ -101,17 +117,23 @@ for key, suffix in (("wantedBy", "wants"), ("requiredBy", "requires"), ("upholde
         d = os.path.join(units, f"{target}.{suffix}")
         os.makedirs(d, exist_ok=True)
         os.symlink("../btrfs-rollback.service", os.path.join(d, "btrfs-rollback.service"))
-# The post-stop script as nixpkgs' makeJobScript writes it (systemd-lib.nix: writeShellScriptBin
-# with "set -e" and the text), at its store path; its interpreter is the initrd's bash.
-stop = u["execStopPost"]
-m = re.search(r"^ExecStopPost=(\S+)$", u["text"], re.M)
-if not m or m.group(1) != stop:
-    sys.exit(f"render-unit.sh: ExecStopPost in the unit ({m and m.group(1)}) is not {stop}")
-p = tree + stop
-os.makedirs(os.path.dirname(p), exist_ok=True)
-with open(p, "w") as f:
-    f.write("#!" + u["runtimeShell"] + "\nset -e\n" + u["postStop"] + "\n\n")
-os.chmod(p, 0o755)
+# The job scripts as nixpkgs' makeJobScript writes them (systemd-lib.nix: writeShellScriptBin
+# with "set -e" and the text), at their store paths; their interpreter is the initrd's bash.
+for job in u["scripts"]:
+    (path,) = job["paths"]
+    m = re.search(r"^%s=(\S+)$" % job["key"], u["text"], re.M)
+    if not m or m.group(1) != path:
+        sys.exit(f"render-unit.sh: {job['key']} in the unit ({m and m.group(1)}) is not {path}")
+    p = tree + path
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "w") as f:
+        f.write("#!" + u["runtimeShell"] + "\nset -e\n" + job["text"] + "\n\n")
+    os.chmod(p, 0o755)
+for name, text in u["contents"].items():
+    p = tree + "/" + name.lstrip("/")
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "w") as f:
+        f.write(text)
 sh = tree + u["runtimeShell"]
 os.makedirs(os.path.dirname(sh), exist_ok=True)
 os.symlink("/bin/bash", sh)
@@ -120,5 +142,10 @@ m = re.search(r'^ExecStart="?([^" ]+)"?', u["text"], re.M)
 if not m or not m.group(1).startswith(u["package"] + "/"):
     sys.exit(f"render-unit.sh: ExecStart does not run the package's binary: {m and m.group(0)}")
 with open(os.path.join(out, "exec-start"), "w") as f:
+    f.write(m.group(1) + "\n")
+m = re.search(r"^After=(\S+\.device)\b", u["text"], re.M)
+if not m:
+    sys.exit("render-unit.sh: the unit is not ordered after a device unit")
+with open(os.path.join(out, "device-unit"), "w") as f:
     f.write(m.group(1) + "\n")
 PY
