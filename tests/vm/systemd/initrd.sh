@@ -98,7 +98,7 @@ systemd-tmpfiles systemd-cryptsetup systemd-emergency udev-rules kernel-modules 
 resume base fs-lib"
 drivers="virtio_blk dm_crypt btrfs xts aesni_intel crc32c_intel"
 # The guest scripts' tools (report, setup): the binary under test is added by the runner.
-tools="btrfs mkfs.btrfs find sort md5sum cut tr wc head tail grep sed mkdir rmdir mount umount
+tools="btrfs mkfs.btrfs dd find sort md5sum cut tr wc head tail grep sed mkdir rmdir mount umount
 ls dmesg journalctl systemctl cat sync sleep date blkid mountpoint findmnt sulogin"
 
 key=$( { cat "$0"; in_chroot dpkg-query -W; echo "$kver"; } | sha256sum | cut -c1-16)
