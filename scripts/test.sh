@@ -6,6 +6,8 @@
 #      musl binary when there is one (BTRFS_ROLLBACK_TEST_BIN), else cargo's own build
 #   4. the static release binary's ELF check        (tests/static_binary.rs)
 #   5. the stage-1 boot test: QEMU, LUKS2, initramfs, power cuts (tests/vm/run.sh)
+#   6. the same under systemd in stage 1: Debian trixie's systemd in a dracut initrd, the unit
+#      rendered from nix/module.nix (tests/vm/run.sh --stage1 systemd)
 #
 #   scripts/test.sh [--no-vm]
 #
@@ -48,5 +50,9 @@ fi
 cargo test
 
 if [ $vm = 1 ]; then
-  tests/vm/run.sh
+  # Both suites run even when the first fails; the script fails if either did.
+  status=0
+  tests/vm/run.sh || status=1
+  tests/vm/run.sh --stage1 systemd || status=1
+  exit $status
 fi

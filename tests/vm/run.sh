@@ -2,7 +2,9 @@
 # Stage-1 boot test of btrfs-rollback: QEMU (TCG), Debian's kernel, LUKS2, an
 # initramfs whose /init does what NixOS's scripted stage 1 does, and power cuts.
 #
-#   tests/vm/run.sh [--power-cuts N] [--refine M] [--nested N] [--jobs J] [--keep] [--skip-power-cuts]
+#   tests/vm/run.sh --stage1 systemd [ARGS...]   the systemd stage-1 suite instead:
+#                    tests/vm/systemd/run.sh ARGS... (see its --help)
+#   tests/vm/run.sh [--stage1 scripted] [--power-cuts N] [--refine M] [--nested N] [--jobs J] [--keep] [--skip-power-cuts]
 #
 #   --power-cuts N   number of SIGKILL instants over the rollback (default 24)
 #   --refine M       then M more between the last cut that found the old root and
@@ -21,6 +23,21 @@
 # non-zero on any failure.
 set -uo pipefail
 
+# --stage1 systemd|scripted, anywhere on the command line
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --stage1)
+            case "${2:-}" in
+                systemd) shift 2; exec "$(dirname "$0")/systemd/run.sh" "${args[@]}" "$@" ;;
+                scripted) shift 2 ;;
+                *) echo "--stage1 takes systemd or scripted" >&2; exit 2 ;;
+            esac ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+set -- "${args[@]}"
+
 CUTS=24
 REFINE=6
 NESTED=300
@@ -36,7 +53,7 @@ while [ $# -gt 0 ]; do
         --jobs|-j) JOBS=$2; shift ;;
         --keep) KEEP=1 ;;
         --skip-power-cuts) SKIP_CUTS=1 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -50,12 +67,10 @@ LOGS=$WORK/logs
 IMGS=$WORK/images
 RES=$WORK/results
 T0=$(date +%s)
-
-log() { echo "[$(($(date +%s) - T0))s] $*"; }
-fatal() { echo "FATAL: $*" >&2; echo "0 passed, 1 failed"; exit 2; }
+# shellcheck source=tests/vm/lib.sh
+. "$HERE/lib.sh"
 
 # ---------------------------------------------------------------- host tools
-is_static() { ! ldd "$1" 2>&1 | grep -q '=>'; }
 ensure_tools() {
     local need=()
     command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
@@ -77,23 +92,6 @@ ensure_tools() {
     fi
     BB=$(command -v busybox)
     is_static "$BB" || fatal "$BB is not static (install busybox-static)"
-}
-
-# ---------------------------------------------------------------- the binary
-build_binary() {
-    if [ -n "${BTRFS_ROLLBACK_BIN:-}" ]; then
-        BIN=$(readlink -f "$BTRFS_ROLLBACK_BIN")
-        [ -f "$BIN" ] || fatal "BTRFS_ROLLBACK_BIN=$BTRFS_ROLLBACK_BIN not found"
-        log "btrfs-rollback under test: $BIN (from BTRFS_ROLLBACK_BIN)"
-        return
-    fi
-    log "building the static binary"
-    (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
-        cargo build --release --target x86_64-unknown-linux-gnu) >"$WORK/cargo.log" 2>&1 ||
-        { tail -n 30 "$WORK/cargo.log"; fatal "cargo build failed (see $WORK/cargo.log)"; }
-    BIN=$REPO/target/x86_64-unknown-linux-gnu/release/btrfs-rollback
-    is_static "$BIN" || fatal "$BIN is not statically linked"
-    log "btrfs-rollback under test: $BIN"
 }
 
 # ---------------------------------------------------------------- kernel
@@ -172,6 +170,7 @@ build_initramfs() {
     rm -f "$IR"/{bin,sbin,usr/bin,usr/sbin}/btrfs-rollback
     install -m 755 "$BIN" "$IR/bin/btrfs-rollback"
     install -m 755 "$HERE/init" "$IR/init"
+    install -m 644 "$HERE/guest.sh" "$IR/guest.sh"
     mknod "$IR/dev/console" c 5 1 2>/dev/null
     # kernel modules, in dependency order
     local mods="virtio_pci virtio_blk dm_mod dm_crypt cryptd aesni_intel xts algif_skcipher af_alg crc32c_intel btrfs"
@@ -194,14 +193,6 @@ build_initramfs() {
 }
 
 # ---------------------------------------------------------------- VM helpers
-new_disk() { # path
-    rm -f "$1"
-    truncate -s 400M "$1"
-    cryptsetup luksFormat --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
-        --batch-mode --key-file "$WORK/cryptroot.key" "$1" >/dev/null ||
-        fatal "luksFormat failed"
-}
-
 qemu_args() { # img serial-log kernel-args...: sets QARGS
     local img=$1 serial=$2
     shift 2
@@ -223,52 +214,6 @@ boot() { # img serial-log kernel-args...: a whole boot, up to power-off
     echo $pid >>"$WORK/pids"
     wait $pid
 }
-
-clean() { tr -d '\r' <"$1"; }
-val() { clean "$1" | sed -n "s/^RESULT $2=//p" | tail -n 1; }
-
-pass() { echo "PASS $*" | tee "$RES/$1"; }
-fail() { echo "FAIL $*" | tee "$RES/$1"; }
-
-# fresh LOG PHASE: root is a fresh writable snapshot of root-blank, nothing is
-# nested in it, the top level holds exactly what it should, persist is intact.
-BAD=
-fresh() {
-    local l=$1 p=$2 e
-    BAD=
-    [ "$(val "$l" "$p.top_mounted")" = 1 ] || BAD+=" top-level-not-mountable"
-    [ "$(val "$l" "$p.root_is_subvol")" = 1 ] || BAD+=" root-not-a-subvolume"
-    [ "$(val "$l" "$p.root_mounted")" = 1 ] || BAD+=" root-not-mountable"
-    [ "$(val "$l" "$p.root_ro")" = ro=false ] || BAD+=" root-$(val "$l" "$p.root_ro")"
-    [ "$(val "$l" "$p.root_blank_marker")" = 1 ] || BAD+=" no-blank-marker"
-    [ "$(val "$l" "$p.root_stale_marker")" = 0 ] || BAD+=" stale-content"
-    [ -n "$(val "$l" "$p.root_tree")" ] && [ "$(val "$l" "$p.root_tree")" = "$(val "$l" "$p.blank_tree")" ] ||
-        BAD+=" root-differs-from-blank"
-    [ "$(val "$l" "$p.nested")" = 0 ] || BAD+=" nested=$(val "$l" "$p.nested")"
-    [ "$(val "$l" "$p.top_subvols")" = "nix,persist,root,root-blank," ] ||
-        BAD+=" top-subvolumes=$(val "$l" "$p.top_subvols")"
-    for e in $(val "$l" "$p.top_entries" | tr ',' ' '); do
-        case "$e" in nix|persist|root|root-blank|rollback.log) ;; *) BAD+=" leftover:$e" ;; esac
-    done
-    [ "$(val "$l" "$p.persist")" = persist-data-42 ] || BAD+=" persist-changed"
-    [ -z "$BAD" ]
-}
-
-# valid_root LOG PHASE: a root subvolume exists, mounts, and is either the old
-# root or a snapshot of the blank.
-valid_root() {
-    local l=$1 p=$2
-    [ "$(val "$l" "$p.root_is_subvol")" = 1 ] && [ "$(val "$l" "$p.root_mounted")" = 1 ] &&
-        { [ "$(val "$l" "$p.root_blank_marker")" = 1 ] || [ "$(val "$l" "$p.root_stale_marker")" = 1 ]; }
-}
-
-# Wait (inotify, via tail -f) until the serial log shows a line matching $2.
-wait_line() { # serial pattern qemu-pid timeout
-    timeout "$4" grep -q -m 1 "$2" < <(tail -F -n +1 --pid="$3" "$1" 2>/dev/null)
-}
-
-now() { date +%s.%N; }
-secs() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 
 # ---------------------------------------------------------------- scenarios
 sc_setup() { # name layout image
@@ -426,12 +371,6 @@ sc_cut() { # index delay
     if [ -z "$why" ]; then pass "$name" "(delay ${d}s: $state; next rollback converged)"
     else fail "$name" "(delay ${d}s: $state;$why; see $c)"; fi
     if [ -z "$why" ] && [ "$KEEP" = 0 ]; then rm -f "$img"; fi
-}
-
-# run "$@" in the background, at most $JOBS at a time
-spawn() {
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-    "$@" &
 }
 
 # ---------------------------------------------------------------- main

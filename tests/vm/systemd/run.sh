@@ -1,0 +1,444 @@
+#!/usr/bin/env bash
+# Stage-1 boot test of btrfs-rollback under systemd in stage 1: QEMU (TCG), Debian trixie's
+# kernel and systemd 257 in a dracut initrd, LUKS2 opened by systemd-cryptsetup from crypttab, a
+# swap device for resume, and btrfs-rollback.service rendered from nix/module.nix.
+#
+#   tests/vm/run.sh --stage1 systemd [--power-cuts N] [--refine M] [--nested N] [--jobs J] [--keep] [--skip-power-cuts|--only-power-cuts]
+#
+#   --power-cuts N   SIGKILL instants over the rollback (default 10)
+#   --refine M       then M more between the last cut that found the old root and the first
+#                    that found the fresh one (default 2)
+#   --nested N       nested subvolumes under root for the power-cut image (default 300)
+#   --jobs J         VMs run at the same time (default: number of cores, at most 2)
+#   --keep           keep every disk image
+#   --only-power-cuts  only setup-big, cut-baseline and the power cuts
+#
+# Environment: BTRFS_ROLLBACK_BIN=path (a program to test instead of the crate's build, put at
+# the unit's ExecStart path), DEBIAN_MIRROR (for the trixie chroot), RB_VM_WORK (the directory
+# for this run's files instead of target/vm-systemd, to run two at once).
+#
+# Caches (chroot, base initrd) in target/vm-cache/systemd/; initrds, images, logs and results of
+# the last run in target/vm-systemd/. Prints PASS/FAIL per scenario and "N passed, N failed";
+# exits non-zero on any failure.
+set -uo pipefail
+
+CUTS=10
+REFINE=2
+NESTED=300
+KEEP=0
+SKIP_CUTS=0
+ONLY_CUTS=0
+JOBS=$(nproc 2>/dev/null || echo 1)
+[ "$JOBS" -gt 2 ] && JOBS=2
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --power-cuts) CUTS=$2; shift ;;
+        --refine) REFINE=$2; shift ;;
+        --nested) NESTED=$2; shift ;;
+        --jobs|-j) JOBS=$2; shift ;;
+        --keep) KEEP=1 ;;
+        --skip-power-cuts) SKIP_CUTS=1 ;;
+        --only-power-cuts) ONLY_CUTS=1 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+VMDIR=$(cd "$HERE/.." && pwd)
+REPO=$(cd "$HERE/../../.." && pwd)
+CACHE=$REPO/target/vm-cache/systemd
+WORK=${RB_VM_WORK:-$REPO/target/vm-systemd}
+LOGS=$WORK/logs
+IMGS=$WORK/images
+RES=$WORK/results
+T0=$(date +%s)
+# shellcheck source=tests/vm/lib.sh
+. "$VMDIR/lib.sh"
+
+# The btrfs file system's UUID (mkfs.btrfs -U in the setup boot), for the by-uuid scenario, and
+# one that no device has, for the device that never appears.
+FSUUID=5f1e0c2a-7b3d-4e8f-9a61-2c4d6e8f0a1b
+NOUUID=00000000-dead-4bad-8bad-000000000000
+
+ensure_tools() {
+    local need=()
+    command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+    command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
+    command -v nix-instantiate >/dev/null || need+=(nix-bin)
+    command -v cpio >/dev/null || need+=(cpio)
+    command -v zstd >/dev/null || need+=(zstd)
+    command -v debootstrap >/dev/null || need+=(debootstrap)
+    command -v mkswap >/dev/null || need+=(util-linux)
+    command -v python3 >/dev/null || need+=(python3)
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing host tools: ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y --no-install-recommends "${need[@]}" >"$WORK/apt.log" 2>&1 ||
+            { apt-get update >>"$WORK/apt.log" 2>&1 &&
+              apt-get install -y --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1; } ||
+            fatal "apt-get install ${need[*]} failed (see $WORK/apt.log)"
+    fi
+}
+
+# One initrd per variant of the unit: the dracut base, then an overlay archive (the kernel
+# unpacks concatenated cpio archives in order, later files replacing earlier ones) with the
+# rendered unit, the binary at its ExecStart path, the test's guest files, the key and fstab.
+#   make_initrd NAME ON_FAILURE DEVICE ROOT_DEVICE
+# NAME "none": no rollback unit at all (setup boots, the negative control). systemd.mask= on the
+# kernel command line cannot mask a unit in /etc/systemd/system, where NixOS puts it.
+make_initrd() {
+    local name=$1 on_failure=$2 device=$3 rootdev=$4 d=$WORK/initrd-$1 exe
+    rm -rf "$d" && mkdir -p "$d"
+    local o=$d/overlay
+    cp -a "$HERE/guest/." "$o/"
+    if [ "$name" != none ]; then
+        "$HERE/render-unit.sh" "$d/render" --on-failure "$on_failure" --device "$device" \
+            >"$d/render.log" 2>&1 || { cat "$d/render.log"; return 1; }
+        cp -a "$d/render/tree/." "$o/"
+        exe=$(cat "$d/render/exec-start")
+        install -D -m 755 "$BIN" "$o$exe"
+        # NixOS also links it into the initrd's /bin (boot.initrd.systemd.extraBin).
+        mkdir -p "$o/usr/bin" && ln -sf "$exe" "$o/usr/bin/btrfs-rollback"
+        cp "$d/render/tree/etc/systemd/system/btrfs-rollback.service" "$WORK/btrfs-rollback-$name.service"
+    fi
+    install -m 644 "$VMDIR/guest.sh" "$o/rb/guest.sh"
+    install -m 400 "$WORK/cryptroot.key" "$o/etc/cryptroot.key"
+    # NixOS's initrd fstab (filesystems.nix, initrdFstab) has fileSystems."/" as "/" and hands it
+    # to systemd-fstab-generator as SYSTEMD_SYSROOT_FSTAB, which Debian's systemd does not pass to
+    # generators: the initrd's own /etc/fstab with the mount point under /sysroot makes the same
+    # sysroot.mount (part of initrd-root-fs.target). btrfs gets no fsck (0 0), as in NixOS.
+    echo "$rootdev /sysroot btrfs subvol=root 0 0" >"$o/etc/fstab"
+    if [ "$name" = never ]; then
+        # systemd waits 90 s for a device by default; 30 s for this one keeps the suite short
+        # (not systemd.default_device_timeout_sec=: under load /dev/vda itself can take 20 s).
+        local unit
+        unit=$(cat "$d/render/device-unit")
+        mkdir -p "$o/etc/systemd/system/$unit.d"
+        printf '[Unit]\nJobRunningTimeoutSec=30\n' >"$o/etc/systemd/system/$unit.d/timeout.conf"
+    fi
+    (cd "$o" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet) >"$d/overlay.cpio" || return 1
+    cat "$BASE_INITRD" "$d/overlay.cpio" >"$WORK/initrd-$name.cpio"
+}
+
+new_swap() { # path: the resume device, a swap area without a hibernation image
+    rm -f "$1"
+    truncate -s 32M "$1"
+    mkswap -q "$1" >/dev/null || fatal "mkswap failed"
+}
+
+# The swap area (the resume device) is shared by all VMs, read-only: resume only reads it.
+qemu_args() { # initrd img swap log kernel-args...: sets QARGS
+    local initrd=$WORK/initrd-$1.cpio img=$2 swap=$3 l=$4
+    shift 4
+    QARGS=(-accel tcg -cpu max -m 768 -smp 1 -nodefaults -no-user-config -display none
+        -monitor none -no-reboot -kernel "$KERNEL" -initrd "$initrd"
+        -serial "file:$l" -serial "file:$l.report" -serial "file:$l.journal"
+        -drive "file=$img,format=raw,if=virtio,cache=writethrough"
+        -drive "file=$swap,format=raw,if=virtio,readonly=on"
+        -append "console=ttyS0 panic=-1 quiet systemd.show_status=1 rd.udev.log_level=3 resume=/dev/vdb $*")
+}
+
+boot() { # initrd img log kernel-args...: a whole boot, up to power-off
+    local initrd=$1 img=$2 l=$3
+    shift 3
+    rm -f "$l" "$l.report" "$l.journal"
+    local QARGS
+    qemu_args "$initrd" "$img" "$IMGS/swap.img" "$l" "$@"
+    timeout -s KILL 600 qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
+    local pid=$!
+    echo $pid >>"$WORK/pids"
+    wait $pid
+}
+
+# judge LOG CHECKS...: the journal checks of judge.py; sets WHY to what failed
+judge() {
+    local l=$1
+    shift
+    WHY=$(python3 "$HERE/judge.py" "$l.report" "$@" 2>&1) || { [ -n "$WHY" ] || WHY=" judge-failed"; return 1; }
+    JUDGED=$WHY
+    WHY=
+}
+
+# ---------------------------------------------------------------- scenarios
+sc_setup() { # name layout image
+    local name=$1 layout=$2 img=$3 l=$LOGS/$1.log s=$(date +%s)
+    new_disk "$img"
+    boot none "$img" "$l" rb.scenario=setup rb.layout="$layout" rb.nested="$NESTED" rb.fsuuid=$FSUUID
+    local r=$l.report want=5
+    [ "$layout" = big ] && want=$((5 + NESTED))
+    if [ "$(val "$r" setup.ok)" = 1 ] && [ "$(val "$r" post.nested)" = $want ] &&
+        [ "$(val "$r" post.root_stale_marker)" = 1 ] && [ "$(val "$r" post.blank_exists)" = 1 ] &&
+        [ "$(val "$r" post.top_subvols)" = "nix,persist,root,root-blank," ]; then
+        pass "$name" "(layout $layout: $want nested subvolumes under root; $(($(date +%s) - s))s)"
+    else
+        fail "$name" "(setup did not build the layout; see $l*)"
+    fi
+}
+
+# rollback_ok NAME VARIANT: a boot that must roll back and boot the fresh root
+rollback_ok() {
+    local name=$1 variant=$2 img=$IMGS/$1.img l=$LOGS/$1.log s=$(date +%s) why=
+    cp --sparse=always "$IMGS/base-normal.img" "$img"
+    boot "$variant" "$img" "$l" rb.scenario=run
+    local r=$l.report
+    fresh "$r" post || why+="$BAD"
+    [ "$(val "$r" post.log_lines)" -ge 1 ] 2>/dev/null || why+=" no-rollback.log"
+    [ "$(val "$r" post.reached)" = final ] || why+=" reached=$(val "$r" post.reached)"
+    [ "$(val "$r" post.sysroot_mounted)" = 1 ] && [ "$(val "$r" post.sysroot_blank_marker)" = 1 ] &&
+        [ "$(val "$r" post.sysroot_stale_marker)" = 0 ] || why+=" /sysroot-is-not-the-fresh-root"
+    judge "$l" order rollback-ran-ok in-journal || why+="$WHY"
+    if [ -z "$why" ]; then
+        pass "$name" "(root fresh at /sysroot, persist kept, rollback.log $(val "$r" post.log_lines) line(s);$JUDGED; $(($(date +%s) - s))s)"
+        [ "$KEEP" = 1 ] || rm -f "$img"
+    else
+        fail "$name" "($why; see $l*)"
+    fi
+}
+
+sc_missing_blank() { # NAME VARIANT (continue|stop)
+    local name=$1 variant=$2 img=$IMGS/$1.img l=$LOGS/$1.log s=$(date +%s) why= msg
+    cp --sparse=always "$IMGS/base-normal.img" "$img"
+    boot "$variant" "$img" "$l" rb.scenario=run rb.preop=delblank
+    local r=$l.report
+    [ "$(val "$r" preop.delblank)" = 1 ] || why+=" blank-not-deleted(test-bug)"
+    [ "$(val "$r" post.root_stale_marker)" = 1 ] || why+=" root-content-changed"
+    [ "$(val "$r" post.nested)" = 5 ] || why+=" nested=$(val "$r" post.nested)(want-5)"
+    if [ "$variant" = continue ]; then
+        [ "$(val "$r" post.reached)" = final ] || why+=" reached=$(val "$r" post.reached)(want-final)"
+        [ "$(val "$r" post.sysroot_mounted)" = 1 ] && [ "$(val "$r" post.sysroot_stale_marker)" = 1 ] ||
+            why+=" old-root-not-booted"
+        judge "$l" rollback-failed-1 not-rolled-back:continue || why+="$WHY"
+    else
+        [ "$(val "$r" post.reached)" = emergency ] || why+=" reached=$(val "$r" post.reached)(want-emergency)"
+        [ "$(val "$r" post.sysroot_mounted)" = 0 ] || why+=" old-root-mounted"
+        judge "$l" rollback-failed-1 not-rolled-back:stop emergency || why+="$WHY"
+    fi
+    if [ -z "$why" ]; then
+        pass "$name" "(onFailure=$variant: root untouched;$JUDGED; $(($(date +%s) - s))s)"
+        [ "$KEEP" = 1 ] || rm -f "$img"
+    else
+        fail "$name" "($why; see $l*)"
+    fi
+}
+
+# The rollback's device never appears (a wrong by-uuid name): the module must say so.
+sc_never() {
+    local name=device-never-appears img=$IMGS/never.img l=$LOGS/device-never-appears.log s=$(date +%s) why=
+    cp --sparse=always "$IMGS/base-normal.img" "$img"
+    boot never "$img" "$l" rb.scenario=run
+    local r=$l.report
+    [ "$(val "$r" post.root_stale_marker)" = 1 ] || why+=" root-content-changed"
+    [ "$(val "$r" post.reached)" = final ] || why+=" reached=$(val "$r" post.reached)(want-final)"
+    judge "$l" not-rolled-back-device:/dev/disk/by-uuid/$NOUUID || why+="$WHY"
+    if [ -z "$why" ]; then
+        pass "$name" "(btrfs-rollback's device /dev/disk/by-uuid/$NOUUID never appeared;$JUDGED; $(($(date +%s) - s))s)"
+        [ "$KEEP" = 1 ] || rm -f "$img"
+    else
+        fail "$name" "($why; see $l*)"
+    fi
+}
+
+sc_negative() {
+    local img=$IMGS/negative.img l=$LOGS/negative-control.log s=$(date +%s)
+    cp --sparse=always "$IMGS/base-normal.img" "$img"
+    boot none "$img" "$l" rb.scenario=run
+    local r=$l.report
+    if [ "$(val "$r" post.root_mounted)" != 1 ]; then
+        fail negative-control "(the boot did not get as far as mounting root; see $l*)"
+    elif fresh "$r" post; then
+        fail negative-control "(a boot without the rollback said root is fresh: the checks are blind; see $l*)"
+    elif judge "$l" order; then
+        fail negative-control "(a boot without the rollback passed the order check: it is blind; see $l*)"
+    else
+        pass negative-control "(a boot without the unit fails the checks as it must:$BAD$WHY; $(($(date +%s) - s))s)"
+        [ "$KEEP" = 1 ] || rm -f "$img"
+    fi
+}
+
+# The Starting/Finished lines systemd prints on the console for the unit (systemd.show_status=1;
+# the unit name is in color).
+START_RE='Starting .*btrfs-rollback\.service'
+FINISH_RE='Finished .*btrfs-rollback\.service'
+
+sc_cut_baseline() {
+    local img=$IMGS/cut-baseline.img l=$LOGS/cut-baseline.log s=$(date +%s) why= pid t1= t2=
+    cp --sparse=always "$IMGS/base-big.img" "$img"
+    rm -f "$l" "$l.report" "$l.journal"
+    local QARGS
+    qemu_args continue "$img" "$IMGS/swap.img" "$l" rb.scenario=run
+    qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
+    pid=$!
+    echo $pid >>"$WORK/pids"
+    ( sleep 600; kill -9 $pid 2>/dev/null ) &
+    local guard=$!
+    touch "$l"
+    wait_line "$l" "$START_RE" $pid 400 && t1=$(now)
+    wait_line "$l" "$FINISH_RE" $pid 500 && t2=$(now)
+    wait $pid
+    kill $guard 2>/dev/null
+    [ -n "$t1" ] && [ -n "$t2" ] || why+=" start/finish-not-seen-on-the-console"
+    fresh "$l.report" post || why+="$BAD"
+    judge "$l" order rollback-ran-ok || why+="$WHY"
+    if [ -z "$why" ]; then
+        secs "$t2 - $t1" >"$WORK/cut-duration"
+        pass cut-baseline "(uncut rollback of root with $((NESTED + 5)) nested subvolumes: $(cat "$WORK/cut-duration")s from Starting to Finished on the console; boot $(($(date +%s) - s))s)"
+    else
+        fail cut-baseline "($why; see $l*)"
+    fi
+}
+
+sc_cut() { # index delay
+    local i=$1 d=$2 name img l c pid state why= t1
+    name=$(printf 'power-cut-%02d' "$i")
+    exec 2>>"$LOGS/$name.stderr" # bash's "Killed" notices
+    img=$IMGS/$name.img l=$LOGS/$name.log c=$LOGS/$name-after.log
+    cp --sparse=always "$IMGS/base-big.img" "$img"
+    rm -f "$l" "$l.report" "$l.journal"
+    local QARGS
+    qemu_args continue "$img" "$IMGS/swap.img" "$l" rb.scenario=run
+    # qemu itself, not under timeout(1): the SIGKILL must reach qemu (the power cut).
+    qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
+    pid=$!
+    echo $pid >>"$WORK/pids"
+    touch "$l"
+    if wait_line "$l" "$START_RE" $pid 400; then
+        t1=$(now)
+        sleep "$d"
+        kill -9 $pid 2>/dev/null
+        state="cut $(secs "$(now) - $t1")s after Starting"
+        clean "$l" | grep -q "$FINISH_RE" && state+=" (after the unit had finished)"
+    else
+        kill -9 $pid 2>/dev/null
+        state="no Starting line"
+        why+=" the-cut-boot-never-started-the-unit"
+    fi
+    wait $pid 2>/dev/null
+    boot continue "$img" "$c" rb.scenario=checkrun
+    local r=$c.report
+    if valid_root "$r" pre; then
+        if [ "$(val "$r" pre.root_stale_marker)" = 1 ]; then state+=", root=old"; else state+=", root=fresh"; fi
+    else
+        why+=" NO-VALID-ROOT-AFTER-CUT(subvol=$(val "$r" pre.root_is_subvol),mounted=$(val "$r" pre.root_mounted),top=$(val "$r" pre.top_subvols))"
+        echo 1 >"$RES/$name.noroot"
+    fi
+    local phase extra
+    extra=$(val "$r" pre.top_subvols | tr ',' '\n' | grep -cvxE 'nix|persist|root|root-blank|')
+    if ! valid_root "$r" pre; then phase=no-root
+    elif [ "$(val "$r" pre.root_stale_marker)" = 1 ]; then
+        if [ "$extra" = 0 ]; then phase=before-snapshot; else phase=snapshot-not-swapped; fi
+    else
+        if [ "$extra" = 0 ]; then phase=after-deletion; else phase=swapped-deleting; fi
+    fi
+    state+=" [$phase]"
+    echo "$d $phase" >"$RES/$name.phase"
+    fresh "$r" post || why+=" not-converged:$BAD"
+    [ "$(val "$r" post.sysroot_blank_marker)" = 1 ] || why+=" /sysroot-not-fresh"
+    judge "$c" order rollback-ran-ok || why+="$WHY"
+    if [ -z "$why" ]; then
+        pass "$name" "(delay ${d}s: $state; next boot's rollback converged)"
+        [ "$KEEP" = 1 ] || rm -f "$img"
+    else
+        fail "$name" "(delay ${d}s: $state;$why; see $c*)"
+    fi
+}
+
+spawn() {
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    "$@" &
+}
+
+# ---------------------------------------------------------------- main
+# What the suite cannot do without: outside CI it says why and skips; with CI=true that is a
+# failure (the suite never passes without running).
+cannot_run() {
+    if [ "${CI:-}" = true ]; then
+        echo "FAIL systemd stage-1 suite cannot run: $*"
+        echo "0 passed, 1 failed"
+        exit 2
+    fi
+    echo "SKIP systemd stage-1 suite: $* (with CI=true this is a failure)"
+    exit 0
+}
+[ "$(id -u)" = 0 ] || cannot_run "needs root (apt-get, debootstrap, chroot, cryptsetup luksFormat)"
+why=$("$REPO/scripts/nixpkgs.sh" 2>&1 >/dev/null) ||
+    cannot_run "no nixpkgs to render the unit from nix/module.nix: $why"
+mkdir -p "$WORK"
+: >"$WORK/pids"
+cleanup() {
+    local p
+    for p in $(cat "$WORK/pids" 2>/dev/null); do kill -TERM "$p" 2>/dev/null; done
+}
+trap 'cleanup; exit 130' INT TERM
+rm -rf "$LOGS" "$IMGS" "$RES"
+mkdir -p "$LOGS" "$IMGS" "$RES"
+ensure_tools
+build_binary
+log "trixie chroot, kernel and base initrd (cached in $CACHE)"
+out=$("$HERE/initrd.sh" "$CACHE" 2>"$WORK/initrd.log") ||
+    { tail -n 20 "$WORK/initrd.log"; fatal "building the systemd initrd failed (see $WORK/initrd.log)"; }
+KERNEL=$(sed -n 's/^kernel //p' <<<"$out")
+BASE_INITRD=$(sed -n 's/^initrd //p' <<<"$out")
+log "kernel $(basename "$KERNEL"), base initrd $(du -h "$BASE_INITRD" | cut -f1)"
+[ -s "$WORK/cryptroot.key" ] || head -c 64 /dev/urandom >"$WORK/cryptroot.key"
+log "rendering btrfs-rollback.service from nix/module.nix (4 variants)"
+make_initrd none - - /dev/mapper/cryptroot &&
+    make_initrd continue continue /dev/mapper/cryptroot /dev/mapper/cryptroot &&
+    make_initrd stop stop /dev/mapper/cryptroot /dev/mapper/cryptroot &&
+    make_initrd byuuid continue /dev/disk/by-uuid/$FSUUID /dev/disk/by-uuid/$FSUUID &&
+    make_initrd never continue /dev/disk/by-uuid/$NOUUID /dev/mapper/cryptroot ||
+    fatal "rendering the unit failed (see $WORK/initrd-*/render.log)"
+new_swap "$IMGS/swap.img"
+log "running VMs, $JOBS at a time; serial logs in $LOGS (*.log console, *.report, *.journal)"
+
+big_pid=
+if [ "$SKIP_CUTS" = 0 ]; then
+    spawn sc_setup setup-big big "$IMGS/base-big.img"
+    big_pid=$!
+fi
+[ "$ONLY_CUTS" = 1 ] || spawn sc_setup setup normal "$IMGS/base-normal.img"
+[ "$ONLY_CUTS" = 1 ] || wait $!
+if grep -qs '^PASS' "$RES/setup"; then
+    spawn rollback_ok rollback continue
+    spawn rollback_ok by-uuid byuuid
+    spawn sc_missing_blank missing-blank-continue continue
+    spawn sc_missing_blank missing-blank-stop stop
+    spawn sc_never
+    spawn sc_negative
+fi
+if [ -n "$big_pid" ]; then
+    wait "$big_pid"
+    grep -qs '^PASS' "$RES/setup-big" && spawn sc_cut_baseline
+fi
+wait
+if [ "$SKIP_CUTS" = 0 ] && [ -s "$WORK/cut-duration" ]; then
+    T=$(cat "$WORK/cut-duration")
+    log "power cuts: $CUTS instants over 0..${T}s (denser early on)"
+    for ((i = 0; i < CUTS; i++)); do
+        d=$(awk -v T="$T" -v i=$i -v n=$CUTS 'BEGIN { x = (n > 1) ? i / (n - 1) : 0; printf "%.3f", T * x * x }')
+        spawn sc_cut "$i" "$d"
+    done
+    wait
+    if [ "$REFINE" -gt 0 ]; then
+        lo=$(cat "$RES"/*.phase 2>/dev/null | awk '$2 ~ /^(before-snapshot|snapshot-not-swapped)$/ && $1 > m { m = $1 } END { print m + 0 }')
+        hi=$(cat "$RES"/*.phase 2>/dev/null | awk -v T="$T" 'BEGIN { m = T } $2 ~ /^(swapped-deleting|after-deletion)$/ && $1 < m { m = $1 } END { print m }')
+        log "power cuts: $REFINE more between ${lo}s (old root) and ${hi}s (fresh root)"
+        for ((k = 1; k <= REFINE; k++)); do
+            d=$(awk -v lo="$lo" -v hi="$hi" -v k=$k -v n="$REFINE" 'BEGIN { printf "%.3f", lo + (hi - lo) * k / (n + 1) }')
+            spawn sc_cut $((CUTS + k - 1)) "$d"
+        done
+        wait
+    fi
+    echo "power cuts by where they fell: $(cat "$RES"/*.phase 2>/dev/null | awk '{ n[$2]++ } END { for (p in n) printf "%s %d, ", p, n[p] }' | sed 's/, $//')"
+    tried=$(ls "$RES" | grep -c '^power-cut-[0-9]*$')
+    noroot=$(ls "$RES" | grep -c '\.noroot$')
+    echo "power cuts: $tried tried, $noroot found no valid root"
+    [ "$tried" -ge 10 ] || fail power-cut-count "(only $tried power cuts ran; at least 10 are required)"
+fi
+[ "$KEEP" = 1 ] || rm -f "$IMGS"/cut-baseline.img
+passed=$(cat "$RES"/* 2>/dev/null | grep -c '^PASS')
+failed=$(cat "$RES"/* 2>/dev/null | grep -c '^FAIL')
+log "done"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ]
