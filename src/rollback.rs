@@ -473,9 +473,10 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
     if !failures.is_empty() {
         let what: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
         log::error!(
-            "the fresh {} (ID {new}) on {} is in place and committed, but not everything of the \
+            "the {} {} (ID {new}) on {} is in place and committed, but not everything of the \
              old one is gone: {}; what is left stays in the top-level volume under {} (or \
              {}.<ID>), outside the running system, and the next run tries again",
+            if kept_restored { "restored" } else { "fresh" },
             quoted(&names.root),
             device.display(),
             what.join("; "),
