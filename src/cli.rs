@@ -144,11 +144,14 @@ struct DiffArgs {
     target: TargetArgs,
     /// Leave out paths matching PATTERN (`*` matches within a name, `**` across names; a
     /// pattern naming a directory covers what is in it). May be given more than once.
-    #[arg(long, value_name = "PATTERN")]
+    #[arg(long, value_name = "PATTERN", value_parser = diff::Pattern::check)]
     exclude: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Compare the old root old_roots/NAME (as `list` shows it) instead of ROOT: what it
+    /// holds that BLANK does not.
+    name: Option<OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -242,7 +245,9 @@ pub fn main() -> ExitCode {
         Command::List(a) => {
             list::list(&target, &a.retention.retention(), a.json).map(|()| Outcome::Looked)
         }
-        Command::Diff(a) => diff::diff(&target, &a.exclude, a.json).map(|()| Outcome::Looked),
+        Command::Diff(a) => {
+            diff::diff(&target, a.name.as_deref(), &a.exclude, a.json).map(|()| Outcome::Looked)
+        }
         Command::Restore(a) => restore::restore(
             &target,
             &restore::RestoreOptions { log: a.log.clone() },

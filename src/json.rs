@@ -1,5 +1,5 @@
-//! A minimal JSON writer for `--json` output. The shapes are documented in README.md; this
-//! module only knows how to spell values. (No serde: a few dozen lines do not justify a
+//! A minimal JSON writer for `--json` output. The shapes are written by `render.rs` (and
+//! `diff`) and documented in `docs/json.md`; this module only knows how to spell values. (No serde: a few dozen lines do not justify a
 //! dependency in an initramfs binary.)
 
 use std::ffi::OsStr;

@@ -18,6 +18,7 @@ pub mod mount;
 pub mod mountinfo;
 pub mod names;
 pub mod plan;
+pub mod render;
 pub mod restore;
 pub mod rollback;
 pub mod subvolume;

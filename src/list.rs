@@ -1,4 +1,5 @@
-//! `btrfs-rollback list`: a read-only view of what a rollback would see and do.
+//! `btrfs-rollback list`: a read-only view of what a rollback would see and do, as a value
+//! (`Listing`) read once and then rendered as text or JSON.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -9,24 +10,184 @@ use anyhow::Result;
 
 use crate::ioctl;
 use crate::json::Json;
-use crate::names::quoted;
-use crate::plan::{self, nested_json, OldRoot, Retention, Slot};
+use crate::names::{quoted, Names};
+use crate::plan::{self, OldRoot, Plan, Retention, State, Verdict};
+use crate::render;
 use crate::rollback::{self, Target};
 use crate::subvolume::{self, Entry, TOP_LEVEL};
 
-/// A subvolume directly or indirectly in the top-level directory tree.
-struct TopLevelSubvolume {
-    id: u64,
-    path: PathBuf,
-    readonly: bool,
+/// `btrfs-rollback list`.
+pub fn list(target: &Target, retention: &Retention, json: bool) -> Result<()> {
+    let listing = Listing::read(target, retention)?;
+    let out = if json {
+        listing.json().to_string_pretty()
+    } else {
+        listing.text()
+    };
+    print!("{out}");
+    Ok(())
 }
 
-pub fn list(target: &Target, retention: &Retention, json: bool) -> Result<()> {
-    let (top, described) = rollback::open(target, true)?;
-    let fs = top.fd();
-    let names = &target.names;
+/// A subvolume directly or indirectly in the top-level directory tree.
+pub struct TopLevelSubvolume {
+    pub id: u64,
+    pub path: PathBuf,
+    pub readonly: bool,
+}
 
-    let mut top_level = Vec::new();
+/// What `list` shows: the top level, the state a rollback sees, and what it would do.
+pub struct Listing {
+    pub device: PathBuf,
+    pub description: String,
+    pub names: Names,
+    pub retention: Retention,
+    pub now: i64,
+    /// Every subvolume whose parent is the top level, by id.
+    pub top_level: Vec<TopLevelSubvolume>,
+    pub state: State,
+    /// The plan of a `run` with `retention`, or why it would refuse.
+    pub plan: std::result::Result<Plan, String>,
+    /// The old roots already kept, each with why it stays or goes at that run.
+    pub verdicts: Vec<(OldRoot, Verdict)>,
+}
+
+impl Listing {
+    /// Mount the top level read-only and read it.
+    pub fn read(target: &Target, retention: &Retention) -> Result<Listing> {
+        let (top, description) = rollback::open(target, true)?;
+        let top_level = top_level(top.fd())?;
+        let state = rollback::inspect(&top, &target.names)?;
+        let now = crate::logging::now();
+        let plan = plan::plan(&target.names, &state, retention, now).map_err(|e| format!("{e:#}"));
+        let verdicts = verdicts(&state, plan.as_ref().ok(), retention, now);
+        Ok(Listing {
+            device: target.device.clone(),
+            description,
+            names: target.names.clone(),
+            retention: *retention,
+            now,
+            top_level,
+            state,
+            plan,
+            verdicts,
+        })
+    }
+
+    pub fn text(&self) -> String {
+        let (names, state) = (&self.names, &self.state);
+        let mut out = String::new();
+        let _ = writeln!(out, "device: {}", self.description);
+        let _ = writeln!(out, "top-level subvolumes:");
+        for s in &self.top_level {
+            let ro = if s.readonly { "  read-only" } else { "" };
+            let _ = writeln!(out, "  ID {:<6} {}{ro}", s.id, quoted(&s.path));
+        }
+        let _ = writeln!(
+            out,
+            "default subvolume: ID {} ({})",
+            state.default_id,
+            self.default_name()
+        );
+        render::slot_text(&mut out, "root", &names.root, &state.root);
+        render::slot_text(&mut out, "blank", &names.blank, &state.blank);
+        for (name, slot) in self.leftovers() {
+            render::slot_text(&mut out, "leftover", name, slot);
+        }
+        if !self.verdicts.is_empty() {
+            let _ = writeln!(
+                out,
+                "old roots ({} in {:?}, most recently used first; `restore NAME` brings one \
+                 back; {}):",
+                self.verdicts.len(),
+                plan::OLD_ROOTS,
+                limits(&self.retention)
+            );
+            for (o, v) in &self.verdicts {
+                render::old_root_text(&mut out, o, *v, self.now);
+            }
+        }
+        match &self.plan {
+            Ok(plan) => {
+                let _ = writeln!(out, "`run` would ({}):", limits(&self.retention));
+                for line in plan.describe(names).lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+                for warning in &plan.warnings {
+                    let _ = writeln!(out, "  warning: {warning}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "`run` would refuse: {e}");
+            }
+        }
+        out
+    }
+
+    /// The `list` document of docs/json.md.
+    pub fn json(&self) -> Json {
+        let (names, state) = (&self.names, &self.state);
+        let top_level = self
+            .top_level
+            .iter()
+            .map(|s| {
+                Json::Object(vec![
+                    ("id", Json::id(s.id)),
+                    ("path", Json::path(&s.path)),
+                    ("readonly", Json::Bool(s.readonly)),
+                ])
+            })
+            .collect();
+        let leftovers = self
+            .leftovers()
+            .map(|(n, s)| render::slot_json(n, s))
+            .collect();
+        let old_roots = self
+            .verdicts
+            .iter()
+            .map(|(o, v)| render::old_root_json(o, *v, self.now))
+            .collect();
+        let plan = match &self.plan {
+            Ok(plan) => plan.to_json(names),
+            Err(e) => render::refused_json(e),
+        };
+        render::document(
+            "list",
+            &self.device,
+            &self.description,
+            render::slot_json(&names.root, &state.root),
+            render::slot_json(&names.blank, &state.blank),
+            vec![
+                ("default_id", Json::id(state.default_id)),
+                ("top_level", Json::Array(top_level)),
+                ("leftovers", Json::Array(leftovers)),
+                ("old_roots", Json::Array(old_roots)),
+                ("plan", plan),
+            ],
+        )
+    }
+
+    /// Leftovers of earlier runs: the temporary name, then the set-aside ones.
+    fn leftovers(&self) -> impl Iterator<Item = (&OsStr, &plan::Slot)> {
+        let state = &self.state;
+        std::iter::once((self.names.temp.as_os_str(), &state.temp))
+            .filter(|(_, s)| s.entry != Entry::Missing)
+            .chain(state.asides.iter().map(|(n, s)| (n.as_os_str(), s)))
+    }
+
+    /// The default subvolume in words: its path in the top level, or where it is.
+    fn default_name(&self) -> String {
+        let default = self.state.default_id;
+        match self.top_level.iter().find(|s| s.id == default) {
+            Some(s) => quoted(&s.path).to_string(),
+            None if default == TOP_LEVEL => "the top level".into(),
+            None => "nested".into(),
+        }
+    }
+}
+
+/// The subvolumes whose parent is the top level, by id, with their paths in it.
+fn top_level(fs: std::os::fd::BorrowedFd<'_>) -> Result<Vec<TopLevelSubvolume>> {
+    let mut out = Vec::new();
     for (id, dirid, name) in subvolume::children(fs, TOP_LEVEL)? {
         let dir = match ioctl::ino_lookup(fs, TOP_LEVEL, dirid) {
             Ok((_, dir)) => dir,
@@ -35,209 +196,42 @@ pub fn list(target: &Target, retention: &Retention, json: bool) -> Result<()> {
         let mut path = PathBuf::from(OsStr::from_bytes(&dir));
         path.push(name);
         let readonly = subvolume::readonly(fs, id)?.unwrap_or(false);
-        top_level.push(TopLevelSubvolume { id, path, readonly });
+        out.push(TopLevelSubvolume { id, path, readonly });
     }
-    top_level.sort_by_key(|s| s.id);
-    let state = rollback::inspect(&top, names)?;
-    let now = crate::logging::now();
-    let plan = plan::plan(names, &state, retention, now);
-    // Why each old root stays or goes at the next run with these limits.
-    // The roots that run keeps first (the plan's KeepOld steps) are newer than all of these.
+    out.sort_by_key(|s| s.id);
+    Ok(out)
+}
+
+/// Why each kept old root stays or goes at the next run with `retention`, most recently used
+/// first. The roots that run keeps first (the plan's `KeepOld` steps) are newer than all of
+/// these, so they take the first ranks.
+fn verdicts(
+    state: &State,
+    plan: Option<&Plan>,
+    retention: &Retention,
+    now: i64,
+) -> Vec<(OldRoot, Verdict)> {
     let fresh: Vec<OldRoot> = plan
-        .as_ref()
-        .map(|p| {
-            p.steps
-                .iter()
-                .filter_map(|s| match s {
-                    plan::Step::KeepOld { id, to, .. } => Some(OldRoot {
-                        name: to.clone(),
-                        id: *id,
-                        created: now,
-                        nested: Vec::new(),
-                        retired: Some(now),
-                        last_change: u64::MAX,
-                    }),
-                    _ => None,
-                })
-                .collect()
+        .map(|p| p.steps.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| match s {
+            plan::Step::KeepOld { id, to, .. } => Some(OldRoot {
+                name: to.clone(),
+                id: *id,
+                created: now,
+                nested: Vec::new(),
+                retired: Some(now),
+                last_change: u64::MAX,
+            }),
+            _ => None,
         })
-        .unwrap_or_default();
-    let verdicts: Vec<_> = plan::judge(&fresh, &state.old_roots, retention, now)
+        .collect();
+    plan::judge(&fresh, &state.old_roots, retention, now)
         .into_iter()
         .filter(|(o, _)| !fresh.iter().any(|f| f.id == o.id))
-        .collect();
-    let verdict = |o: &OldRoot| {
-        verdicts
-            .iter()
-            .find(|(v, _)| v.id == o.id)
-            .map(|(_, v)| *v)
-            .unwrap_or(plan::Verdict::NotOurs)
-    };
-    if json {
-        let plan = match &plan {
-            Ok(plan) => plan.to_json(names),
-            Err(e) => Json::Object(vec![("refused", Json::str(format!("{e:#}")))]),
-        };
-        let doc = Json::Object(vec![
-            ("device", Json::path(&target.device)),
-            ("description", Json::str(described)),
-            (
-                "top_level",
-                Json::Array(
-                    top_level
-                        .iter()
-                        .map(|s| {
-                            Json::Object(vec![
-                                ("id", Json::id(s.id)),
-                                ("path", Json::path(&s.path)),
-                                ("readonly", Json::Bool(s.readonly)),
-                            ])
-                        })
-                        .collect(),
-                ),
-            ),
-            ("default_id", Json::id(state.default_id)),
-            ("root", slot_json(&names.root, &state.root)),
-            ("blank", slot_json(&names.blank, &state.blank)),
-            (
-                "leftovers",
-                Json::Array(
-                    std::iter::once((&names.temp, &state.temp))
-                        .chain(state.asides.iter().map(|(n, s)| (n, s)))
-                        .filter(|(_, s)| s.entry != Entry::Missing)
-                        .map(|(n, s)| slot_json(n, s))
-                        .collect(),
-                ),
-            ),
-            (
-                "old_roots",
-                Json::Array(
-                    state
-                        .old_roots
-                        .iter()
-                        .map(|o| old_root_json(o, verdict(o), now))
-                        .collect(),
-                ),
-            ),
-            ("plan", plan),
-        ]);
-        print!("{}", doc.to_string_pretty());
-        return Ok(());
-    }
-
-    let mut out = String::new();
-    let _ = writeln!(out, "device: {described}");
-    let _ = writeln!(out, "top-level subvolumes:");
-    for s in &top_level {
-        let ro = if s.readonly { "  read-only" } else { "" };
-        let _ = writeln!(out, "  ID {:<6} {}{ro}", s.id, quoted(&s.path));
-    }
-    let default = state.default_id;
-    let default_name = top_level
-        .iter()
-        .find(|s| s.id == default)
-        .map(|s| quoted(&s.path).to_string())
-        .unwrap_or_else(|| {
-            if default == TOP_LEVEL {
-                "the top level".into()
-            } else {
-                "nested".into()
-            }
-        });
-    let _ = writeln!(out, "default subvolume: ID {default} ({default_name})");
-    describe_slot(&mut out, "root", &names.root, &state.root);
-    describe_slot(&mut out, "blank", &names.blank, &state.blank);
-    if state.temp.entry != Entry::Missing {
-        describe_slot(&mut out, "leftover", &names.temp, &state.temp);
-    }
-    for (name, slot) in &state.asides {
-        describe_slot(&mut out, "leftover", name, slot);
-    }
-    if !state.old_roots.is_empty() {
-        let _ = writeln!(
-            out,
-            "old roots ({} in {:?}, most recently used first; `restore NAME` brings one back; \
-             {}):",
-            state.old_roots.len(),
-            plan::OLD_ROOTS,
-            limits(retention)
-        );
-        for (o, v) in &verdicts {
-            let v = *v;
-            let _ = writeln!(
-                out,
-                "  {:<24} ID {:<6} {}, {} nested subvolume(s); {}",
-                quoted(&o.name).to_string(),
-                o.id,
-                age(now - o.created),
-                o.nested.len(),
-                v.describe()
-            );
-        }
-    }
-    match plan {
-        Ok(plan) => {
-            let _ = writeln!(out, "`run` would ({}):", limits(retention));
-            for line in plan.describe(names).lines() {
-                let _ = writeln!(out, "  {line}");
-            }
-            for warning in &plan.warnings {
-                let _ = writeln!(out, "  warning: {warning}");
-            }
-        }
-        Err(e) => {
-            let _ = writeln!(out, "`run` would refuse: {e:#}");
-        }
-    }
-    print!("{out}");
-    Ok(())
-}
-
-fn describe_slot(out: &mut String, role: &str, name: &OsStr, slot: &Slot) {
-    match &slot.entry {
-        Entry::Missing => {
-            let _ = writeln!(out, "{role} {}: missing", quoted(name));
-        }
-        Entry::Other(what) => {
-            let _ = writeln!(out, "{role} {}: {what}", quoted(name));
-        }
-        Entry::Subvolume { id, readonly } => {
-            let ro = if *readonly { "read-only" } else { "writable" };
-            let _ = writeln!(
-                out,
-                "{role} {} (ID {id}, {ro}): {} nested subvolume(s)",
-                quoted(name),
-                slot.nested.len()
-            );
-            // Sorted by path, parents before children.
-            let mut nested: Vec<_> = slot.nested.iter().collect();
-            nested.sort_by(|a, b| a.path.cmp(&b.path));
-            for n in nested {
-                let ro = if n.readonly { "  read-only" } else { "" };
-                let _ = writeln!(out, "  ID {:<6} {}{ro}", n.id, quoted(&n.path));
-            }
-        }
-    }
-}
-
-/// `{"name", "state": "missing"|"subvolume"|<what it is>, "id", "readonly", "nested": [...]}`
-fn slot_json(name: &OsStr, slot: &Slot) -> Json {
-    let mut fields = vec![("name", Json::os(name))];
-    match &slot.entry {
-        Entry::Missing => fields.push(("state", Json::str("missing"))),
-        Entry::Other(what) => fields.push(("state", Json::str(*what))),
-        Entry::Subvolume { id, readonly } => {
-            fields.push(("state", Json::str("subvolume")));
-            fields.push(("id", Json::id(*id)));
-            fields.push(("readonly", Json::Bool(*readonly)));
-            fields.push(("created", Json::Int(slot.created)));
-            fields.push((
-                "nested",
-                Json::Array(slot.nested.iter().map(nested_json).collect()),
-            ));
-        }
-    }
-    Json::Object(fields)
+        .map(|(o, v)| (o.clone(), v))
+        .collect()
 }
 
 /// The retention limits in words, for the headings.
@@ -250,49 +244,19 @@ fn limits(retention: &Retention) -> String {
     }
 }
 
-/// `{"name", "id", "created", "age_seconds", "retired", "ours", "verdict", "why", "nested"}`
-fn old_root_json(o: &OldRoot, verdict: plan::Verdict, now: i64) -> Json {
-    Json::Object(vec![
-        ("name", Json::os(&o.name)),
-        ("id", Json::id(o.id)),
-        ("created", Json::Int(o.created)),
-        ("age_seconds", Json::Int(now - o.created)),
-        ("retired", o.retired.map_or(Json::Null, Json::Int)),
-        ("ours", Json::Bool(verdict != plan::Verdict::NotOurs)),
-        ("verdict", Json::str(verdict.key())),
-        ("prune", Json::Bool(verdict.prune())),
-        ("why", Json::str(verdict.describe())),
-        (
-            "nested",
-            Json::Array(o.nested.iter().map(nested_json).collect()),
-        ),
-    ])
-}
-
-/// An age for people: "3 d 4 h old", "12 min old", or "created 2 h in the future".
-fn age(seconds: i64) -> String {
-    let (future, s) = (seconds < 0, seconds.unsigned_abs());
-    let text = match s {
-        s if s >= 86_400 => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
-        s if s >= 3600 => format!("{} h {} min", s / 3600, s % 3600 / 60),
-        s => format!("{} min", s / 60),
-    };
-    if future {
-        format!("created {text} in the future (clock skew)")
-    } else {
-        format!("{text} old")
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::age;
+    use super::*;
 
     #[test]
-    fn ages_read_well() {
-        assert_eq!(age(59), "0 min old");
-        assert_eq!(age(3 * 86_400 + 4 * 3600 + 5), "3 d 4 h old");
-        assert_eq!(age(2 * 3600 + 60), "2 h 1 min old");
-        assert_eq!(age(-7200), "created 2 h 0 min in the future (clock skew)");
+    fn limits_read_well() {
+        assert!(limits(&Retention::default()).contains("deleted"));
+        assert_eq!(
+            limits(&Retention {
+                count: Some(2),
+                days: Some(3)
+            }),
+            "with --keep-old-roots 2 --keep-days 3"
+        );
     }
 }

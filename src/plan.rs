@@ -7,12 +7,10 @@
 //! kept old root is only ever moved by rename, never copied or deleted until it is pruned.
 
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::json::Json;
 use crate::logging::utc;
 use crate::names::{quoted, Names};
 use crate::subvolume::{Entry, Nested};
@@ -341,8 +339,8 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
     }
     if !state.blank.nested.is_empty() {
         warnings.push(format!(
-            "the blank snapshot {blank} has {} nested subvolume(s); snapshots do not include \
-             them, so the fresh root gets empty directories in their place",
+            "the blank snapshot {blank} has subvolumes nested in it ({}); snapshots do not \
+             include them, so the fresh root gets empty directories in their place",
             state.blank.nested.len()
         ));
     }
@@ -387,8 +385,8 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
     {
         if let Some(id) = slot.id() {
             warnings.push(format!(
-                "{} (ID {id}, {} nested subvolume(s)), left over from an earlier run, is still \
-                 on the disk{}",
+                "{} (ID {id}, subvolumes nested in it: {}), left over from an earlier run, is \
+                 still on the disk{}",
                 quoted(name),
                 slot.nested.len(),
                 if slot.modified {
@@ -523,200 +521,6 @@ impl Keeper {
     }
 }
 
-impl Plan {
-    /// The plan as lines a person reads: each subvolume that would go, by path and id.
-    pub fn describe(&self, names: &Names) -> String {
-        let (root, blank, temp) = (
-            quoted(&names.root),
-            quoted(&names.blank),
-            quoted(&names.temp),
-        );
-        let mut out = String::new();
-        for step in &self.steps {
-            match step {
-                Step::DefaultToRoot => {
-                    let _ = writeln!(out, "make {root} the default subvolume");
-                }
-                Step::SetAside { id } => {
-                    let _ = writeln!(
-                        out,
-                        "rename {temp} (ID {id}), left over from an interrupted run, to {}",
-                        quoted(&aside_name(names, *id))
-                    );
-                }
-                Step::CreateRoot => {
-                    let _ = writeln!(out, "{root} is missing: snapshot {blank} as {root}");
-                }
-                Step::Swap {
-                    old,
-                    default_follows,
-                } => {
-                    let default = if *default_follows {
-                        ", make it the default subvolume"
-                    } else {
-                        ""
-                    };
-                    let _ = writeln!(
-                        out,
-                        "snapshot {blank} as {temp}, exchange it with {root} (ID {old}){default} \
-                         and commit"
-                    );
-                }
-                Step::DeleteOld { id, nested } => {
-                    let _ = writeln!(
-                        out,
-                        "delete the old {root} (ID {id}) and {} subvolume(s) nested in it{}",
-                        nested.len(),
-                        colon(nested)
-                    );
-                    list(&mut out, nested);
-                }
-                Step::RemoveLeftover { name, id, nested } => {
-                    let _ = writeln!(
-                        out,
-                        "delete {} (ID {id}), left over from an earlier run, and {} subvolume(s) \
-                         nested in it{}",
-                        quoted(name),
-                        nested.len(),
-                        colon(nested)
-                    );
-                    list(&mut out, nested);
-                }
-                Step::KeepOld { from, id, to } => {
-                    let _ = writeln!(
-                        out,
-                        "keep {} (ID {id}) as {}",
-                        quoted(from),
-                        quoted(&Path::new(OLD_ROOTS).join(to))
-                    );
-                }
-                Step::PruneOld { old } => {
-                    let _ = writeln!(
-                        out,
-                        "prune the old root {} (ID {}) and {} subvolume(s) nested in it{}",
-                        quoted(&old.path()),
-                        old.id,
-                        old.nested.len(),
-                        colon(&old.nested)
-                    );
-                    list(&mut out, &old.nested);
-                }
-                Step::KeepRestored { id } => {
-                    let _ = writeln!(
-                        out,
-                        "keep {root} (ID {id}) this once: `btrfs-rollback restore` put it there"
-                    );
-                }
-                Step::ClearRestoreMarker => {
-                    let _ = writeln!(out, "remove the restore marker, which no longer applies");
-                }
-            }
-        }
-        out
-    }
-
-    /// The plan as JSON: `{"steps": [{"action": ..., ...}], "warnings": [...]}` (README.md).
-    pub fn to_json(&self, names: &Names) -> Json {
-        let nested = |n: &[Nested]| Json::Array(n.iter().map(nested_json).collect());
-        let steps = self
-            .steps
-            .iter()
-            .map(|step| {
-                let (action, mut fields): (&str, Vec<(&'static str, Json)>) = match step {
-                    Step::DefaultToRoot => ("default_to_root", vec![]),
-                    Step::SetAside { id } => (
-                        "set_aside",
-                        vec![
-                            ("id", Json::id(*id)),
-                            ("to", Json::os(aside_name(names, *id))),
-                        ],
-                    ),
-                    Step::CreateRoot => ("create_root", vec![]),
-                    Step::Swap {
-                        old,
-                        default_follows,
-                    } => (
-                        "swap",
-                        vec![
-                            ("old_id", Json::id(*old)),
-                            ("default_follows", Json::Bool(*default_follows)),
-                        ],
-                    ),
-                    Step::DeleteOld { id, nested: n } => (
-                        "delete_old",
-                        vec![("id", Json::id(*id)), ("nested", nested(n))],
-                    ),
-                    Step::RemoveLeftover {
-                        name,
-                        id,
-                        nested: n,
-                    } => (
-                        "remove_leftover",
-                        vec![
-                            ("name", Json::os(name)),
-                            ("id", Json::id(*id)),
-                            ("nested", nested(n)),
-                        ],
-                    ),
-                    Step::KeepOld { from, id, to } => (
-                        "keep_old",
-                        vec![
-                            ("from", Json::os(from)),
-                            ("id", Json::id(*id)),
-                            ("to", Json::path(&Path::new(OLD_ROOTS).join(to))),
-                        ],
-                    ),
-                    Step::PruneOld { old } => (
-                        "prune_old",
-                        vec![
-                            ("name", Json::path(&old.path())),
-                            ("id", Json::id(old.id)),
-                            ("created", Json::Int(old.created)),
-                            ("nested", nested(&old.nested)),
-                        ],
-                    ),
-                    Step::KeepRestored { id } => ("keep_restored", vec![("id", Json::id(*id))]),
-                    Step::ClearRestoreMarker => ("clear_restore_marker", vec![]),
-                };
-                fields.insert(0, ("action", Json::str(action)));
-                Json::Object(fields)
-            })
-            .collect();
-        Json::Object(vec![
-            ("steps", Json::Array(steps)),
-            (
-                "warnings",
-                Json::Array(self.warnings.iter().map(Json::str).collect()),
-            ),
-        ])
-    }
-}
-
-/// A nested subvolume as JSON: `{"id": 260, "path": "root/var/lib/machines", "readonly": false}`.
-pub fn nested_json(n: &Nested) -> Json {
-    Json::Object(vec![
-        ("id", Json::id(n.id)),
-        ("path", Json::path(&n.path)),
-        ("readonly", Json::Bool(n.readonly)),
-    ])
-}
-
-/// A list of nested subvolumes follows a colon; none, a full stop.
-fn colon(nested: &[Nested]) -> &'static str {
-    if nested.is_empty() {
-        "."
-    } else {
-        ":"
-    }
-}
-
-fn list(out: &mut String, nested: &[Nested]) {
-    for n in nested {
-        let ro = if n.readonly { ", read-only" } else { "" };
-        let _ = writeln!(out, "    {} (ID {}{ro})", quoted(&n.path), n.id);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,8 +587,6 @@ mod tests {
             Step::DeleteOld { id: 256, nested } => assert_eq!(nested.len(), 2),
             other => panic!("unexpected {other:?}"),
         }
-        let text = p.describe(&names());
-        assert!(text.contains("\"root/a/b\" (ID 300)"), "{text}");
     }
 
     #[test]
@@ -1160,20 +962,5 @@ mod tests {
         let p = plan(&names(), &s).unwrap();
         assert_eq!(p.steps[0], Step::ClearRestoreMarker);
         assert_eq!(p.steps[1], swap(256, false));
-    }
-
-    #[test]
-    fn plan_json_names_every_action() {
-        let mut s = state();
-        s.temp = sub(400, false);
-        let p = plan(&names(), &s).unwrap();
-        let text = p.to_json(&names()).to_string_pretty();
-        for action in ["set_aside", "swap", "delete_old", "remove_leftover"] {
-            assert!(
-                text.contains(&format!("\"action\": \"{action}\"")),
-                "{text}"
-            );
-        }
-        assert!(text.contains("\"path\": \"root/a/b\""), "{text}");
     }
 }

@@ -281,7 +281,9 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
                 log::warn!("{warning}");
             }
             if dry_run && options.json {
-                print!("{}", plan.to_json(names).to_string_pretty());
+                let doc =
+                    crate::render::dry_run_json(&target.device, &described, names, &state, &plan);
+                print!("{}", doc.to_string_pretty());
                 return Ok(Outcome::Looked);
             }
             if dry_run {

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
+use serde_json::Value;
+
 use common::*;
 
 /// `root` with files, a read-only `root-blank` snapshot of it, `persist` with files.
@@ -206,32 +208,54 @@ fn privileged_diff_reports_what_a_rollback_erases() {
         "/var/lib/docker",
         "with space",
     ] {
-        assert!(!text.contains(gone), "{gone} not excluded:\n{text}");
+        let listed = text
+            .lines()
+            .filter(|l| !l.contains("excluded by --exclude"));
+        assert!(
+            !listed.collect::<String>().contains(gone),
+            "{gone} not excluded:\n{text}"
+        );
     }
     // `?` is not a wildcard: the newline name stays.
     assert!(text.contains("+ \"/etc/new\\nline\"\n"), "{text}");
     assert!(text.contains("@ /var/lib/machines"), "{text}");
+    // What each pattern left out follows the summary.
     assert!(
-        text.ends_with("9 new, 7 changed, 3 metadata only, 2 gone, 1 subvolumes\n"),
+        text.ends_with(
+            "9 new, 7 changed, 3 metadata only, 2 gone, 1 subvolume\n\
+             2 paths excluded by --exclude \"/var/log\"\n\
+             2 paths excluded by --exclude \"/etc/gone*\"\n\
+             1 path excluded by --exclude \"/var/**/docker\"\n\
+             1 path excluded by --exclude \"*space\"\n\
+             0 paths excluded by --exclude \"new?line\"\n"
+        ),
         "{text}"
+    );
+    // Everything excluded: nothing listed, and said so.
+    let out = diff(&disk, &["--exclude", "*"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "0 new, 0 changed, 0 metadata only, 0 gone, 0 subvolumes\n\
+         28 paths excluded by --exclude \"*\"\n"
     );
 
     // JSON: parses, and says the same.
     let out = diff(&disk, &["--json"]);
     assert_exit(&out, 0);
-    let json = Json::parse(&stdout(&out));
-    assert_eq!(json.get("root").str(), "root");
-    assert_eq!(json.get("blank").str(), "root-blank");
-    assert!(matches!(json.get("since_transid"), Json::Num(_)));
-    let entries = json.get("entries").array();
+    let json: Value = serde_json::from_str(&stdout(&out)).expect("diff --json is JSON");
+    assert_eq!(json["root"]["path"], "root");
+    assert_eq!(json["blank"]["path"], "root-blank");
+    assert!(json["since_transid"].is_u64(), "{json}");
+    let entries = json["entries"].as_array().unwrap();
     let lines: Vec<String> = entries
         .iter()
         .map(|e| {
             format!(
                 "{} {} {}",
-                e.get("change").str(),
-                e.get("kind").str(),
-                e.get("path").str()
+                e["change"].as_str().unwrap(),
+                e["kind"].as_str().unwrap(),
+                e["path"].as_str().unwrap()
             )
         })
         .collect();
@@ -271,22 +295,28 @@ fn privileged_diff_reports_what_a_rollback_erases() {
     let entry = |path: &str| {
         entries
             .iter()
-            .find(|e| e.get("path").str() == path)
+            .find(|e| e["path"] == path)
             .unwrap_or_else(|| panic!("no {path}"))
     };
-    assert_eq!(entry("/etc/link").get("was").str(), "symlink");
-    assert_eq!(entry("/etc/wasfile").get("was").str(), "file");
-    assert_eq!(entry("/var/lib/machines").get("nested"), &Json::Num(1.0));
-    assert!(matches!(entry("/var/lib/docker").get("id"), Json::Num(_)));
-    let summary = json.get("summary");
+    assert_eq!(entry("/etc/link")["was"], "symlink");
+    assert_eq!(entry("/etc/wasfile")["was"], "file");
+    let nested = entry("/var/lib/machines")["nested"].as_array().unwrap();
+    assert_eq!(nested.len(), 1, "{json}");
+    assert!(nested[0]["path"]
+        .as_str()
+        .unwrap()
+        .starts_with("root/var/lib/machines/"));
+    assert!(entry("/var/lib/docker")["id"].is_u64());
+    assert_eq!(entry("/var/lib/docker")["nested"], Value::Array(vec![]));
+    let summary = &json["summary"];
     for (key, n) in [
-        ("new", 12.0),
-        ("changed", 7.0),
-        ("metadata", 3.0),
-        ("gone", 4.0),
-        ("subvolumes", 2.0),
+        ("new", 12),
+        ("changed", 7),
+        ("metadata", 3),
+        ("gone", 4),
+        ("subvolumes", 2),
     ] {
-        assert_eq!(summary.get(key), &Json::Num(n), "{key}");
+        assert_eq!(summary[key], n, "{key}");
     }
 
     // A blank that is no snapshot of root (a copy): every file compared, the same answer.
@@ -374,6 +404,35 @@ fn privileged_diff_without_blank_or_root_is_a_clear_error() {
     assert_exit(&out, 1);
     let err = stderr(&out);
     assert!(err.contains("\"no-root\" does not exist"), "{err}");
+    // NAME must be an old root: the error names the path it looked at.
+    let out = diff(&disk, &["nosuch"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"old_roots/nosuch\" is not an old root"),
+        "{err}"
+    );
+    fs::create_dir(disk.mount().join("old_roots")).unwrap();
+    let out = diff(&disk, &["nosuch"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("\"old_roots/nosuch\" is not an old root: it does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    fs::create_dir(disk.mount().join("old_roots/plain")).unwrap();
+    let out = diff(&disk, &["plain"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("not a subvolume"), "{}", stderr(&out));
+    let out = diff(&disk, &["../root"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("NAME"), "{}", stderr(&out));
+    // An empty pattern is a usage error that names the option.
+    for empty in ["", "/"] {
+        let out = diff(&disk, &["--exclude", empty]);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("--exclude"), "{}", stderr(&out));
+    }
     // The real blank deleted.
     {
         let m = disk.mount();
@@ -531,156 +590,5 @@ fn privileged_diff_of_a_file_with_many_links_in_one_directory() {
     assert!(lines.len() >= 2, "{text}");
     for line in &lines[..lines.len() - 1] {
         assert!(line.starts_with("~ /many/0000"), "{text}");
-    }
-}
-
-/// Just enough JSON to read `diff --json` back.
-#[derive(Debug, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Array(Vec<Json>),
-    Object(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(text: &str) -> Json {
-        let chars: Vec<char> = text.chars().collect();
-        let mut pos = 0;
-        let value = Self::value(&chars, &mut pos);
-        Self::ws(&chars, &mut pos);
-        assert_eq!(pos, chars.len(), "trailing text in JSON:\n{text}");
-        value
-    }
-
-    fn ws(c: &[char], pos: &mut usize) {
-        while *pos < c.len() && c[*pos].is_whitespace() {
-            *pos += 1;
-        }
-    }
-
-    fn value(c: &[char], pos: &mut usize) -> Json {
-        Self::ws(c, pos);
-        let rest: String = c[*pos..].iter().take(5).collect();
-        match c[*pos] {
-            '{' => {
-                *pos += 1;
-                let mut fields = Vec::new();
-                loop {
-                    Self::ws(c, pos);
-                    if c[*pos] == '}' {
-                        *pos += 1;
-                        break;
-                    }
-                    let Json::Str(key) = Self::value(c, pos) else {
-                        panic!("key is not a string")
-                    };
-                    Self::ws(c, pos);
-                    assert_eq!(c[*pos], ':');
-                    *pos += 1;
-                    fields.push((key, Self::value(c, pos)));
-                    Self::ws(c, pos);
-                    if c[*pos] == ',' {
-                        *pos += 1;
-                    }
-                }
-                Json::Object(fields)
-            }
-            '[' => {
-                *pos += 1;
-                let mut items = Vec::new();
-                loop {
-                    Self::ws(c, pos);
-                    if c[*pos] == ']' {
-                        *pos += 1;
-                        break;
-                    }
-                    items.push(Self::value(c, pos));
-                    Self::ws(c, pos);
-                    if c[*pos] == ',' {
-                        *pos += 1;
-                    }
-                }
-                Json::Array(items)
-            }
-            '"' => {
-                *pos += 1;
-                let mut s = String::new();
-                loop {
-                    let ch = c[*pos];
-                    *pos += 1;
-                    match ch {
-                        '"' => break,
-                        '\\' => {
-                            let e = c[*pos];
-                            *pos += 1;
-                            s.push(match e {
-                                'n' => '\n',
-                                'r' => '\r',
-                                't' => '\t',
-                                'u' => {
-                                    let hex: String = c[*pos..*pos + 4].iter().collect();
-                                    *pos += 4;
-                                    char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap()
-                                }
-                                other => other,
-                            });
-                        }
-                        ch => {
-                            assert!(ch as u32 >= 0x20, "raw control character in a string");
-                            s.push(ch);
-                        }
-                    }
-                }
-                Json::Str(s)
-            }
-            _ if rest.starts_with("null") => {
-                *pos += 4;
-                Json::Null
-            }
-            _ if rest.starts_with("true") => {
-                *pos += 4;
-                Json::Bool(true)
-            }
-            _ if rest.starts_with("false") => {
-                *pos += 5;
-                Json::Bool(false)
-            }
-            _ => {
-                let start = *pos;
-                while *pos < c.len() && (c[*pos] == '-' || c[*pos].is_ascii_digit()) {
-                    *pos += 1;
-                }
-                let n: String = c[start..*pos].iter().collect();
-                Json::Num(n.parse().unwrap_or_else(|_| panic!("bad JSON at {rest:?}")))
-            }
-        }
-    }
-
-    fn get(&self, key: &str) -> &Json {
-        let Json::Object(fields) = self else {
-            panic!("not an object: {self:?}")
-        };
-        &fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .unwrap_or_else(|| panic!("no {key:?} in {self:?}"))
-            .1
-    }
-
-    fn str(&self) -> &str {
-        let Json::Str(s) = self else {
-            panic!("not a string: {self:?}")
-        };
-        s
-    }
-
-    fn array(&self) -> &[Json] {
-        let Json::Array(items) = self else {
-            panic!("not an array: {self:?}")
-        };
-        items
     }
 }

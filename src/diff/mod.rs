@@ -47,30 +47,13 @@
 //! 1 new, 1 changed, 1 metadata only, 1 gone, 2 subvolumes
 //! ```
 //!
-//! JSON output (`--json`), a stable shape; keys appear in this order:
+//! With `--exclude`, a line per pattern follows: `3 paths excluded by --exclude "*.log"`.
 //!
-//! ```text
-//! {
-//!   "root": "root",                  the names given (--root, --blank)
-//!   "blank": "root-blank",
-//!   "root_id": 256,                  their subvolume ids
-//!   "blank_id": 257,
-//!   "since_transid": 12,             the shared transaction; null when everything was
-//!                                    compared (not snapshots of one another, or the blank
-//!                                    was written after root was made from it)
-//!   "entries": [                     sorted by path like the text output
-//!     {"path": "/etc/x", "change": "new", "kind": "file"},
-//!     {"path": "/etc/y", "change": "changed", "kind": "symlink", "was": "file"},
-//!     {"path": "/var/lib/machines", "change": "subvolume", "kind": "dir", "id": 260, "nested": 3}
-//!   ],
-//!   "summary": {"new": 1, "changed": 1, "metadata": 0, "gone": 0, "subvolumes": 1}
-//! }
-//! ```
+//! `diff NAME` compares the old root `old_roots/NAME` with the blank instead of `root`: what
+//! that root held that a fresh one does not (what a rollback without `--keep-old-roots` would
+//! have erased). Same output.
 //!
-//! `change` is one of `new`, `changed`, `metadata`, `gone`, `subvolume`; `kind` (what is in
-//! `root`, or for `gone` what was in the blank) is one of `file`, `dir`, `symlink`, `other`.
-//! `was` appears only on `changed` entries whose type changed; `id` and `nested` only on
-//! `subvolume` entries. Paths start with `/`; bytes that are not UTF-8 become U+FFFD.
+//! JSON output (`--json`): the `diff` document of `docs/json.md`.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -103,9 +86,11 @@ use walk::{Side, Walk};
 
 use crate::ioctl::{self, SearchRange, SubvolInfo};
 use crate::json::Json;
-use crate::names::{quoted, Names};
+use crate::names::{self, quoted, Names};
+use crate::plan::{Slot, OLD_ROOTS};
+use crate::render::{self, count};
 use crate::rollback::{self, Target};
-use crate::subvolume::{self, Entry};
+use crate::subvolume::{self, Entry, Nested};
 
 /// The inode number of a subvolume's root directory.
 const ROOT_DIR_INO: u64 = BTRFS_FIRST_FREE_OBJECTID as u64;
@@ -116,35 +101,73 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
 
-/// `btrfs-rollback diff`.
-pub fn diff(target: &Target, exclude: &[String], json: bool) -> Result<()> {
+/// `btrfs-rollback diff [NAME]`: `root` (or the old root `old_roots/NAME`) against the blank.
+pub fn diff(target: &Target, name: Option<&OsStr>, exclude: &[String], json: bool) -> Result<()> {
     let patterns = exclude
         .iter()
         .map(|p| Pattern::new(p))
         .collect::<Result<Vec<_>>>()?;
+    if let Some(name) = name {
+        names::check_component("NAME", name)?;
+    }
     let (top, described) = rollback::open(target, true)?;
     let names = &target.names;
+    let subject = match name {
+        Some(name) => old_root(top.fd(), name)?,
+        None => PathBuf::from(&names.root),
+    };
     let start = Instant::now();
-    let report = compare(top.fd(), names, &patterns).with_context(|| {
+    let report = compare(top.fd(), names, &subject, &patterns).with_context(|| {
         format!(
             "cannot compare {} with {} on {described}",
-            quoted(&names.root),
+            quoted(&subject),
             quoted(&names.blank)
         )
     })?;
     log::debug!(
         "compared {} with {} in {:.2} s",
-        quoted(&names.root),
+        quoted(&subject),
         quoted(&names.blank),
         start.elapsed().as_secs_f64()
     );
     let out = if json {
-        report.json(names).to_string_pretty()
+        report
+            .json(&target.device, &described, names, name)
+            .to_string_pretty()
     } else {
         report.text()
     };
     print!("{out}");
     Ok(())
+}
+
+/// `old_roots/NAME`, checked to be a subvolume in the directory of old roots.
+fn old_root(fs: BorrowedFd<'_>, name: &OsStr) -> Result<PathBuf> {
+    let path = Path::new(OLD_ROOTS).join(name);
+    let dir = subvolume::entry(fs, OsStr::new(OLD_ROOTS))?;
+    if matches!(dir, Entry::Missing) {
+        bail!(
+            "{} is not an old root: there is no {OLD_ROOTS:?} directory in the top-level volume \
+             (old roots are kept there by `run --keep-old-roots` or `--keep-days`)",
+            quoted(&path)
+        );
+    }
+    if let Entry::Other(what) = dir {
+        if what != "a plain directory, not a subvolume" {
+            bail!(
+                "{} is not an old root: {OLD_ROOTS:?} in the top-level volume is {what}",
+                quoted(&path)
+            );
+        }
+    }
+    match subvolume::entry(fs, path.as_os_str())? {
+        Entry::Subvolume { .. } => Ok(path),
+        Entry::Missing => bail!(
+            "{} is not an old root: it does not exist (`btrfs-rollback list` shows the old roots)",
+            quoted(&path)
+        ),
+        Entry::Other(what) => bail!("{} is not an old root: it is {what}", quoted(&path)),
+    }
 }
 
 /// What a path in `root` is.
@@ -222,8 +245,8 @@ struct Found {
     kind: Kind,
     /// For `Changed`: the blank's type, when it differs.
     was: Option<Kind>,
-    /// For `Subvolume`: its id and how many subvolumes are nested in it.
-    subvolume: Option<(u64, usize)>,
+    /// For `Subvolume`: its id and the subvolumes nested in it, children before parents.
+    subvolume: Option<(u64, Vec<Nested>)>,
 }
 
 impl Found {
@@ -239,10 +262,15 @@ impl Found {
 
 /// The differences, by path relative to `root` (empty for its root directory).
 struct Report {
-    root_id: u64,
-    blank_id: u64,
+    /// `root` and the blank, as `list` shows them.
+    root: Slot,
+    blank: Slot,
+    /// What was compared with the blank (`root` or `old_roots/NAME`) and its id.
+    compared: (PathBuf, u64),
     since: Option<u64>,
     entries: BTreeMap<PathBuf, Found>,
+    /// Each `--exclude` pattern and how many entries it left out.
+    excluded: Vec<(String, usize)>,
 }
 
 impl Report {
@@ -254,14 +282,16 @@ impl Report {
         let mut out = String::new();
         for (path, found) in &self.entries {
             let _ = write!(out, "{} {}", found.change.symbol(), shown(path));
-            match (found.change, found.was, found.subvolume) {
+            match (found.change, found.was, &found.subvolume) {
                 (Change::Changed, Some(was), _) => {
                     let _ = write!(out, " (was {})", was.article());
                 }
                 (Change::Metadata, _, _) => out.push_str(" (metadata only)"),
-                (Change::Subvolume, _, Some((_, 0))) => out.push_str(" (subvolume, erased whole)"),
+                (Change::Subvolume, _, Some((_, n))) if n.is_empty() => {
+                    out.push_str(" (subvolume, erased whole)")
+                }
                 (Change::Subvolume, _, Some((_, n))) => {
-                    let _ = write!(out, " (subvolume, erased whole with {n} nested)");
+                    let _ = write!(out, " (subvolume, erased whole with {} nested)", n.len());
                 }
                 _ => {}
             }
@@ -269,17 +299,26 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "{} new, {} changed, {} metadata only, {} gone, {} subvolumes",
+            "{} new, {} changed, {} metadata only, {} gone, {}",
             self.count(Change::New),
             self.count(Change::Changed),
             self.count(Change::Metadata),
             self.count(Change::Gone),
-            self.count(Change::Subvolume),
+            count(self.count(Change::Subvolume), "subvolume"),
         );
+        for (pattern, n) in &self.excluded {
+            let _ = writeln!(
+                out,
+                "{} excluded by --exclude {}",
+                count(*n, "path"),
+                quoted(pattern)
+            );
+        }
         out
     }
 
-    fn json(&self, names: &Names) -> Json {
+    /// The `diff` document of docs/json.md.
+    fn json(&self, device: &Path, described: &str, names: &Names, old: Option<&OsStr>) -> Json {
         let entries = self
             .entries
             .iter()
@@ -292,32 +331,54 @@ impl Report {
                 if let Some(was) = found.was {
                     fields.push(("was", Json::str(was.name())));
                 }
-                if let Some((id, nested)) = found.subvolume {
-                    fields.push(("id", Json::id(id)));
-                    fields.push(("nested", Json::Int(nested as i64)));
+                if let Some((id, nested)) = &found.subvolume {
+                    fields.push(("id", Json::id(*id)));
+                    fields.push(("nested", render::nested_list_json(nested)));
                 }
                 Json::Object(fields)
             })
             .collect();
         let count = |c| Json::Int(self.count(c) as i64);
-        Json::Object(vec![
-            ("root", Json::os(&names.root)),
-            ("blank", Json::os(&names.blank)),
-            ("root_id", Json::id(self.root_id)),
-            ("blank_id", Json::id(self.blank_id)),
-            ("since_transid", self.since.map_or(Json::Null, Json::id)),
-            ("entries", Json::Array(entries)),
-            (
-                "summary",
+        let excluded = self
+            .excluded
+            .iter()
+            .map(|(pattern, n)| {
                 Json::Object(vec![
-                    ("new", count(Change::New)),
-                    ("changed", count(Change::Changed)),
-                    ("metadata", count(Change::Metadata)),
-                    ("gone", count(Change::Gone)),
-                    ("subvolumes", count(Change::Subvolume)),
-                ]),
-            ),
-        ])
+                    ("pattern", Json::str(pattern)),
+                    ("paths", Json::Int(*n as i64)),
+                ])
+            })
+            .collect();
+        render::document(
+            "diff",
+            device,
+            described,
+            render::slot_json(&names.root, &self.root),
+            render::slot_json(&names.blank, &self.blank),
+            vec![
+                ("old_root", old.map_or(Json::Null, Json::os)),
+                (
+                    "compared",
+                    Json::Object(vec![
+                        ("path", Json::path(&self.compared.0)),
+                        ("id", Json::id(self.compared.1)),
+                    ]),
+                ),
+                ("since_transid", self.since.map_or(Json::Null, Json::id)),
+                ("entries", Json::Array(entries)),
+                ("excluded", Json::Array(excluded)),
+                (
+                    "summary",
+                    Json::Object(vec![
+                        ("new", count(Change::New)),
+                        ("changed", count(Change::Changed)),
+                        ("metadata", count(Change::Metadata)),
+                        ("gone", count(Change::Gone)),
+                        ("subvolumes", count(Change::Subvolume)),
+                    ]),
+                ),
+            ],
+        )
     }
 }
 
@@ -368,8 +429,65 @@ fn subvolume_info(fs: BorrowedFd<'_>, name: &OsStr, role: &str) -> Result<(Owned
     Ok((fd, info))
 }
 
-fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Report> {
-    let (root_fd, root_info) = subvolume_info(fs, &names.root, "root")?;
+/// What `name` in the top level is, for the document: with its nested subvolumes (`nested`,
+/// when already read) and creation time.
+fn slot(fs: BorrowedFd<'_>, name: &OsStr, nested: Option<Vec<Nested>>) -> Result<Slot> {
+    let entry = subvolume::entry(fs, name)?;
+    let Entry::Subvolume { id, .. } = entry else {
+        return Ok(Slot {
+            entry,
+            ..Slot::missing()
+        });
+    };
+    let fd = subvolume::expect(fs, name, id)?;
+    let info = ioctl::get_subvol_info(fd.as_fd())
+        .with_context(|| format!("cannot read the subvolume info of {}", quoted(name)))?;
+    let nested = match nested {
+        Some(nested) => nested,
+        None => subvolume::nested_post_order(fs, id, Path::new(name))?,
+    };
+    Ok(Slot {
+        entry,
+        nested,
+        created: info.otime,
+        modified: info.generation > info.otransid,
+    })
+}
+
+/// Take out the entries `patterns` exclude (the path or a directory above it matches); how
+/// many each pattern took, in the order given (an entry counts for the first that matches).
+fn exclude(entries: &mut BTreeMap<PathBuf, Found>, patterns: &[Pattern]) -> Vec<(String, usize)> {
+    let mut counts = vec![0; patterns.len()];
+    entries.retain(|rel, _| {
+        let abs = absolute(rel);
+        let bytes = abs.as_bytes();
+        let hit = patterns.iter().position(|p| {
+            (1..=bytes.len())
+                .filter(|&end| end == bytes.len() || bytes[end] == b'/')
+                .any(|end| p.matches(&bytes[..end]))
+        });
+        if let Some(i) = hit {
+            counts[i] += 1;
+        }
+        hit.is_none()
+    });
+    patterns
+        .iter()
+        .map(|p| p.text().to_string())
+        .zip(counts)
+        .collect()
+}
+
+/// Compare `subject` (`root`, or an old root), a path in the top level, with the blank.
+///
+/// `--exclude` is applied to the result, so that what it left out can be counted.
+fn compare(
+    fs: BorrowedFd<'_>,
+    names: &Names,
+    subject: &Path,
+    patterns: &[Pattern],
+) -> Result<Report> {
+    let (root_fd, root_info) = subvolume_info(fs, subject.as_os_str(), "root")?;
     let (blank_fd, blank_info) = subvolume_info(fs, &names.blank, "blank")?;
     // A running system keeps recent changes in memory (delayed inode items) until the next
     // commit; the tree search reads the trees. Commit them, as `sync` would.
@@ -393,7 +511,7 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
                 "{} was changed after {} was made from it: comparing every file, which takes \
                  longer",
                 quoted(&names.blank),
-                quoted(&names.root)
+                quoted(subject)
             );
             None
         }
@@ -401,7 +519,7 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
             log::warn!(
                 "{} and {} are not snapshots of one another: comparing every file, which takes \
                  longer",
-                quoted(&names.root),
+                quoted(subject),
                 quoted(&names.blank)
             );
             None
@@ -409,7 +527,7 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
     };
     log::debug!(
         "{} (ID {}, created in transaction {}), {} (ID {}, created in {}, last written in {})",
-        quoted(&names.root),
+        quoted(subject),
         root_info.id,
         root_info.otransid,
         quoted(&names.blank),
@@ -417,13 +535,13 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
         blank_info.otransid,
         blank_info.generation
     );
-    let root = Side::new(root_fd, root_info.id, &names.root)?;
+    let root = Side::new(root_fd, root_info.id, subject.as_os_str())?;
     let blank = Side::new(blank_fd, blank_info.id, &names.blank)?;
     let mut walk = Walk {
         fs,
         root,
         blank,
-        patterns,
+        patterns: &[],
         subvolumes: HashSet::new(),
         walked: HashSet::new(),
         compared: HashSet::new(),
@@ -431,7 +549,7 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
     };
 
     // Nested subvolumes: the direct children of root, each with what is nested in it.
-    let root_name = Path::new(&names.root);
+    let root_name = subject;
     let nested = subvolume::nested_post_order(fs, root_info.id, root_name)?;
     for n in nested.iter().filter(|n| n.parent == root_info.id) {
         let rel = n
@@ -440,13 +558,11 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
             .unwrap_or(&n.path)
             .to_path_buf();
         walk.subvolumes.insert(rel.clone());
-        if walk.excluded(&rel) {
-            continue;
-        }
         let inside = nested
             .iter()
             .filter(|m| m.id != n.id && m.path.starts_with(&n.path))
-            .count();
+            .cloned()
+            .collect();
         let mut found = Found::new(Change::Subvolume, Kind::Dir);
         found.subvolume = Some((n.id, inside));
         walk.entries.insert(rel, found);
@@ -462,7 +578,7 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
     log::debug!(
         "{} inode(s) of {} changed since transaction {} ({:.2} s)",
         changed.len(),
-        quoted(&names.root),
+        quoted(subject),
         since.unwrap_or(0),
         started.elapsed().as_secs_f64()
     );
@@ -475,9 +591,6 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
     let mut others = Vec::new();
     for (ino, is_dir) in changed {
         for path in paths.paths(ino, is_dir)? {
-            if walk.excluded(&path) {
-                continue;
-            }
             if is_dir {
                 dirs.push(path);
             } else {
@@ -494,11 +607,20 @@ fn compare(fs: BorrowedFd<'_>, names: &Names, patterns: &[Pattern]) -> Result<Re
     for path in dirs.iter().chain(&others) {
         walk.compare(path)?;
     }
+    let mut entries = walk.entries;
+    let excluded = exclude(&mut entries, patterns);
+    let root = if subject == Path::new(&names.root) {
+        slot(fs, &names.root, Some(nested))?
+    } else {
+        slot(fs, &names.root, None)?
+    };
     Ok(Report {
-        root_id: root_info.id,
-        blank_id: blank_info.id,
+        root,
+        blank: slot(fs, &names.blank, None)?,
+        compared: (subject.to_path_buf(), root_info.id),
         since,
-        entries: walk.entries,
+        entries,
+        excluded,
     })
 }
 
@@ -538,7 +660,13 @@ mod tests {
             Found::new(Change::Gone, Kind::Dir),
         );
         let mut sub = Found::new(Change::Subvolume, Kind::Dir);
-        sub.subvolume = Some((260, 3));
+        let nested = |id| Nested {
+            id,
+            parent: 260,
+            path: PathBuf::from(format!("root/var/lib/machines/{id}")),
+            readonly: false,
+        };
+        sub.subvolume = Some((260, vec![nested(261), nested(262), nested(263)]));
         entries.insert(PathBuf::from("var/lib/machines"), sub);
         let mut changed = Found::new(Change::Changed, Kind::Symlink);
         changed.was = Some(Kind::File);
@@ -547,22 +675,39 @@ mod tests {
             PathBuf::from("etc/t"),
             Found::new(Change::Metadata, Kind::File),
         );
+        let sub = |id| Slot {
+            entry: Entry::Subvolume {
+                id,
+                readonly: false,
+            },
+            ..Slot::missing()
+        };
         let report = Report {
-            root_id: 256,
-            blank_id: 257,
+            root: sub(256),
+            blank: sub(257),
+            compared: (PathBuf::from("root"), 256),
             since: Some(9),
             entries,
+            excluded: vec![("*.log".into(), 1), ("/tmp".into(), 2)],
         };
         assert_eq!(
             report.text(),
             "- \"/etc/a b\"\n+ /etc/new\n* /etc/t (metadata only)\n~ /etc/x (was a file)\n\
              @ /var/lib/machines (subvolume, erased whole with 3 nested)\n\
-             1 new, 1 changed, 1 metadata only, 1 gone, 1 subvolumes\n"
+             1 new, 1 changed, 1 metadata only, 1 gone, 1 subvolume\n\
+             1 path excluded by --exclude \"*.log\"\n\
+             2 paths excluded by --exclude \"/tmp\"\n"
         );
         let names = Names::new(OsStr::new("root"), OsStr::new("root-blank")).unwrap();
-        let json = report.json(&names).to_string_pretty();
+        let json = report
+            .json(Path::new("/dev/x"), "x", &names, None)
+            .to_string_pretty();
         assert!(json.contains("\"path\": \"/etc/x\",\n      \"change\": \"changed\",\n      \"kind\": \"symlink\",\n      \"was\": \"file\""), "{json}");
-        assert!(json.contains("\"id\": 260,\n      \"nested\": 3"), "{json}");
+        assert!(
+            json.contains("\"id\": 260,\n      \"nested\": [\n"),
+            "{json}"
+        );
+        assert!(json.contains("\"paths\": 2"), "{json}");
         assert!(json.contains("\"since_transid\": 9"), "{json}");
     }
 }

@@ -13,6 +13,8 @@ use crate::names::quoted;
 /// `/` is ignored.
 #[derive(Debug, Clone)]
 pub struct Pattern {
+    /// As given, for saying what it excluded.
+    text: String,
     tokens: Vec<Token>,
 }
 
@@ -65,7 +67,29 @@ impl Pattern {
                 i += 1;
             }
         }
-        Ok(Pattern { tokens })
+        Ok(Pattern {
+            text: pattern.to_string(),
+            tokens,
+        })
+    }
+
+    /// The pattern as given.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// For the command line parser: the pattern as given if it is one, else why not (the
+    /// parser names the option, and exits with the usage status).
+    pub fn check(pattern: &str) -> std::result::Result<String, String> {
+        if pattern.trim_end_matches('/').is_empty() {
+            return Err(
+                "an empty pattern (or only '/'): give a path such as /var/cache or *.log"
+                    .to_string(),
+            );
+        }
+        Pattern::new(pattern)
+            .map(|_| pattern.to_string())
+            .map_err(|e| format!("{e:#}"))
     }
 
     /// Whether the whole of `path` matches.
@@ -128,5 +152,8 @@ mod tests {
         assert!(!m("/v*r/l*g", "/var/lib"));
         assert!(Pattern::new("").is_err());
         assert!(Pattern::new("/").is_err());
+        assert!(Pattern::check("").is_err());
+        assert!(Pattern::check("//").is_err());
+        assert_eq!(Pattern::check("*").as_deref(), Ok("*"));
     }
 }
