@@ -6,6 +6,7 @@
 
 pub mod beneath;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod device;
 pub mod diff;

@@ -39,7 +39,7 @@ pub fn list(target: &Target, retention: &Retention, json: bool) -> Result<()> {
     }
     top_level.sort_by_key(|s| s.id);
     let state = rollback::inspect(&top, names)?;
-    let now = crate::logging::now();
+    let now = crate::clock::now();
     let plan = plan::plan(names, &state, retention, now);
     // Why each old root stays or goes at the next run with these limits.
     // The roots that run keeps first (the plan's KeepOld steps) are newer than all of these.

@@ -13,13 +13,13 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 
 use crate::beneath;
+use crate::clock::{now, utc};
 
 /// The log file is moved to `<name>.old` when it grows past this at the start of a run.
 pub const LOG_FILE_CAP: u64 = 1024 * 1024;
@@ -260,14 +260,6 @@ fn open_log(parent: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> std::io::Resu
     Ok(File::from(fd))
 }
 
-/// Seconds since the epoch, now (0 if the clock is before 1970).
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// One `/dev/kmsg` record: syslog facility "user", the message's priority, and the tag that
 /// journald turns into `SYSLOG_IDENTIFIER=btrfs-rollback`.
 pub fn kmsg_record(level: Level, msg: &str) -> String {
@@ -295,40 +287,9 @@ pub fn file_line(unix_secs: u64, level: Level, pid: u32, msg: &str) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z [{pid}] {level:<5} {msg}\n")
 }
 
-/// Seconds since the epoch to the UTC calendar: (year, month, day, hour, minute, second) (Howard Hinnant's `civil_from_days`).
-pub fn utc(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_calendar() {
-        assert_eq!(utc(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(utc(951_782_400), (2000, 2, 29, 0, 0, 0));
-        assert_eq!(utc(1_795_774_145), (2026, 11, 27, 10, 9, 5));
-        assert_eq!(utc(4_107_542_399), (2100, 2, 28, 23, 59, 59));
-    }
 
     #[test]
     fn file_lines_are_one_line_each() {

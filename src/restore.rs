@@ -31,13 +31,9 @@ use crate::beneath;
 use crate::ioctl::{self, Rename};
 use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
-use crate::names::quoted;
-use crate::plan::{old_root_name, OLD_ROOTS};
-use crate::rollback::{self, Outcome, Target, RESTORE_MARKER};
+use crate::names::{old_root_name, quoted, MARKER_TEMP, OLD_ROOTS, RESTORE_MARKER};
+use crate::rollback::{self, Outcome, Target};
 use crate::subvolume::{self, Entry};
-
-/// The name the marker is written under before it is renamed into place.
-const MARKER_TEMP: &str = "btrfs-rollback.restored.tmp";
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {

@@ -59,14 +59,15 @@ use std::os::fd::{AsFd, BorrowedFd};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::renameat;
 
+use crate::clock;
 use crate::device;
 use crate::erase::{self, errno_of, Eraser};
 use crate::ioctl::{self, Errno, Rename};
 use crate::logging::{self, LOG_FILE_CAP};
 use crate::mount::TopLevel;
-use crate::names::{quoted, Names};
+use crate::names::{aside_id, aside_name, quoted, Names, OLD_ROOTS, RESTORE_MARKER, RETIRED_XATTR};
 pub use crate::plan::Retention;
-use crate::plan::{self, OldRoot, OldRootsDir, Plan, Slot, State, Step, OLD_ROOTS, RETIRED_XATTR};
+use crate::plan::{self, OldRoot, OldRootsDir, Plan, Slot, State, Step};
 use crate::subvolume::{self, Entry};
 
 /// Where the filesystem is and how to reach it.
@@ -107,10 +108,6 @@ pub fn open(target: &Target, readonly: bool) -> Result<(TopLevel, String)> {
 /// How many lines of the plan go to the log file.
 const PLAN_LINES: usize = 60;
 
-/// The file `btrfs-rollback restore` leaves in the top-level volume: the id of the root it
-/// put in place, which the next `run` keeps once.
-pub const RESTORE_MARKER: &str = "btrfs-rollback.restored";
-
 /// Read what the top-level volume holds.
 pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
     let fs = top.fd();
@@ -137,7 +134,7 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
     prefix.push(".");
     for name in subvolume::names_with_prefix(fs, &prefix)? {
         // `<temp>.<id>` is ours only if it is subvolume <id>; anything else is left alone.
-        let id = plan::aside_id(names, &name);
+        let id = aside_id(names, &name);
         let slot = slot(Path::new(&name))?;
         match (id, &slot.entry) {
             (Some(id), Entry::Subvolume { id: found, .. }) if id == *found => {
@@ -275,7 +272,7 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
     let result = in_use
         .and_then(|()| inspect(&top, names))
         .and_then(|state| {
-            let plan = plan::plan(names, &state, &options.retention, logging::now())
+            let plan = plan::plan(names, &state, &options.retention, clock::now())
                 .context("refusing to roll back")?;
             for warning in &plan.warnings {
                 log::warn!("{warning}");
@@ -357,7 +354,7 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                         "{e:#}: the filesystem is full; deleting {} (ID {id}) now instead",
                         quoted(&names.temp)
                     );
-                    let aside = plan::aside_name(names, *id);
+                    let aside = aside_name(names, *id);
                     for (j, later) in plan.steps.iter().enumerate() {
                         match later {
                             Step::RemoveLeftover { name, .. } if *name == aside => done[j] = true,
@@ -871,7 +868,7 @@ pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result
 /// Mark the root at `path` (open as `fd`) as retired by this tool now, so that retention may
 /// prune it later (`plan::RETIRED_XATTR`). Also what makes it the most recently used.
 pub fn mark_retired(fd: BorrowedFd<'_>, path: &OsStr) -> Result<()> {
-    let now = logging::now().to_string();
+    let now = clock::now().to_string();
     ioctl::set_xattr(fd, RETIRED_XATTR, now.as_bytes()).with_context(|| {
         format!(
             "cannot mark {} as an old root kept by btrfs-rollback ({RETIRED_XATTR})",
@@ -882,7 +879,7 @@ pub fn mark_retired(fd: BorrowedFd<'_>, path: &OsStr) -> Result<()> {
 
 fn prune_old(eraser: &Eraser<'_>, old: &OldRoot) -> Result<()> {
     let nested = eraser.delete_expected(old.path().as_os_str(), old.id)?;
-    let (y, mo, d, h, mi, s) = crate::logging::utc(old.created.max(0) as u64);
+    let (y, mo, d, h, mi, s) = crate::clock::utc(old.created.max(0) as u64);
     log::info!(
         "pruned the old root {} (ID {}, created {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC) \
          with {nested} nested subvolume(s)",
@@ -999,7 +996,7 @@ fn create_root(fs: BorrowedFd<'_>, names: &Names) -> Result<u64> {
 /// Rename the leftover under the temporary name out of the way of the swap.
 fn set_aside(fs: BorrowedFd<'_>, names: &Names, id: u64) -> Result<()> {
     subvolume::expect(fs, &names.temp, id)?;
-    let aside = plan::aside_name(names, id);
+    let aside = aside_name(names, id);
     renameat(fs, names.temp.as_os_str(), fs, aside.as_os_str()).with_context(|| {
         format!(
             "cannot rename {} (ID {id}), left over from an interrupted run, to {}",
