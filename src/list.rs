@@ -7,11 +7,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::inspect::inspect;
 use crate::ioctl;
 use crate::json::Json;
 use crate::names::quoted;
 use crate::plan::{self, nested_json, OldRoot, Retention, Slot};
-use crate::rollback::{self, Target};
+use crate::session::{self, Target};
 use crate::subvolume::{self, Entry, TOP_LEVEL};
 
 /// A subvolume directly or indirectly in the top-level directory tree.
@@ -22,7 +23,7 @@ struct TopLevelSubvolume {
 }
 
 pub fn list(target: &Target, retention: &Retention, json: bool) -> Result<()> {
-    let (top, described) = rollback::open(target, true)?;
+    let (top, described) = session::mount(target, true)?;
     let fs = top.fd();
     let names = &target.names;
 
@@ -38,7 +39,7 @@ pub fn list(target: &Target, retention: &Retention, json: bool) -> Result<()> {
         top_level.push(TopLevelSubvolume { id, path, readonly });
     }
     top_level.sort_by_key(|s| s.id);
-    let state = rollback::inspect(&top, names)?;
+    let state = inspect(&top, names)?;
     let now = crate::clock::now();
     let plan = plan::plan(names, &state, retention, now);
     // Why each old root stays or goes at the next run with these limits.

@@ -52,33 +52,18 @@ impl Log for Logger {
     fn log(&self, record: &Record<'_>) {
         if self.stderr.matches(record) {
             self.stderr.log(record);
+        } else if record.level() == Level::Error {
+            // RUST_LOG=off or the like never hides an error.
+            eprintln!("btrfs-rollback: error: {}", record.args());
         }
         if record.level() > Level::Debug {
             return;
         }
         let msg = record.args().to_string();
-        let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
         if record.level() <= Level::Info {
-            if let Some(kmsg) = sinks.kmsg.as_mut() {
-                let _ = kmsg.write_all(kmsg_record(record.level(), &msg).as_bytes());
-            }
+            to_kmsg(record.level(), &msg);
         }
-        let line = file_line(now() as u64, record.level(), std::process::id(), &msg);
-        let sinks = &mut *sinks;
-        // Lines wait in `pending` until a file takes them: before the file is attached, and
-        // while it refuses them (a full filesystem: ENOSPC), so that a run that makes room
-        // still gets its first lines into the file.
-        if sinks.pending.len() < PENDING_MAX {
-            sinks.pending.push(line);
-        }
-        if let Some(file) = sinks.file.as_mut() {
-            let written = sinks
-                .pending
-                .iter()
-                .take_while(|l| file.write_all(l.as_bytes()).is_ok())
-                .count();
-            sinks.pending.drain(..written);
-        }
+        to_file(record.level(), &msg);
     }
 
     fn flush(&self) {
@@ -86,8 +71,39 @@ impl Log for Logger {
     }
 }
 
-/// Set up logging: stderr at info (debug with `-v`, or as `RUST_LOG` says), kmsg if present.
-pub fn init(verbose: bool) {
+/// Write `msg` to `/dev/kmsg` only (if it is open).
+pub fn to_kmsg(level: Level, msg: &str) {
+    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kmsg) = sinks.kmsg.as_mut() {
+        let _ = kmsg.write_all(kmsg_record(level, msg).as_bytes());
+    }
+}
+
+/// Write `msg` to the log file only (kept until one is attached).
+pub fn to_file(level: Level, msg: &str) {
+    let line = file_line(now() as u64, level, std::process::id(), msg);
+    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+    let sinks = &mut *sinks;
+    // Lines wait in `pending` until a file takes them: before the file is attached, and
+    // while it refuses them (a full filesystem: ENOSPC), so that a run that makes room
+    // still gets its first lines into the file.
+    if sinks.pending.len() < PENDING_MAX {
+        sinks.pending.push(line);
+    }
+    if let Some(file) = sinks.file.as_mut() {
+        let written = sinks
+            .pending
+            .iter()
+            .take_while(|l| file.write_all(l.as_bytes()).is_ok())
+            .count();
+        sinks.pending.drain(..written);
+    }
+}
+
+/// Set up logging: stderr at info (debug with `-v`, or as `RUST_LOG` says; errors always),
+/// and `/dev/kmsg` if present and `kmsg` is set (commands that change nothing leave the
+/// kernel log alone).
+pub fn init(verbose: bool, kmsg: bool) {
     let default = if verbose { "debug" } else { "info" };
     let stderr =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
@@ -102,8 +118,10 @@ pub fn init(verbose: bool) {
             })
             .build();
     let max = stderr.filter().max(LevelFilter::Debug);
-    if let Ok(kmsg) = File::options().write(true).open("/dev/kmsg") {
-        SINKS.lock().unwrap_or_else(|e| e.into_inner()).kmsg = Some(kmsg);
+    if kmsg {
+        if let Ok(kmsg) = File::options().write(true).open("/dev/kmsg") {
+            SINKS.lock().unwrap_or_else(|e| e.into_inner()).kmsg = Some(kmsg);
+        }
     }
     if log::set_boxed_logger(Box::new(Logger { stderr })).is_ok() {
         log::set_max_level(max);

@@ -104,7 +104,7 @@ use walk::{Side, Walk};
 use crate::ioctl::{self, SearchRange, SubvolInfo};
 use crate::json::Json;
 use crate::names::{quoted, Names};
-use crate::rollback::{self, Target};
+use crate::session::{self, Target};
 use crate::subvolume::{self, Entry};
 
 /// The inode number of a subvolume's root directory.
@@ -122,7 +122,7 @@ pub fn diff(target: &Target, exclude: &[String], json: bool) -> Result<()> {
         .iter()
         .map(|p| Pattern::new(p))
         .collect::<Result<Vec<_>>>()?;
-    let (top, described) = rollback::open(target, true)?;
+    let (top, described) = session::mount(target, true)?;
     let names = &target.names;
     let start = Instant::now();
     let report = compare(top.fd(), names, &patterns).with_context(|| {
