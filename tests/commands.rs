@@ -393,3 +393,29 @@ fn privileged_a_user_who_is_not_root_is_told_root_is_needed() {
         assert!(err.contains("nothing was changed"), "{sub}: {err}");
     }
 }
+
+#[test]
+fn privileged_dry_runs_leave_the_kernel_log_alone() {
+    privileged!("privileged_dry_runs_leave_the_kernel_log_alone");
+    let disk = Disk::new("kmsg");
+    impermanence_layout(&disk);
+    // A blank name no other test uses, to find this test's lines in the kernel log.
+    let probe = format!("kmsg-probe-{}", std::process::id());
+    let in_kmsg = || {
+        let out = sh(&mut Command::new("dmesg"));
+        out.contains(&probe)
+    };
+    let out = disk
+        .cmd("run")
+        .args(["--dry-run", "--blank", &probe])
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let out = disk.cmd("list").args(["--blank", &probe]).output().unwrap();
+    assert_exit(&out, 0);
+    assert!(!in_kmsg(), "a dry run or list wrote to the kernel log");
+    // The control: a real run (refused: there is no such blank) does write there.
+    let out = disk.run(&["--blank", &probe]);
+    assert_exit(&out, 1);
+    assert!(in_kmsg(), "a real run wrote nothing to the kernel log");
+}
