@@ -11,18 +11,15 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config;
 use crate::diff;
+use crate::failure::{Failure, EXIT_USAGE};
+use crate::forget::{self, ForgetOptions};
 use crate::list;
 use crate::logging;
-use crate::names::{self, Names};
-use crate::restore;
-use crate::rollback::{self, Outcome, Retention, RunOptions, Target};
-
-/// Exit status: refused or failed before the swap; `root` is the subvolume it was.
-const EXIT_REFUSED: u8 = 1;
-/// Exit status: bad command line (as clap uses it).
-const EXIT_USAGE: u8 = 2;
-/// Exit status: the fresh `root` is in place, but deleting the old one failed.
-const EXIT_CLEANUP_FAILED: u8 = 3;
+use crate::logview;
+use crate::names::{self, Names, OLD_ROOTS};
+use crate::restore::{self, RestoreOptions};
+use crate::rollback::{self, Retention, RunOptions};
+use crate::session::{Access, Session, Target};
 
 /// Replace a btrfs `root` subvolume, and everything nested in it, with a fresh snapshot of a
 /// blank one, crash-safely ("erase your darlings"). Meant for stage 1 of the boot, after the
@@ -59,6 +56,12 @@ enum Command {
     /// Make the kept old root old_roots/NAME the root for the next boot; the replaced root is
     /// kept as an old root. The next `run` keeps the restored root once.
     Restore(RestoreArgs),
+    /// Delete the kept old root old_roots/NAME with everything nested in it (the deletion
+    /// `run` prunes old roots with); --dry-run shows what would go.
+    Forget(ForgetArgs),
+    /// Print the end of the log file (rollback.log, and rollback.log.old before it) from the
+    /// top-level volume, mounted read-only.
+    Log(LogArgs),
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +166,42 @@ struct RestoreArgs {
     log: PathBuf,
     /// The old root to restore, a name in old_roots/ (as `list` shows it).
     name: OsString,
+    /// Say what the restore would do and change nothing (read-only).
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: print it as JSON.
+    #[arg(long, requires = "dry_run")]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ForgetArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Log file to append to, as for `run`.
+    #[arg(long, value_name = "PATH", default_value = "rollback.log")]
+    log: PathBuf,
+    /// The old root to delete, a name in old_roots/ (as `list` shows it; "old_roots/NAME"
+    /// is the same).
+    name: OsString,
+    /// Print what would be deleted (every subvolume, by path and id) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: print it as JSON.
+    #[arg(long, requires = "dry_run")]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct LogArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The log file, as for `run`: relative to the top-level volume, or an absolute path.
+    #[arg(long, value_name = "PATH", default_value = "rollback.log")]
+    log: PathBuf,
+    /// How many lines to print from the end.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    lines: usize,
 }
 
 /// `--log`: no `..` anywhere, and a relative path must name a file below the top level.
@@ -195,6 +234,18 @@ impl TargetArgs {
     }
 }
 
+/// `NAME` of `restore` and `forget`: a name in old_roots/, also accepted as "old_roots/NAME".
+fn old_root_arg(name: &OsString) -> Result<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let prefix = format!("{OLD_ROOTS}/");
+    let bare = name
+        .as_bytes()
+        .strip_prefix(prefix.as_bytes())
+        .map_or(name.as_os_str(), std::ffi::OsStr::from_bytes);
+    names::check_component("NAME", bare)?;
+    Ok(bare.to_os_string())
+}
+
 /// Parse `args` with the configuration file's values as the defaults.
 fn parse(args: Vec<OsString>) -> std::result::Result<Cli, ExitCode> {
     let config = config::load(config::explicit_path(&args).as_deref()).map_err(|e| {
@@ -205,62 +256,138 @@ fn parse(args: Vec<OsString>) -> std::result::Result<Cli, ExitCode> {
     Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
+impl Command {
+    fn target(&self) -> &TargetArgs {
+        match self {
+            Command::Run(a) => &a.target,
+            Command::List(a) => &a.target,
+            Command::Diff(a) => &a.target,
+            Command::Restore(a) => &a.target,
+            Command::Forget(a) => &a.target,
+            Command::Log(a) => &a.target,
+        }
+    }
+
+    /// Whether errors go to stdout as a JSON document too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Run(a) => a.json,
+            Command::List(a) => a.json,
+            Command::Diff(a) => a.json,
+            Command::Restore(a) => a.json,
+            Command::Forget(a) => a.json,
+            Command::Log(_) => false,
+        }
+    }
+
+    /// What the command needs of the filesystem.
+    fn access(&self) -> Access<'_> {
+        match self {
+            Command::List(_) | Command::Diff(_) | Command::Log(_) => Access::Look,
+            Command::Run(a) if a.dry_run => Access::DryRun,
+            Command::Restore(a) if a.dry_run => Access::DryRun,
+            Command::Forget(a) if a.dry_run => Access::DryRun,
+            Command::Run(RunArgs { log, .. })
+            | Command::Restore(RestoreArgs { log, .. })
+            | Command::Forget(ForgetArgs { log, .. }) => Access::Change { log },
+        }
+    }
+
+    /// The checks clap cannot make; a failure is a usage error (exit status 2).
+    fn check(&self) -> Result<Target> {
+        let target = self.target().target()?;
+        match self {
+            Command::Restore(a) => check_log(&a.log).and(old_root_arg(&a.name).map(drop))?,
+            Command::Forget(a) => check_log(&a.log).and(old_root_arg(&a.name).map(drop))?,
+            Command::Run(a) => check_log(&a.log)?,
+            Command::Log(a) => check_log(&a.log)?,
+            Command::Diff(DiffArgs { name: Some(n), .. }) => drop(old_root_arg(n)?),
+            Command::List(_) | Command::Diff(_) => {}
+        }
+        Ok(target)
+    }
+
+    /// Run the command in `session`.
+    fn call(&self, session: &Session, target: &Target) -> std::result::Result<(), Failure> {
+        match self {
+            Command::Run(a) => rollback::run(
+                session,
+                target,
+                &RunOptions {
+                    force_mounted: a.force_mounted,
+                    dry_run: a.dry_run,
+                    json: a.json,
+                    retention: a.retention.retention(),
+                },
+            ),
+            Command::Restore(a) => restore::restore(
+                session,
+                target,
+                &RestoreOptions {
+                    dry_run: a.dry_run,
+                    json: a.json,
+                },
+                &old_root_arg(&a.name)?,
+            ),
+            Command::Forget(a) => forget::forget(
+                session,
+                target,
+                &ForgetOptions {
+                    dry_run: a.dry_run,
+                    json: a.json,
+                },
+                &old_root_arg(&a.name)?,
+            ),
+            Command::Log(a) => Ok(logview::show(session.fd(), &a.log, a.lines)?),
+            Command::List(_) | Command::Diff(_) => unreachable!("list and diff mount themselves"),
+        }
+    }
+}
+
+/// Check the command line, open the session and run the command in it.
+fn execute(command: &Command) -> std::result::Result<(), Failure> {
+    let target = command.check().map_err(Failure::usage)?;
+    // `list` and `diff` mount the volume themselves, read-only.
+    match command {
+        Command::List(a) => {
+            return Ok(list::list(&target, &a.retention.retention(), a.json)?);
+        }
+        Command::Diff(a) => {
+            let name = a.name.as_ref().map(old_root_arg).transpose()?;
+            return Ok(diff::diff(&target, name.as_deref(), &a.exclude, a.json)?);
+        }
+        _ => {}
+    }
+    let session = Session::open(&target, command.access())?;
+    let result = command.call(&session, &target);
+    session.close(&result);
+    result
+}
+
+/// Say what failed, once: on stderr whatever RUST_LOG says, in the kernel log (unless the
+/// command changes nothing), and with --json as a document on stdout.
+fn report(failure: &Failure, json: bool) {
+    let message = failure.to_string();
+    eprintln!("btrfs-rollback: error: {message}");
+    logging::to_kmsg(log::Level::Error, &message);
+    if json {
+        print!("{}", failure.to_json().to_string_pretty());
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    logging::init(cli.verbose);
-    let target = match &cli.command {
-        Command::Run(a) => &a.target,
-        Command::List(a) => &a.target,
-        Command::Diff(a) => &a.target,
-        Command::Restore(a) => &a.target,
-    };
-    let checked = target.target().and_then(|target| match &cli.command {
-        Command::Restore(a) => names::check_component("NAME", &a.name)
-            .and_then(|()| check_log(&a.log))
-            .map(|()| target),
-        Command::Run(a) => check_log(&a.log).map(|()| target),
-        _ => Ok(target),
-    });
-    let target = match checked {
-        Ok(target) => target,
-        Err(e) => {
-            log::error!("{e:#}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let result = match &cli.command {
-        Command::Run(a) => rollback::run(
-            &target,
-            &RunOptions {
-                log: a.log.clone(),
-                force_mounted: a.force_mounted,
-                dry_run: a.dry_run,
-                json: a.json,
-                retention: a.retention.retention(),
-            },
-        ),
-        Command::List(a) => {
-            list::list(&target, &a.retention.retention(), a.json).map(|()| Outcome::Looked)
-        }
-        Command::Diff(a) => {
-            diff::diff(&target, a.name.as_deref(), &a.exclude, a.json).map(|()| Outcome::Looked)
-        }
-        Command::Restore(a) => restore::restore(
-            &target,
-            &restore::RestoreOptions { log: a.log.clone() },
-            &a.name,
-        ),
-    };
-    match result {
-        Ok(Outcome::RolledBack | Outcome::Looked) => ExitCode::SUCCESS,
-        Ok(Outcome::Refused) => ExitCode::from(EXIT_REFUSED),
-        Ok(Outcome::CleanupFailed) => ExitCode::from(EXIT_CLEANUP_FAILED),
-        Err(e) => {
-            log::error!("{e:#}; nothing was changed");
-            ExitCode::from(EXIT_REFUSED)
+    // Dry runs and the read-only commands leave the kernel log alone.
+    let changes = matches!(cli.command.access(), Access::Change { .. });
+    logging::init(cli.verbose, changes);
+    match execute(&cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            report(&failure, cli.command.json());
+            ExitCode::from(failure.exit_status())
         }
     }
 }

@@ -6,14 +6,20 @@
 
 pub mod beneath;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod device;
 pub mod diff;
 pub mod erase;
+pub mod exchange;
+pub mod failure;
+pub mod forget;
+pub mod inspect;
 pub mod ioctl;
 pub mod json;
 pub mod list;
 pub mod logging;
+pub mod logview;
 pub mod mount;
 pub mod mountinfo;
 pub mod names;
@@ -21,4 +27,5 @@ pub mod plan;
 pub mod render;
 pub mod restore;
 pub mod rollback;
+pub mod session;
 pub mod subvolume;

@@ -8,12 +8,13 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::inspect::inspect;
 use crate::ioctl;
 use crate::json::Json;
 use crate::names::{quoted, Names};
 use crate::plan::{self, OldRoot, Plan, Retention, State, Verdict};
 use crate::render;
-use crate::rollback::{self, Target};
+use crate::session::{self, Target};
 use crate::subvolume::{self, Entry, TOP_LEVEL};
 
 /// `btrfs-rollback list`.
@@ -54,10 +55,10 @@ pub struct Listing {
 impl Listing {
     /// Mount the top level read-only and read it.
     pub fn read(target: &Target, retention: &Retention) -> Result<Listing> {
-        let (top, description) = rollback::open(target, true)?;
+        let (top, description) = session::mount(target, true)?;
         let top_level = top_level(top.fd())?;
-        let state = rollback::inspect(&top, &target.names)?;
-        let now = crate::logging::now();
+        let state = inspect(&top, &target.names)?;
+        let now = crate::clock::now();
         let plan = plan::plan(&target.names, &state, retention, now).map_err(|e| format!("{e:#}"));
         let verdicts = verdicts(&state, plan.as_ref().ok(), retention, now);
         Ok(Listing {

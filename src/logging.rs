@@ -13,13 +13,13 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 
 use crate::beneath;
+use crate::clock::{now, utc};
 
 /// The log file is moved to `<name>.old` when it grows past this at the start of a run.
 pub const LOG_FILE_CAP: u64 = 1024 * 1024;
@@ -52,33 +52,18 @@ impl Log for Logger {
     fn log(&self, record: &Record<'_>) {
         if self.stderr.matches(record) {
             self.stderr.log(record);
+        } else if record.level() == Level::Error {
+            // RUST_LOG=off or the like never hides an error.
+            eprintln!("btrfs-rollback: error: {}", record.args());
         }
         if record.level() > Level::Debug {
             return;
         }
         let msg = record.args().to_string();
-        let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
         if record.level() <= Level::Info {
-            if let Some(kmsg) = sinks.kmsg.as_mut() {
-                let _ = kmsg.write_all(kmsg_record(record.level(), &msg).as_bytes());
-            }
+            to_kmsg(record.level(), &msg);
         }
-        let line = file_line(now() as u64, record.level(), std::process::id(), &msg);
-        let sinks = &mut *sinks;
-        // Lines wait in `pending` until a file takes them: before the file is attached, and
-        // while it refuses them (a full filesystem: ENOSPC), so that a run that makes room
-        // still gets its first lines into the file.
-        if sinks.pending.len() < PENDING_MAX {
-            sinks.pending.push(line);
-        }
-        if let Some(file) = sinks.file.as_mut() {
-            let written = sinks
-                .pending
-                .iter()
-                .take_while(|l| file.write_all(l.as_bytes()).is_ok())
-                .count();
-            sinks.pending.drain(..written);
-        }
+        to_file(record.level(), &msg);
     }
 
     fn flush(&self) {
@@ -86,8 +71,39 @@ impl Log for Logger {
     }
 }
 
-/// Set up logging: stderr at info (debug with `-v`, or as `RUST_LOG` says), kmsg if present.
-pub fn init(verbose: bool) {
+/// Write `msg` to `/dev/kmsg` only (if it is open).
+pub fn to_kmsg(level: Level, msg: &str) {
+    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kmsg) = sinks.kmsg.as_mut() {
+        let _ = kmsg.write_all(kmsg_record(level, msg).as_bytes());
+    }
+}
+
+/// Write `msg` to the log file only (kept until one is attached).
+pub fn to_file(level: Level, msg: &str) {
+    let line = file_line(now() as u64, level, std::process::id(), msg);
+    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+    let sinks = &mut *sinks;
+    // Lines wait in `pending` until a file takes them: before the file is attached, and
+    // while it refuses them (a full filesystem: ENOSPC), so that a run that makes room
+    // still gets its first lines into the file.
+    if sinks.pending.len() < PENDING_MAX {
+        sinks.pending.push(line);
+    }
+    if let Some(file) = sinks.file.as_mut() {
+        let written = sinks
+            .pending
+            .iter()
+            .take_while(|l| file.write_all(l.as_bytes()).is_ok())
+            .count();
+        sinks.pending.drain(..written);
+    }
+}
+
+/// Set up logging: stderr at info (debug with `-v`, or as `RUST_LOG` says; errors always),
+/// and `/dev/kmsg` if present and `kmsg` is set (commands that change nothing leave the
+/// kernel log alone).
+pub fn init(verbose: bool, kmsg: bool) {
     let default = if verbose { "debug" } else { "info" };
     let stderr =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
@@ -102,8 +118,10 @@ pub fn init(verbose: bool) {
             })
             .build();
     let max = stderr.filter().max(LevelFilter::Debug);
-    if let Ok(kmsg) = File::options().write(true).open("/dev/kmsg") {
-        SINKS.lock().unwrap_or_else(|e| e.into_inner()).kmsg = Some(kmsg);
+    if kmsg {
+        if let Ok(kmsg) = File::options().write(true).open("/dev/kmsg") {
+            SINKS.lock().unwrap_or_else(|e| e.into_inner()).kmsg = Some(kmsg);
+        }
     }
     if log::set_boxed_logger(Box::new(Logger { stderr })).is_ok() {
         log::set_max_level(max);
@@ -260,14 +278,6 @@ fn open_log(parent: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> std::io::Resu
     Ok(File::from(fd))
 }
 
-/// Seconds since the epoch, now (0 if the clock is before 1970).
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// One `/dev/kmsg` record: syslog facility "user", the message's priority, and the tag that
 /// journald turns into `SYSLOG_IDENTIFIER=btrfs-rollback`.
 pub fn kmsg_record(level: Level, msg: &str) -> String {
@@ -295,40 +305,9 @@ pub fn file_line(unix_secs: u64, level: Level, pid: u32, msg: &str) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z [{pid}] {level:<5} {msg}\n")
 }
 
-/// Seconds since the epoch to the UTC calendar: (year, month, day, hour, minute, second) (Howard Hinnant's `civil_from_days`).
-pub fn utc(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_calendar() {
-        assert_eq!(utc(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(utc(951_782_400), (2000, 2, 29, 0, 0, 0));
-        assert_eq!(utc(1_795_774_145), (2026, 11, 27, 10, 9, 5));
-        assert_eq!(utc(4_107_542_399), (2100, 2, 28, 23, 59, 59));
-    }
 
     #[test]
     fn file_lines_are_one_line_each() {

@@ -1,10 +1,14 @@
-//! Subvolume names given on the command line, and how names are shown in messages.
+//! Every name the tool gives or reads on the disk (the temporary name, set-aside leftovers,
+//! `old_roots/` and its entries, the retired mark, the restore marker), the subvolume names
+//! given on the command line, and how names are shown in messages.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 
 use anyhow::{bail, Result};
+
+use crate::clock::utc;
 
 /// The longest name a btrfs directory entry can have.
 const NAME_MAX: usize = 255;
@@ -20,6 +24,77 @@ const ASIDE_EXTRA: usize = TEMP_SUFFIX.len() + 1 + 20;
 
 /// The longest `--root` whose derived names all fit in a btrfs name.
 pub const ROOT_MAX: usize = NAME_MAX - ASIDE_EXTRA;
+
+/// The directory of kept old roots, in the top-level volume.
+pub const OLD_ROOTS: &str = "old_roots";
+
+/// The extended attribute btrfs-rollback writes on the top directory of every root it moves
+/// into `old_roots/`: the time it retired it, in seconds since the epoch. Only subvolumes with
+/// this mark and a name in this tool's format are pruned; `trusted.` attributes can only be set
+/// (and read) with CAP_SYS_ADMIN, so no unprivileged user can make a subvolume look like one.
+pub const RETIRED_XATTR: &str = "trusted.btrfs-rollback.retired";
+
+/// Whether `name` is in the format `old_root_name` gives (`2026-11-27_10-04-05`, `.2`, ...).
+pub fn is_old_root_name(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    let (base, n) = match name.split_once('.') {
+        Some((base, n)) => (base, Some(n)),
+        None => (name, None),
+    };
+    let shape = base.len() == 19
+        && base.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'_',
+            13 | 16 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    let suffix_ok = |n: &str| {
+        !n.starts_with('0')
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && n.parse::<u32>().is_ok_and(|n| n >= 2)
+    };
+    shape && n.map_or(true, suffix_ok)
+}
+
+/// The name a leftover with id `id` is set aside under: `<temp>.<id>`.
+pub fn aside_name(names: &Names, id: u64) -> OsString {
+    let mut name = names.temp.clone();
+    name.push(format!(".{id}"));
+    name
+}
+
+/// The id in a set-aside name `<temp>.<id>` (the inverse of `aside_name`); `None` for any
+/// other name, including ids with leading zeros or signs, which this tool never writes.
+pub fn aside_id(names: &Names, name: &std::ffi::OsStr) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let rest = name.as_bytes().strip_prefix(names.temp.as_bytes())?;
+    let digits = std::str::from_utf8(rest.strip_prefix(b".")?).ok()?;
+    let id: u64 = digits.parse().ok()?;
+    (aside_name(names, id) == name).then_some(id)
+}
+
+/// The name of a kept old root created at `created`: its UTC creation time,
+/// `2026-11-27_10-04-05`, with `.2`, `.3`, ... if that is `taken`.
+pub fn old_root_name(created: i64, taken: &[OsString]) -> OsString {
+    let (y, mo, d, h, mi, s) = utc(created.max(0) as u64);
+    let base = format!("{y:04}-{mo:02}-{d:02}_{h:02}-{mi:02}-{s:02}");
+    let mut name = OsString::from(&base);
+    let mut n = 1;
+    while taken.contains(&name) {
+        n += 1;
+        name = OsString::from(format!("{base}.{n}"));
+    }
+    name
+}
+
+/// The file `btrfs-rollback restore` leaves in the top-level volume: the id of the root it
+/// put in place, which the next `run` keeps once.
+pub const RESTORE_MARKER: &str = "btrfs-rollback.restored";
+
+/// The name the restore marker is written under before it is renamed into place.
+pub const MARKER_TEMP: &str = "btrfs-rollback.restored.tmp";
 
 /// The names a rollback works with, all in the top-level volume, all checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +173,15 @@ pub fn check_component(option: &str, name: &OsStr) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// "1 subvolume", "2 subvolumes": a count and its noun, singular or plural as it should be.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// A name or path shown in double quotes with control characters escaped, so that names with
@@ -182,6 +266,13 @@ mod tests {
             names("root", "root-blank").unwrap().temp,
             OsString::from("root.btrfs-rollback-tmp")
         );
+    }
+
+    #[test]
+    fn counts_read_right() {
+        assert_eq!(count(0, "subvolume"), "0 subvolumes");
+        assert_eq!(count(1, "nested subvolume"), "1 nested subvolume");
+        assert_eq!(count(406, "subvolume"), "406 subvolumes");
     }
 
     #[test]

@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::logging::utc;
+pub use crate::names::{
+    aside_id, aside_name, is_old_root_name, old_root_name, OLD_ROOTS, RETIRED_XATTR,
+};
 use crate::names::{quoted, Names};
 use crate::subvolume::{Entry, Nested};
-
-/// The directory of kept old roots, in the top-level volume.
-pub const OLD_ROOTS: &str = "old_roots";
 
 /// A name in the top-level volume and, if it is a subvolume, everything nested in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,36 +74,6 @@ impl OldRoot {
     pub fn path(&self) -> PathBuf {
         Path::new(OLD_ROOTS).join(&self.name)
     }
-}
-
-/// The extended attribute btrfs-rollback writes on the top directory of every root it moves
-/// into `old_roots/`: the time it retired it, in seconds since the epoch. Only subvolumes with
-/// this mark and a name in this tool's format are pruned; `trusted.` attributes can only be set
-/// (and read) with CAP_SYS_ADMIN, so no unprivileged user can make a subvolume look like one.
-pub const RETIRED_XATTR: &str = "trusted.btrfs-rollback.retired";
-
-/// Whether `name` is in the format `old_root_name` gives (`2026-11-27_10-04-05`, `.2`, ...).
-pub fn is_old_root_name(name: &std::ffi::OsStr) -> bool {
-    let Some(name) = name.to_str() else {
-        return false;
-    };
-    let (base, n) = match name.split_once('.') {
-        Some((base, n)) => (base, Some(n)),
-        None => (name, None),
-    };
-    let shape = base.len() == 19
-        && base.bytes().enumerate().all(|(i, b)| match i {
-            4 | 7 => b == b'-',
-            10 => b == b'_',
-            13 | 16 => b == b'-',
-            _ => b.is_ascii_digit(),
-        });
-    let suffix_ok = |n: &str| {
-        !n.starts_with('0')
-            && n.bytes().all(|b| b.is_ascii_digit())
-            && n.parse::<u32>().is_ok_and(|n| n >= 2)
-    };
-    shape && n.map_or(true, suffix_ok)
 }
 
 /// Why an old root stays or goes at the next run with retention.
@@ -274,37 +243,6 @@ pub enum Step {
 pub struct Plan {
     pub steps: Vec<Step>,
     pub warnings: Vec<String>,
-}
-
-/// The name a leftover with id `id` is set aside under: `<temp>.<id>`.
-pub fn aside_name(names: &Names, id: u64) -> OsString {
-    let mut name = names.temp.clone();
-    name.push(format!(".{id}"));
-    name
-}
-
-/// The id in a set-aside name `<temp>.<id>` (the inverse of `aside_name`); `None` for any
-/// other name, including ids with leading zeros or signs, which this tool never writes.
-pub fn aside_id(names: &Names, name: &std::ffi::OsStr) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let rest = name.as_bytes().strip_prefix(names.temp.as_bytes())?;
-    let digits = std::str::from_utf8(rest.strip_prefix(b".")?).ok()?;
-    let id: u64 = digits.parse().ok()?;
-    (aside_name(names, id) == name).then_some(id)
-}
-
-/// The name of a kept old root created at `created`: its UTC creation time,
-/// `2026-11-27_10-04-05`, with `.2`, `.3`, ... if that is `taken`.
-pub fn old_root_name(created: i64, taken: &[OsString]) -> OsString {
-    let (y, mo, d, h, mi, s) = utc(created.max(0) as u64);
-    let base = format!("{y:04}-{mo:02}-{d:02}_{h:02}-{mi:02}-{s:02}");
-    let mut name = OsString::from(&base);
-    let mut n = 1;
-    while taken.contains(&name) {
-        n += 1;
-        name = OsString::from(format!("{base}.{n}"));
-    }
-    name
 }
 
 /// Decide the steps, or refuse with a message that says why and what to do. `now` is the

@@ -17,9 +17,13 @@
 //! left behind names a subvolume that is not `root`, so `run` ignores it); after it the
 //! restored root is in place and the message says where the replaced one is (exit 3).
 
-use std::ffi::OsStr;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+//!
+//! `--dry-run` does the checks of step 1 on a read-only mount and says what steps 2-4 would
+//! do, changing nothing.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -28,21 +32,37 @@ use nix::fcntl::OFlag;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::beneath;
+use crate::exchange::{self, exchange};
+use crate::failure::{Disk, Failure};
 use crate::ioctl::{self, Rename};
-use crate::logging::{self, LOG_FILE_CAP};
-use crate::mount::TopLevel;
-use crate::names::quoted;
-use crate::plan::{old_root_name, OLD_ROOTS};
-use crate::rollback::{self, Outcome, Target, RESTORE_MARKER};
+use crate::json::Json;
+use crate::names::{old_root_name, quoted, MARKER_TEMP, OLD_ROOTS, RESTORE_MARKER};
+use crate::rollback;
+use crate::session::{Session, Target};
 use crate::subvolume::{self, Entry};
 
-/// The name the marker is written under before it is renamed into place.
-const MARKER_TEMP: &str = "btrfs-rollback.restored.tmp";
-
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct RestoreOptions {
-    /// The log file, as for `run`.
-    pub log: PathBuf,
+    /// Say what would be done and change nothing (the session is read-only).
+    pub dry_run: bool,
+    /// With `dry_run`: as JSON.
+    pub json: bool,
+}
+
+/// What a restore is about to do, from the checks.
+struct Restore {
+    /// `old_roots/NAME`, and the directory `old_roots/` open.
+    old_path: PathBuf,
+    dir: OwnedFd,
+    /// The id of `old_roots/NAME`, the root to be.
+    restored: u64,
+    /// The id of `root` now, if there is one: it is kept as an old root.
+    current: Option<u64>,
+    /// The default subvolume now, and whether it follows `root` (then it moves too).
+    default: u64,
+    default_follows: bool,
+    /// The name the replaced root gets in `old_roots/` (from its creation time).
+    kept_as: Option<OsString>,
 }
 
 /// How far a restore got, so that an error can say what is on the disk.
@@ -64,84 +84,81 @@ enum Reached {
     },
 }
 
-/// `name` must be a single path component (the command line checks it).
-pub fn restore(target: &Target, options: &RestoreOptions, name: &OsStr) -> Result<Outcome> {
+/// `btrfs-rollback restore NAME` in a session opened for it (read-only for a dry run). `name`
+/// must be a single path component (the command line checks it).
+pub fn restore(
+    session: &Session,
+    target: &Target,
+    options: &RestoreOptions,
+    name: &OsStr,
+) -> Result<(), Failure> {
     let names = &target.names;
-    let (top, described) = rollback::open(target, false)?;
-    let _lock = top
-        .lock()
-        .with_context(|| format!("{} is busy", target.device.display()))?;
-    // Declared after `top`, so it is closed before the volume is unmounted.
-    let _log = match logging::attach_file(top.fd(), &options.log, LOG_FILE_CAP) {
-        Ok(log) => Some(log),
-        Err(e) => {
-            log::warn!(
-                "cannot write the log file {} on the top-level volume ({e}); going on without it",
-                options.log.display()
-            );
-            None
-        }
-    };
     let old_path = Path::new(OLD_ROOTS).join(name);
-    log::info!(
-        "restoring {} as {} on {described}",
-        quoted(&old_path),
-        quoted(&names.root)
-    );
-    let mut reached = Reached::Nothing;
-    let result = restore_on(&top, target, name, &mut reached);
-    let Err(e) = result else {
-        return result;
-    };
     let (root, old, device) = (
         quoted(&names.root),
         quoted(&old_path),
         target.device.display(),
     );
+    log::info!(
+        "{} {old} as {root} on {}",
+        if options.dry_run {
+            "dry run: would restore"
+        } else {
+            "restoring"
+        },
+        session.described()
+    );
+    let not_changed = |e: anyhow::Error| {
+        Failure::new(Disk::Untouched, e)
+            .state(format!("{root} and {old} on {device} were not changed"))
+    };
+    let plan = look(session, target, name).map_err(not_changed)?;
+    if options.dry_run {
+        if options.json {
+            print!("{}", plan.json(session, target).to_string_pretty());
+        } else {
+            print!(
+                "dry run, nothing changed; a restore would:\n{}",
+                plan.describe(target)
+            );
+        }
+        return Ok(());
+    }
+    let mut reached = Reached::Nothing;
+    let Err(e) = act(session, target, name, &plan, &mut reached) else {
+        return Ok(());
+    };
     let replaced_at = |replaced: Option<u64>| match replaced {
         Some(id) => format!("the replaced root (ID {id}) is {old}"),
         None => "there was no root to replace".to_string(),
     };
-    match reached {
-        Reached::Nothing => {
-            log::error!("{e:#}; {root} and {old} on {device} were not changed");
-            Ok(Outcome::Refused)
-        }
-        Reached::Marker(id) => {
-            log::error!(
-                "{e:#}; {root} and {old} on {device} were not changed; a restore marker for ID \
-                 {id} may be left in the top-level volume, which the next run ignores and \
-                 removes ({root} is not ID {id})"
-            );
-            Ok(Outcome::Refused)
-        }
+    Err(match reached {
+        Reached::Nothing => not_changed(e),
+        Reached::Marker(id) => not_changed(e).state(format!(
+            "{root} and {old} on {device} were not changed; a restore marker for ID {id} may be \
+             left in the top-level volume, which the next run ignores and removes ({root} is \
+             not ID {id})"
+        )),
         Reached::Exchanged { restored, replaced } => {
-            log::error!(
-                "{e:#}; {old} (ID {restored}) was already moved to {root} on {device}, not yet \
+            Failure::new(Disk::Exchanged, e).state(format!(
+                "{old} (ID {restored}) was already moved to {root} on {device}, not yet \
                  committed: after a reboot {root} is either the restored root (kept once by the \
                  next run) or the one it replaced; {}",
                 replaced_at(replaced)
-            );
-            Ok(Outcome::CleanupFailed)
+            ))
         }
-        Reached::Committed { restored, replaced } => {
-            log::error!(
-                "{e:#}; the restore itself is done and committed: {root} on {device} is ID \
-                 {restored} and the next run keeps it once; {}",
+        Reached::Committed { restored, replaced } => Failure::new(Disk::RestoredRootInPlace, e)
+            .state(format!(
+                "the restore itself is done and committed: {root} on {device} is ID {restored} \
+                 and the next run keeps it once; {}",
                 replaced_at(replaced)
-            );
-            Ok(Outcome::CleanupFailed)
-        }
-    }
+            )),
+    })
 }
 
-fn restore_on(
-    top: &TopLevel,
-    target: &Target,
-    name: &OsStr,
-    reached: &mut Reached,
-) -> Result<Outcome> {
-    let fs = top.fd();
+/// The checks: `old_roots/NAME` is a writable subvolume, `root` a subvolume or missing.
+fn look(session: &Session, target: &Target, name: &OsStr) -> Result<Restore> {
+    let fs = session.fd();
     let names = &target.names;
     let old_path = Path::new(OLD_ROOTS).join(name);
     // Opened without following a symbolic link: old_roots/ is where kept roots are, nothing else.
@@ -174,11 +191,10 @@ fn restore_on(
         Entry::Other(what) => bail!("{} is {what}, not a subvolume", quoted(&names.root)),
     };
     let default = subvolume::default_id(fs).context("cannot read the default subvolume")?;
-    let default_follows = current == Some(default);
     // Unlike `run`, restore deletes nothing: the exchange only renames, and whatever has
     // `root` mounted (the running system, as a rule) keeps the same subvolume, which is kept
     // as an old root. That is the way to restore from a running system, so only say so.
-    match top.mounts_inside(&names.root) {
+    match session.top().mounts_inside(&names.root) {
         Ok(mounted) if mounted.is_empty() => {}
         Ok(mounted) => log::warn!(
             "{} is mounted at {}: whatever runs there goes on in the same subvolume until it \
@@ -193,83 +209,181 @@ fn restore_on(
             quoted(&names.root)
         ),
     }
+    let kept_as = match current {
+        Some(id) => {
+            let fd = subvolume::expect(fs, &names.root, id)?;
+            let created = ioctl::get_subvol_info(fd.as_fd())
+                .with_context(|| {
+                    format!("cannot read the creation time of {}", quoted(&names.root))
+                })?
+                .otime;
+            let taken = subvolume::names_with_prefix(dir.as_fd(), OsStr::new(""))?;
+            Some(old_root_name(created, &taken))
+        }
+        None => None,
+    };
+    Ok(Restore {
+        old_path,
+        dir,
+        restored,
+        current,
+        default,
+        default_follows: current == Some(default),
+        kept_as,
+    })
+}
 
+impl Restore {
+    /// The steps in words, one a line, for `--dry-run`.
+    fn describe(&self, target: &Target) -> String {
+        let (root, old, id) = (
+            quoted(&target.names.root),
+            quoted(&self.old_path),
+            self.restored,
+        );
+        let mut out = format!(
+            "  write the restore marker {RESTORE_MARKER:?} (ID {id}), so that the next run \
+             keeps {old} as {root} once\n"
+        );
+        let default = if self.default_follows {
+            format!(
+                ", and make it the default subvolume (now ID {})",
+                self.default
+            )
+        } else {
+            String::new()
+        };
+        match (self.current, &self.kept_as) {
+            (Some(current), Some(kept_as)) => {
+                out += &format!(
+                    "  exchange {old} (ID {id}) with {root} (ID {current}){default}, and commit\n"
+                );
+                out += &format!(
+                    "  keep the replaced root (ID {current}) as {}\n",
+                    quoted(&Path::new(OLD_ROOTS).join(kept_as))
+                );
+            }
+            _ => {
+                out += &format!(
+                    "  move {old} (ID {id}) to {root} (there is no {root}){default}, and commit\n"
+                )
+            }
+        }
+        out
+    }
+
+    /// `{"device", "description", "restore": {"name", "id", "root": {"name", "id"}, ...}}`
+    fn json(&self, session: &Session, target: &Target) -> Json {
+        Json::Object(vec![
+            ("device", Json::path(&target.device)),
+            ("description", Json::str(session.described())),
+            (
+                "restore",
+                Json::Object(vec![
+                    ("name", Json::path(&self.old_path)),
+                    ("id", Json::id(self.restored)),
+                    (
+                        "root",
+                        Json::Object(vec![
+                            ("name", Json::os(&target.names.root)),
+                            ("id", self.current.map_or(Json::Null, Json::id)),
+                        ]),
+                    ),
+                    ("default_follows", Json::Bool(self.default_follows)),
+                    (
+                        "replaced_kept_as",
+                        self.kept_as
+                            .as_ref()
+                            .map_or(Json::Null, |n| Json::path(&Path::new(OLD_ROOTS).join(n))),
+                    ),
+                ]),
+            ),
+        ])
+    }
+}
+
+/// Steps 2-4, recording in `reached` how far they got.
+fn act(
+    session: &Session,
+    target: &Target,
+    name: &OsStr,
+    plan: &Restore,
+    reached: &mut Reached,
+) -> Result<()> {
+    let fs = session.fd();
+    let names = &target.names;
+    let (old_path, dir, restored, current) = (
+        &plan.old_path,
+        plan.dir.as_fd(),
+        plan.restored,
+        plan.current,
+    );
     *reached = Reached::Marker(restored);
     write_marker(fs, restored)?;
-    let how = if current.is_some() {
-        Rename::Exchange
-    } else {
-        Rename::NoReplace
-    };
-    ioctl::renameat2(dir.as_fd(), name, fs, names.root.as_os_str(), how).with_context(|| {
-        format!(
-            "cannot {} {} {} {} (renameat2)",
-            if current.is_some() {
-                "exchange"
-            } else {
-                "move"
-            },
-            quoted(&old_path),
-            if current.is_some() { "with" } else { "to" },
-            quoted(&names.root)
-        )
-    })?;
-    *reached = Reached::Exchanged {
+    let exchanged = exchange(
+        fs,
+        dir,
+        name,
+        &names.root,
         restored,
-        replaced: current,
-    };
-    if default_follows {
-        ioctl::set_default_subvol(fs, restored).with_context(|| {
-            format!(
-                "cannot make the restored root (ID {restored}) the default subvolume; it stays \
-                 ID {default}, the replaced root"
-            )
-        })?;
+        current.is_some(),
+        plan.default_follows,
+    );
+    match exchanged {
+        Ok(()) => {}
+        Err(exchange::Failed::NotDone(e)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot {} {} {} {} (renameat2)",
+                if current.is_some() {
+                    "exchange"
+                } else {
+                    "move"
+                },
+                quoted(old_path),
+                if current.is_some() { "with" } else { "to" },
+                quoted(&names.root)
+            )))
+        }
+        Err(exchange::Failed::Uncommitted(e)) => {
+            *reached = Reached::Exchanged {
+                restored,
+                replaced: current,
+            };
+            return Err(e);
+        }
     }
-    ioctl::sync(fs).context("cannot commit the restore (BTRFS_IOC_SYNC)")?;
     *reached = Reached::Committed {
         restored,
         replaced: current,
     };
-    let Some(current) = current else {
+    let (Some(current), Some(new_name)) = (current, &plan.kept_as) else {
         log::info!(
             "done: {} (ID {restored}) is {} again; the next run keeps it once",
-            quoted(&old_path),
+            quoted(old_path),
             quoted(&names.root)
         );
-        return Ok(Outcome::RolledBack);
+        return Ok(());
     };
     // The replaced root now sits at old_roots/NAME: give it its own name.
-    let replaced = subvolume::expect(dir.as_fd(), name, current)?;
+    let replaced = subvolume::expect(dir, name, current)?;
     if let Err(e) = rollback::mark_retired(replaced.as_fd(), old_path.as_os_str()) {
         log::warn!("{e:#}; retention will never prune it");
     }
-    let created = ioctl::get_subvol_info(replaced.as_fd())
-        .with_context(|| format!("cannot read the creation time of {}", quoted(&old_path)))?
-        .otime;
-    let taken = subvolume::names_with_prefix(dir.as_fd(), OsStr::new(""))?;
-    let new_name = old_root_name(created, &taken);
-    let kept_as = match ioctl::renameat2(
-        dir.as_fd(),
-        name,
-        dir.as_fd(),
-        new_name.as_os_str(),
-        Rename::NoReplace,
-    ) {
+    let kept_as = match ioctl::renameat2(dir, name, dir, new_name.as_os_str(), Rename::NoReplace) {
         Ok(()) => {
             ioctl::sync(fs).with_context(|| {
                 format!(
                     "cannot commit the rename of the replaced root to {}",
-                    quoted(&Path::new(OLD_ROOTS).join(&new_name))
+                    quoted(&Path::new(OLD_ROOTS).join(new_name))
                 )
             })?;
-            Path::new(OLD_ROOTS).join(&new_name)
+            Path::new(OLD_ROOTS).join(new_name)
         }
         Err(e) => {
             log::warn!(
                 "cannot rename the replaced root to {} ({e}); it stays as {}",
-                quoted(&new_name),
-                quoted(&old_path)
+                quoted(new_name),
+                quoted(old_path)
             );
             old_path.clone()
         }
@@ -277,11 +391,11 @@ fn restore_on(
     log::info!(
         "done: {} (ID {restored}) is {} now and the next run keeps it once; the replaced root \
          (ID {current}) is kept as {}",
-        quoted(&old_path),
+        quoted(old_path),
         quoted(&names.root),
         quoted(&kept_as)
     );
-    Ok(Outcome::RolledBack)
+    Ok(())
 }
 
 /// Write the restore marker (the id to keep) durably before anything is exchanged: to a
@@ -317,55 +431,4 @@ fn write_marker(fs: BorrowedFd<'_>, id: u64) -> Result<()> {
     }
     ioctl::sync(fs).context("cannot commit the restore marker")?;
     Ok(())
-}
-
-/// Read the restore marker: the id of the root `restore` put in place, `None` if there is no
-/// marker. Opened without following a symbolic link and without blocking. Anything else than
-/// a regular file holding an id is stale: a link, FIFO or socket is logged and reads as 0 (no
-/// root's id), so the run removes it; a directory is logged and ignored (left alone).
-pub fn read_marker(fs: BorrowedFd<'_>) -> Result<Option<u64>> {
-    let path = Path::new(RESTORE_MARKER);
-    let stale = |what: &str| {
-        log::warn!(
-            "{RESTORE_MARKER:?} in the top-level volume is {what}, not a marker written by \
-             `btrfs-rollback restore`: ignoring it as stale"
-        );
-    };
-    let fd = match beneath::open(fs, path, OFlag::O_RDONLY, 0) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(Errno::ELOOP) => {
-            stale("a symbolic link (not followed)");
-            return Ok(Some(0));
-        }
-        Err(Errno::ENXIO) => {
-            stale("a socket");
-            return Ok(Some(0));
-        }
-        // A device node (the top level is mounted nodev: EACCES) or anything else that cannot
-        // be opened is not a marker either; refusing would block every boot.
-        Err(e) => {
-            stale(&format!(
-                "something that cannot be opened ({e}; a device node?)"
-            ));
-            return Ok(Some(0));
-        }
-    };
-    let what = beneath::kind(fd.as_fd()).context(format!("cannot stat {RESTORE_MARKER:?}"))?;
-    if what == "a directory" {
-        stale("a directory; it is left alone, remove it by hand");
-        return Ok(None);
-    }
-    if what != "a regular file" {
-        stale(what);
-        return Ok(Some(0));
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::from(fd)
-        .take(64)
-        .read_to_end(&mut bytes)
-        .context(format!("cannot read {RESTORE_MARKER:?}"))?;
-    // Anything unreadable as an id is stale: 0 is never a root's id.
-    let text = String::from_utf8_lossy(&bytes);
-    Ok(Some(text.trim().parse().unwrap_or(0)))
 }

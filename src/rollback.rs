@@ -51,177 +51,31 @@
 //! room.
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nix::fcntl::renameat;
 
-use crate::device;
+use crate::clock;
 use crate::erase::{self, errno_of, Eraser};
+use crate::exchange::{self, exchange};
+use crate::failure::{Disk, Failure};
+use crate::inspect::inspect;
 use crate::ioctl::{self, Errno, Rename};
-use crate::logging::{self, LOG_FILE_CAP};
-use crate::mount::TopLevel;
-use crate::names::{quoted, Names};
+use crate::logging;
+use crate::names::{aside_name, count, quoted, Names, OLD_ROOTS, RESTORE_MARKER, RETIRED_XATTR};
 pub use crate::plan::Retention;
-use crate::plan::{self, OldRoot, OldRootsDir, Plan, Slot, State, Step, OLD_ROOTS, RETIRED_XATTR};
+use crate::plan::{self, OldRoot, Plan, Step};
+use crate::session::{Session, Target};
 use crate::subvolume::{self, Entry};
-
-/// Where the filesystem is and how to reach it.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub device: PathBuf,
-    pub mountpoint: PathBuf,
-    pub names: Names,
-    pub wait: Duration,
-}
-
-#[derive(Debug)]
-pub enum Outcome {
-    /// `root` is a fresh snapshot of the blank and nothing is left over.
-    RolledBack,
-    /// Nothing was changed: a dry run, `list` or `diff`.
-    Looked,
-    /// Refused or failed before the swap: `root` is the subvolume it was. Already logged.
-    Refused,
-    /// `root` is a fresh snapshot, but deleting what it replaced failed; the next run finishes.
-    /// Already logged.
-    CleanupFailed,
-}
-
-/// Wait for the device, check it, and mount its top-level volume.
-pub fn open(target: &Target, readonly: bool) -> Result<(TopLevel, String)> {
-    device::wait_for(&target.device, target.wait)?;
-    let described = device::check(&target.device)?;
-    let top = TopLevel::mount(&target.device, &target.mountpoint, readonly)?;
-    log::debug!(
-        "mounted the top-level volume of {} at {}",
-        target.device.display(),
-        top.path().display()
-    );
-    Ok((top, described))
-}
 
 /// How many lines of the plan go to the log file.
 const PLAN_LINES: usize = 60;
 
-/// The file `btrfs-rollback restore` leaves in the top-level volume: the id of the root it
-/// put in place, which the next `run` keeps once.
-pub const RESTORE_MARKER: &str = "btrfs-rollback.restored";
-
-/// Read what the top-level volume holds.
-pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
-    let fs = top.fd();
-    let slot = |path: &Path| -> Result<Slot> {
-        let entry = subvolume::entry(fs, path.as_os_str())?;
-        let Entry::Subvolume { id, .. } = entry else {
-            return Ok(Slot {
-                entry,
-                ..Slot::missing()
-            });
-        };
-        let fd = subvolume::expect(fs, path, id)?;
-        let info = ioctl::get_subvol_info(fd.as_fd())
-            .with_context(|| format!("cannot read the creation time of {}", quoted(path)))?;
-        Ok(Slot {
-            entry,
-            nested: subvolume::nested_post_order(fs, id, path)?,
-            created: info.otime,
-            modified: info.generation > info.otransid,
-        })
-    };
-    let mut asides = Vec::new();
-    let mut prefix = names.temp.clone();
-    prefix.push(".");
-    for name in subvolume::names_with_prefix(fs, &prefix)? {
-        // `<temp>.<id>` is ours only if it is subvolume <id>; anything else is left alone.
-        let id = plan::aside_id(names, &name);
-        let slot = slot(Path::new(&name))?;
-        match (id, &slot.entry) {
-            (Some(id), Entry::Subvolume { id: found, .. }) if id == *found => {
-                asides.push((name, slot))
-            }
-            _ => log::debug!(
-                "{} is not a leftover of this tool; leaving it",
-                quoted(&name)
-            ),
-        }
-    }
-    let (old_roots_dir, old_roots) = old_roots(fs, &slot)?;
-    let restored = crate::restore::read_marker(fs)?;
-    Ok(State {
-        root: slot(Path::new(&names.root))?,
-        blank: slot(Path::new(&names.blank))?,
-        temp: slot(Path::new(&names.temp))?,
-        asides,
-        default_id: subvolume::default_id(fs)?,
-        old_roots_dir,
-        old_roots,
-        restored,
-    })
-}
-
-/// What `old_roots/` is, and the subvolumes in it.
-fn old_roots(
-    fs: BorrowedFd<'_>,
-    slot: &dyn Fn(&Path) -> Result<Slot>,
-) -> Result<(OldRootsDir, Vec<OldRoot>)> {
-    use nix::sys::stat::{fstatat, SFlag};
-    let st = match fstatat(fs, OLD_ROOTS, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(ioctl::Errno::ENOENT) => return Ok((OldRootsDir::Missing, Vec::new())),
-        Err(e) => return Err(e).context(format!("cannot stat {OLD_ROOTS:?}")),
-    };
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
-        return Ok((OldRootsDir::Unusable("not a directory"), Vec::new()));
-    }
-    let dir = subvolume::open_dir(fs, OLD_ROOTS)?;
-    let mut roots = Vec::new();
-    for name in subvolume::names_with_prefix(dir.as_fd(), OsStr::new(""))? {
-        if name == "." || name == ".." {
-            continue;
-        }
-        let path = Path::new(OLD_ROOTS).join(&name);
-        let s = slot(&path)?;
-        if let Entry::Subvolume { id, .. } = s.entry {
-            let fd = subvolume::expect(fs, &path, id)?;
-            let last_change = ioctl::get_subvol_info(fd.as_fd())
-                .with_context(|| format!("cannot read the ctransid of {}", quoted(&path)))?
-                .ctransid;
-            roots.push(OldRoot {
-                name,
-                id,
-                created: s.created,
-                nested: s.nested,
-                retired: retired_mark(fd.as_fd(), &path),
-                last_change,
-            });
-        }
-    }
-    roots.sort_by_key(|r| r.id);
-    Ok((OldRootsDir::Usable, roots))
-}
-
-/// The time in an old root's mark (`plan::RETIRED_XATTR`), `None` without a readable one.
-fn retired_mark(fd: BorrowedFd<'_>, path: &Path) -> Option<i64> {
-    match ioctl::get_xattr(fd, RETIRED_XATTR) {
-        Ok(Some(value)) => std::str::from_utf8(&value).ok()?.trim().parse().ok(),
-        Ok(None) => None,
-        Err(e) => {
-            log::warn!(
-                "cannot read the mark of {} ({e}); it is treated as not kept by this tool",
-                quoted(path)
-            );
-            None
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub log: PathBuf,
     /// Go on even if `root` is mounted somewhere (see `TopLevel::check_not_in_use`).
     pub force_mounted: bool,
     pub dry_run: bool,
@@ -230,31 +84,12 @@ pub struct RunOptions {
     pub retention: Retention,
 }
 
-/// `btrfs-rollback run`.
-pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
-    let (log_file, dry_run) = (options.log.as_path(), options.dry_run);
-    let names = &target.names;
-    let (top, described) = open(target, dry_run)?;
-    let _lock = top
-        .lock()
-        .with_context(|| format!("{} is busy", target.device.display()))?;
-    // Declared after `top`, so it is closed before the volume is unmounted.
-    let _log = if dry_run {
-        None
-    } else {
-        match logging::attach_file(top.fd(), log_file, LOG_FILE_CAP) {
-            Ok(log) => Some(log),
-            Err(e) => {
-                log::warn!(
-                    "cannot write the log file {} on the top-level volume ({e}); going on without it",
-                    log_file.display()
-                );
-                None
-            }
-        }
-    };
+/// `btrfs-rollback run`, in a session opened for it (read-only for a dry run).
+pub fn run(session: &Session, target: &Target, options: &RunOptions) -> Result<(), Failure> {
+    let (names, dry_run) = (&target.names, options.dry_run);
+    let top = session.top();
     log::info!(
-        "{} {} to {} on {described} (version {})",
+        "{} {} to {} on {} (version {})",
         if dry_run {
             "dry run: would roll back"
         } else {
@@ -262,67 +97,70 @@ pub fn run(target: &Target, options: &RunOptions) -> Result<Outcome> {
         },
         quoted(&names.root),
         quoted(&names.blank),
+        session.described(),
         env!("CARGO_PKG_VERSION"),
     );
-    // Errors from here on are logged while the log file is still open.
-    let in_use = match top.check_not_in_use(&names.root, options.force_mounted, "roll back") {
-        Err(e) if dry_run => {
-            log::warn!("a run would refuse: {e:#}");
-            Ok(())
-        }
-        other => other,
-    };
-    let result = in_use
-        .and_then(|()| inspect(&top, names))
-        .and_then(|state| {
-            let plan = plan::plan(names, &state, &options.retention, logging::now())
-                .context("refusing to roll back")?;
-            for warning in &plan.warnings {
-                log::warn!("{warning}");
-            }
-            if dry_run && options.json {
-                let doc =
-                    crate::render::dry_run_json(&target.device, &described, names, &state, &plan);
-                print!("{}", doc.to_string_pretty());
-                return Ok(Outcome::Looked);
-            }
-            if dry_run {
-                print!(
-                    "dry run, nothing changed; a run would:\n{}",
-                    plan.describe(names)
-                );
-                return Ok(Outcome::Looked);
-            }
-            // The plan goes to the log file; a huge one only in part (it rotates at 1 MiB).
-            let described = plan.describe(names);
-            let lines: Vec<&str> = described.lines().collect();
-            for line in lines.iter().take(PLAN_LINES) {
-                log::debug!("plan: {line}");
-            }
-            if lines.len() > PLAN_LINES {
-                log::debug!("plan: ... {} more lines", lines.len() - PLAN_LINES);
-            }
-            execute(&top, names, &plan, &target.device)
-        });
-    let outcome = result.or_else(|e| {
-        log::error!(
-            "{e:#}; {} on {} was not changed",
+    let not_changed = |e: anyhow::Error| {
+        Failure::new(Disk::Untouched, e).state(format!(
+            "{} on {} was not changed",
             quoted(&names.root),
             target.device.display()
-        );
-        Ok(Outcome::Refused)
-    });
-    // A full filesystem refuses the log file at first; if the run made room, the lines kept
-    // so far (the whole run) go into it now.
-    let _late_log = match (&_log, dry_run) {
-        (None, false) => logging::attach_file(top.fd(), log_file, LOG_FILE_CAP).ok(),
-        _ => None,
+        ))
     };
-    outcome
+    match top.check_not_in_use(&names.root, options.force_mounted, "roll back") {
+        Err(e) if dry_run => log::warn!("a run would refuse: {e:#}"),
+        other => other.map_err(not_changed)?,
+    }
+    let state = inspect(top, names).map_err(not_changed)?;
+    let plan = plan::plan(names, &state, &options.retention, clock::now())
+        .context("refusing to roll back")
+        .map_err(not_changed)?;
+    for warning in &plan.warnings {
+        log::warn!("{warning}");
+    }
+    if dry_run && options.json {
+        let doc =
+            crate::render::dry_run_json(&target.device, session.described(), names, &state, &plan);
+        print!("{}", doc.to_string_pretty());
+        return Ok(());
+    }
+    if dry_run {
+        print!(
+            "dry run, nothing changed; a run would:\n{}",
+            plan.describe(names)
+        );
+        return Ok(());
+    }
+    // The plan goes to the log file; a huge one only in part (it rotates at 1 MiB).
+    let described = plan.describe(names);
+    let lines: Vec<&str> = described.lines().collect();
+    for line in lines.iter().take(PLAN_LINES) {
+        log::debug!("plan: {line}");
+    }
+    if lines.len() > PLAN_LINES {
+        log::debug!("plan: ... {} more lines", lines.len() - PLAN_LINES);
+    }
+    execute(session.fd(), names, &plan, &target.device).map_err(|f| match f {
+        Stop::Before(e) => not_changed(e),
+        Stop::Failed(f) => f,
+    })
 }
 
-fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<Outcome> {
-    let fs = top.fd();
+/// Why `execute` stopped.
+enum Stop {
+    /// Before anything that matters changed: `root` is as it was.
+    Before(anyhow::Error),
+    /// The failure says what state the disk is in.
+    Failed(Failure),
+}
+
+impl From<anyhow::Error> for Stop {
+    fn from(e: anyhow::Error) -> Stop {
+        Stop::Before(e)
+    }
+}
+
+fn execute(fs: BorrowedFd<'_>, names: &Names, plan: &Plan, device: &Path) -> Result<(), Stop> {
     let start = Instant::now();
     // Set once a fresh `root` is committed: from then on a failure is a cleanup failure, and
     // the remaining steps still run (what can be deleted is deleted).
@@ -359,7 +197,7 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                         "{e:#}: the filesystem is full; deleting {} (ID {id}) now instead",
                         quoted(&names.temp)
                     );
-                    let aside = plan::aside_name(names, *id);
+                    let aside = aside_name(names, *id);
                     for (j, later) in plan.steps.iter().enumerate() {
                         match later {
                             Step::RemoveLeftover { name, .. } if *name == aside => done[j] = true,
@@ -387,9 +225,8 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                         {
                             // The message says what state `root` is in (and what, if
                             // anything, was deleted in it to make room).
-                            Err(SwapFailed::Before(e) | SwapFailed::NoRoot(e)) => {
-                                log::error!("{e:#}");
-                                return Ok(Outcome::Refused);
+                            Err(SwapFailed::Before(e)) => {
+                                return Err(Stop::Failed(Failure::new(Disk::Untouched, e)))
                             }
                             other => other,
                         }
@@ -410,8 +247,9 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                                 |s| matches!(s, Step::KeepOld { from, .. } if *from == names.temp),
                             );
                             old_went = format!(
-                                "; the old root (ID {old}) was DELETED BEFORE its replacement                                  existed, with {} nested subvolume(s), to make room on the full                                  filesystem{}",
-                                s.nested_deleted,
+                                "; the old root (ID {old}) was DELETED BEFORE its replacement \
+                                 existed, with {}, to make room on the full filesystem{}",
+                                count(s.nested_deleted, "nested subvolume"),
                                 if kept {
                                     " (retention could not keep it: there was no room)"
                                 } else {
@@ -423,30 +261,40 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
                     }
                     // Nothing was changed (`run` says so).
                     Err(SwapFailed::Before(e)) => Err(e),
+                    Err(SwapFailed::NestedDeleted(e)) => {
+                        return Err(Stop::Failed(Failure::new(Disk::NestedDeleted, e)))
+                    }
                     Err(SwapFailed::NoRoot(e)) => {
-                        log::error!("{e:#}");
-                        return Ok(Outcome::Refused);
+                        return Err(Stop::Failed(Failure::new(Disk::NoRoot, e)))
                     }
                     Err(SwapFailed::Exchanged { new, error }) => {
-                        log::error!(
-                            "{error:#}: {root} was exchanged with the fresh snapshot (ID {new}),                              but committing that failed, so it is not known what is on the                              disk: after a reboot {root} is either the old root (ID {old}) or                              the fresh subvolume, and the next run handles both (the other one                              is left under {temp} and deleted then); nothing more is done now",
-                            root = quoted(&names.root),
-                            temp = quoted(&names.temp),
-                        );
-                        return Ok(Outcome::CleanupFailed);
+                        return Err(Stop::Failed(Failure::new(Disk::Exchanged, error).state(
+                            format!(
+                                "{root} was exchanged with the fresh snapshot (ID {new}), but \
+                                 committing that failed, so it is not known what is on the \
+                                 disk: after a reboot {root} is either the old root (ID {old}) \
+                                 or the fresh subvolume, and the next run handles both (the \
+                                 other one is left under {temp} and deleted then); nothing more \
+                                 is done now",
+                                root = quoted(&names.root),
+                                temp = quoted(&names.temp),
+                            ),
+                        )));
                     }
                 }
             }
             Step::DeleteOld { id, .. } => eraser.delete_expected(&names.temp, *id).map(|nested| {
-                old_went =
-                    format!("; deleted the old root (ID {id}) and {nested} nested subvolume(s)")
+                old_went = format!(
+                    "; deleted the old root (ID {id}) and {}",
+                    count(nested, "nested subvolume")
+                )
             }),
             Step::RemoveLeftover { name, id, .. } => {
                 eraser.delete_expected(name, *id).map(|nested| {
                     log::info!(
-                        "deleted {} (ID {id}), left over from an earlier run, with {nested} \
-                         nested subvolume(s)",
-                        quoted(name)
+                        "deleted {} (ID {id}), left over from an earlier run, with {}",
+                        quoted(name),
+                        count(nested, "nested subvolume")
                     );
                 })
             }
@@ -465,7 +313,7 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
         };
         if let Err(e) = result {
             if fresh.is_none() {
-                return Err(e);
+                return Err(Stop::Before(e));
             }
             // The fresh root is in place: go on with the other steps, report all at the end.
             failures.push(e);
@@ -474,18 +322,24 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
     let new = fresh.context("internal error: the plan left no fresh root")?;
     if !failures.is_empty() {
         let what: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
-        log::error!(
-            "the {} {} (ID {new}) on {} is in place and committed, but not everything of the \
-             old one is gone: {}; what is left stays in the top-level volume under {} (or \
-             {}.<ID>), outside the running system, and the next run tries again",
-            if kept_restored { "restored" } else { "fresh" },
-            quoted(&names.root),
-            device.display(),
-            what.join("; "),
-            quoted(&names.temp),
-            quoted(&names.temp),
-        );
-        return Ok(Outcome::CleanupFailed);
+        let (disk, which) = if kept_restored {
+            (Disk::RestoredRootInPlace, "restored")
+        } else {
+            (Disk::FreshRootInPlace, "fresh")
+        };
+        return Err(Stop::Failed(Failure::new(
+            disk,
+            anyhow::anyhow!(
+                "the {which} {} (ID {new}) on {} is in place and committed, but not everything \
+                 of the old one is gone: {}; what is left stays in the top-level volume under {} \
+                 (or {}.<ID>), outside the running system, and the next run tries again",
+                quoted(&names.root),
+                device.display(),
+                what.join("; "),
+                quoted(&names.temp),
+                quoted(&names.temp),
+            ),
+        )));
     }
     if kept_restored {
         log::info!(
@@ -493,7 +347,7 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
              boot rolls back again",
             quoted(&names.root)
         );
-        return Ok(Outcome::RolledBack);
+        return Ok(());
     }
     log::info!(
         "done: {} is a fresh snapshot of {} (ID {new}){old_went} in {:.2} s",
@@ -501,7 +355,7 @@ fn execute(top: &TopLevel, names: &Names, plan: &Plan, device: &Path) -> Result<
         quoted(&names.blank),
         start.elapsed().as_secs_f64()
     );
-    Ok(Outcome::RolledBack)
+    Ok(())
 }
 
 /// Whether an error says the filesystem (or a qgroup) is out of space.
@@ -532,8 +386,31 @@ enum SwapFailed {
     /// a later step (the default, the commit) failed, so what is on the disk is not known.
     /// Never retried, never sent to [`swap_when_full`].
     Exchanged { new: u64, error: anyhow::Error },
+    /// `root` is the old subvolume, but what was nested in it was deleted to make room.
+    NestedDeleted(anyhow::Error),
     /// The last resort deleted the old root and no fresh one could be made: NO `root`.
     NoRoot(anyhow::Error),
+}
+
+/// The swap failed after `nested` subvolumes in the old root were deleted to make room (or
+/// none: then the old root is untouched).
+fn nested_deleted(
+    e: anyhow::Error,
+    root: &impl std::fmt::Display,
+    old: u64,
+    nested: usize,
+) -> SwapFailed {
+    if nested == 0 {
+        return SwapFailed::Before(e.context(format!(
+            "{root} (ID {old}) is still the old root, untouched"
+        )));
+    }
+    SwapFailed::NestedDeleted(e.context(format!(
+        "{root} (ID {old}) is still the old root, but the {} nested in it {} DELETED to make \
+         room",
+        count(nested, "subvolume"),
+        if nested == 1 { "was" } else { "were" }
+    )))
 }
 
 impl From<anyhow::Error> for SwapFailed {
@@ -596,14 +473,7 @@ fn swap_when_full(
                 last.set(errno_of(&e));
                 Ok(None)
             }
-            Err(SwapFailed::Before(e)) => Err(SwapFailed::Before(e.context(if nested == 0 {
-                format!("{root} (ID {old}) is still the old root, untouched")
-            } else {
-                format!(
-                    "{root} (ID {old}) is still the old root, but the {nested} subvolume(s) \
-                     nested in it were DELETED to make room"
-                )
-            }))),
+            Err(SwapFailed::Before(e)) => Err(nested_deleted(e, &root, old, nested)),
             Err(other) => Err(other),
         }
     };
@@ -675,8 +545,8 @@ fn swap_when_full(
         }
     };
     log::warn!(
-        "made room: deleted {nested} subvolume(s) nested in {root} (ID {old}), which holds the \
-         space"
+        "made room: deleted {} nested in {root} (ID {old}), which holds the space",
+        count(nested, "subvolume")
     );
     if let Some(s) = retry("deleting what was nested in the old root", nested)? {
         return Ok(s);
@@ -710,10 +580,7 @@ fn swap_when_full(
                 "NO {root} now: the next run creates it from the blank"
             )))
         } else {
-            SwapFailed::Before(e.context(format!(
-                "{root} (ID {old}) is still the old root, but the {nested} subvolume(s) nested \
-                 in it were DELETED to make room"
-            )))
+            nested_deleted(e, &root, old, nested)
         });
     }
     log::warn!("the old {root} (ID {old}) is deleted and committed: there is NO {root} now");
@@ -873,7 +740,7 @@ pub fn keep_old(fs: BorrowedFd<'_>, from: &OsStr, id: u64, to: &OsStr) -> Result
 /// Mark the root at `path` (open as `fd`) as retired by this tool now, so that retention may
 /// prune it later (`plan::RETIRED_XATTR`). Also what makes it the most recently used.
 pub fn mark_retired(fd: BorrowedFd<'_>, path: &OsStr) -> Result<()> {
-    let now = logging::now().to_string();
+    let now = clock::now().to_string();
     ioctl::set_xattr(fd, RETIRED_XATTR, now.as_bytes()).with_context(|| {
         format!(
             "cannot mark {} as an old root kept by btrfs-rollback ({RETIRED_XATTR})",
@@ -883,13 +750,19 @@ pub fn mark_retired(fd: BorrowedFd<'_>, path: &OsStr) -> Result<()> {
 }
 
 fn prune_old(eraser: &Eraser<'_>, old: &OldRoot) -> Result<()> {
+    delete_old_root(eraser, old, "pruned")
+}
+
+/// Delete the kept old root `old` with everything nested in it (`prune` and `forget`), and
+/// say so, `done` being the verb ("pruned").
+pub fn delete_old_root(eraser: &Eraser<'_>, old: &OldRoot, done: &str) -> Result<()> {
     let nested = eraser.delete_expected(old.path().as_os_str(), old.id)?;
-    let (y, mo, d, h, mi, s) = crate::logging::utc(old.created.max(0) as u64);
     log::info!(
-        "pruned the old root {} (ID {}, created {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC) \
-         with {nested} nested subvolume(s)",
+        "{done} the old root {} (ID {}, created {}) with {}",
         quoted(&old.path()),
-        old.id
+        old.id,
+        clock::utc_text(old.created),
+        count(nested, "nested subvolume")
     );
     Ok(())
 }
@@ -918,18 +791,10 @@ fn swap(
         quoted(&names.blank),
         quoted(&names.temp)
     );
-    let exchange = || {
-        ioctl::renameat2(
-            fs,
-            names.temp.as_os_str(),
-            fs,
-            names.root.as_os_str(),
-            Rename::Exchange,
-        )
-    };
-    let mut exchanged = exchange();
+    let swap = || exchange(fs, fs, &names.temp, &names.root, new, true, default_follows);
+    let mut exchanged = swap();
     let mut cleared = false;
-    if exchanged == Err(Errno::EPERM) {
+    if matches!(exchanged, Err(exchange::Failed::NotDone(Errno::EPERM))) {
         // `chattr +i` (or `+a`) on the old root's top directory, or on the blank's (which its
         // snapshot inherits), forbids the rename. The old root is about to be erased and the
         // snapshot is ours: clear the flags and try once more.
@@ -938,40 +803,31 @@ fn swap(
             cleared |= erase::clear_undeletable(fd.as_fd(), &quoted(name).to_string())?;
         }
         if cleared {
-            exchanged = exchange();
+            exchanged = swap();
         }
-    }
-    if let Err(e) = exchanged {
-        // `root` is untouched; take the unused snapshot away again.
-        if ioctl::snap_destroy_by_id(fs, new).is_ok() {
-            let _ = ioctl::sync(fs);
-        }
-        let flags = if cleared {
-            " (its immutable/append-only flags were cleared for the exchange and stay cleared: \
-             set them again with chattr if they are wanted)"
-        } else {
-            ""
-        };
-        return Err(SwapFailed::Before(anyhow::Error::new(e).context(format!(
-            "cannot exchange {} with {}{flags} (renameat2 RENAME_EXCHANGE)",
-            quoted(&names.temp),
-            quoted(&names.root)
-        ))));
     }
     let after = |error: anyhow::Error| SwapFailed::Exchanged { new, error };
-    if default_follows {
-        ioctl::set_default_subvol(fs, new)
-            .with_context(|| {
-                format!(
-                    "cannot make the fresh {} (ID {new}) the default subvolume",
-                    quoted(&names.root)
-                )
-            })
-            .map_err(after)?;
+    match exchanged {
+        Ok(()) => {}
+        Err(exchange::Failed::NotDone(e)) => {
+            // `root` is untouched; take the unused snapshot away again.
+            if ioctl::snap_destroy_by_id(fs, new).is_ok() {
+                let _ = ioctl::sync(fs);
+            }
+            let flags = if cleared {
+                " (its immutable/append-only flags were cleared for the exchange and stay \
+                 cleared: set them again with chattr if they are wanted)"
+            } else {
+                ""
+            };
+            return Err(SwapFailed::Before(anyhow::Error::new(e).context(format!(
+                "cannot exchange {} with {}{flags} (renameat2 RENAME_EXCHANGE)",
+                quoted(&names.temp),
+                quoted(&names.root)
+            ))));
+        }
+        Err(exchange::Failed::Uncommitted(e)) => return Err(after(e)),
     }
-    ioctl::sync(fs)
-        .context("cannot commit the exchange (BTRFS_IOC_SYNC)")
-        .map_err(after)?;
     subvolume::expect(fs, &names.root, new).map_err(after)?;
     log::debug!(
         "exchanged {} (now ID {new}) with the old root (ID {old}, now {}){} and committed",
@@ -1001,7 +857,7 @@ fn create_root(fs: BorrowedFd<'_>, names: &Names) -> Result<u64> {
 /// Rename the leftover under the temporary name out of the way of the swap.
 fn set_aside(fs: BorrowedFd<'_>, names: &Names, id: u64) -> Result<()> {
     subvolume::expect(fs, &names.temp, id)?;
-    let aside = plan::aside_name(names, id);
+    let aside = aside_name(names, id);
     renameat(fs, names.temp.as_os_str(), fs, aside.as_os_str()).with_context(|| {
         format!(
             "cannot rename {} (ID {id}), left over from an interrupted run, to {}",

@@ -24,7 +24,7 @@ fn privileged_rolls_back_an_impermanence_layout() {
     let err = stderr(&out);
     assert!(err.contains("done: \"root\" is a fresh snapshot"), "{err}");
     // 3-deep nesting plus a read-only subvolume with a child: 4 + 2 nested.
-    assert!(err.contains("6 nested subvolume(s)"), "{err}");
+    assert!(err.contains("6 nested subvolumes"), "{err}");
     before.assert_rolled_back(&disk, "root", "root-blank");
     before.assert_log_grew(&disk);
     let m = disk.mount();
@@ -117,7 +117,7 @@ fn privileged_hundreds_of_nested_and_a_chain_of_100() {
     let out = disk.run(&[]);
     assert_exit(&out, 0);
     assert!(
-        stderr(&out).contains("406 nested subvolume(s)"),
+        stderr(&out).contains("406 nested subvolumes"),
         "{}",
         stderr(&out)
     );

@@ -89,7 +89,7 @@ use crate::json::Json;
 use crate::names::{self, quoted, Names};
 use crate::plan::{Slot, OLD_ROOTS};
 use crate::render::{self, count};
-use crate::rollback::{self, Target};
+use crate::session::{self, Target};
 use crate::subvolume::{self, Entry, Nested};
 
 /// The inode number of a subvolume's root directory.
@@ -110,7 +110,7 @@ pub fn diff(target: &Target, name: Option<&OsStr>, exclude: &[String], json: boo
     if let Some(name) = name {
         names::check_component("NAME", name)?;
     }
-    let (top, described) = rollback::open(target, true)?;
+    let (top, described) = session::mount(target, true)?;
     let names = &target.names;
     let subject = match name {
         Some(name) => old_root(top.fd(), name)?,
