@@ -424,8 +424,9 @@ fn privileged_diff_without_blank_or_root_is_a_clear_error() {
     let out = diff(&disk, &["plain"]);
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("not a subvolume"), "{}", stderr(&out));
+    // A NAME that is a path is a usage error, as for restore and forget.
     let out = diff(&disk, &["../root"]);
-    assert_exit(&out, 1);
+    assert_exit(&out, 2);
     assert!(stderr(&out).contains("NAME"), "{}", stderr(&out));
     // An empty pattern is a usage error that names the option.
     for empty in ["", "/"] {
