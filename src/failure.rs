@@ -117,16 +117,20 @@ impl Failure {
         }
     }
 
-    /// `{"error": {"message", "exit_status", "disk"}}`
+    /// `{"version": 1, "error": {"message", "exit_status", "disk"}}` (the `error` document
+    /// of docs/json.md).
     pub fn to_json(&self) -> Json {
-        Json::Object(vec![(
-            "error",
-            Json::Object(vec![
-                ("message", Json::str(self.to_string())),
-                ("exit_status", Json::Int(self.exit_status().into())),
-                ("disk", Json::str(self.disk.word())),
-            ]),
-        )])
+        Json::Object(vec![
+            ("version", Json::Int(crate::render::JSON_VERSION)),
+            (
+                "error",
+                Json::Object(vec![
+                    ("message", Json::str(self.to_string())),
+                    ("exit_status", Json::Int(self.exit_status().into())),
+                    ("disk", Json::str(self.disk.word())),
+                ]),
+            ),
+        ])
     }
 }
 
@@ -191,8 +195,39 @@ mod tests {
             .to_string_pretty();
         assert_eq!(
             json,
-            "{\n  \"error\": {\n    \"message\": \"a \\\"b\\\"\",\n    \"exit_status\": 3,\n    \
+            "{\n  \"version\": 1,\n  \"error\": {\n    \"message\": \"a \\\"b\\\"\",\n    \"exit_status\": 3,\n    \
              \"disk\": \"exchanged\"\n  }\n}\n"
         );
+    }
+
+    /// Every `disk` word and exit status is in docs/json.md's `Error` schema.
+    #[test]
+    fn the_error_schema_in_docs_json_md_names_every_disk_word() {
+        let doc = include_str!("../docs/json.md");
+        let block = doc
+            .split("```schema Error\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/json.md has a schema Error block");
+        let (disk, status) = (
+            block.lines().find(|l| l.starts_with("disk:")).unwrap(),
+            block
+                .lines()
+                .find(|l| l.starts_with("exit_status:"))
+                .unwrap(),
+        );
+        for d in [
+            Disk::Untouched,
+            Disk::NestedDeleted,
+            Disk::NoRoot,
+            Disk::Exchanged,
+            Disk::FreshRootInPlace,
+            Disk::RestoredRootInPlace,
+            Disk::OldRootPartlyDeleted,
+        ] {
+            assert!(disk.contains(&format!("\"{}\"", d.word())), "{d:?}: {disk}");
+            assert!(status.contains(&d.exit_status().to_string()), "{d:?}");
+        }
+        assert!(status.contains(&EXIT_USAGE.to_string()));
     }
 }

@@ -20,7 +20,7 @@ use crate::inspect::inspect;
 use crate::json::Json;
 use crate::names::{count, quoted, OLD_ROOTS};
 use crate::plan::OldRoot;
-use crate::render::nested_json;
+use crate::render;
 use crate::rollback;
 use crate::session::{Session, Target};
 use crate::subvolume::{self, Entry, TOP_LEVEL};
@@ -61,22 +61,7 @@ pub fn forget(
     let (old, fallback_default) = look(session, target, name).map_err(not_changed)?;
     if options.dry_run {
         if options.json {
-            let doc = Json::Object(vec![
-                ("device", Json::path(&target.device)),
-                ("description", Json::str(session.described())),
-                (
-                    "forget",
-                    Json::Object(vec![
-                        ("name", Json::path(&path)),
-                        ("id", Json::id(old.id)),
-                        ("created", Json::Int(old.created)),
-                        (
-                            "nested",
-                            Json::Array(old.nested.iter().map(nested_json).collect()),
-                        ),
-                    ]),
-                ),
-            ]);
+            let doc = json(session, target, &old).map_err(not_changed)?;
             print!("{}", doc.to_string_pretty());
         } else {
             print!(
@@ -151,6 +136,27 @@ fn look(session: &Session, target: &Target, name: &OsStr) -> Result<(OldRoot, u6
     }
     let fallback_default = state.root.id().unwrap_or(TOP_LEVEL);
     Ok((old, fallback_default))
+}
+
+/// `forget NAME --dry-run --json`: the `forget` document of docs/json.md, the old root as
+/// `list` shows it (its `nested` children before parents, the order they would go in).
+fn json(session: &Session, target: &Target, old: &OldRoot) -> Result<Json> {
+    let names = &target.names;
+    let state = inspect(session.top(), names)?;
+    Ok(render::document(
+        "forget",
+        &target.device,
+        session.described(),
+        render::slot_json(&names.root, &state.root),
+        render::slot_json(&names.blank, &state.blank),
+        vec![
+            ("dry_run", Json::Bool(true)),
+            (
+                "old_root",
+                render::lone_old_root_json(&state.old_roots, old, crate::clock::now()),
+            ),
+        ],
+    ))
 }
 
 /// What would go, one subvolume a line, children before parents, the old root last.

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use crate::json::Json;
 use crate::names::{quoted, Names};
-use crate::plan::{aside_name, OldRoot, Plan, Slot, State, Step, Verdict, OLD_ROOTS};
+use crate::plan::{
+    aside_name, judge, OldRoot, Plan, Retention, Slot, State, Step, Verdict, OLD_ROOTS,
+};
 use crate::subvolume::{Entry, Nested};
 
 /// The `"version"` of every JSON document; raised when a field is renamed or removed.
@@ -144,6 +146,17 @@ pub fn old_root_json(o: &OldRoot, verdict: Verdict, now: i64) -> Json {
         ("why", Json::str(verdict.describe())),
         ("nested", nested_list_json(&o.nested)),
     ])
+}
+
+/// One old root on its own (`forget`, `restore`), as an `OldRoot` the way `list` without
+/// retention options shows it: `verdict` is its rank by last use (or `not_ours`), `prune` false.
+/// `old_roots` are all the old roots (the rank is among them).
+pub fn lone_old_root_json(old_roots: &[OldRoot], old: &OldRoot, now: i64) -> Json {
+    let verdict = judge(&[], old_roots, &Retention::default(), now)
+        .into_iter()
+        .find(|(o, _)| o.id == old.id)
+        .map_or(Verdict::NotOurs, |(_, v)| v);
+    old_root_json(old, verdict, now)
 }
 
 /// A kept old root as one line of `list`.

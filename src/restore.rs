@@ -34,9 +34,11 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 use crate::beneath;
 use crate::exchange::{self, exchange};
 use crate::failure::{Disk, Failure};
+use crate::inspect::inspect;
 use crate::ioctl::{self, Rename};
 use crate::json::Json;
 use crate::names::{old_root_name, quoted, MARKER_TEMP, OLD_ROOTS, RESTORE_MARKER};
+use crate::render;
 use crate::rollback;
 use crate::session::{Session, Target};
 use crate::subvolume::{self, Entry};
@@ -115,7 +117,8 @@ pub fn restore(
     let plan = look(session, target, name).map_err(not_changed)?;
     if options.dry_run {
         if options.json {
-            print!("{}", plan.json(session, target).to_string_pretty());
+            let doc = plan.json(session, target).map_err(not_changed)?;
+            print!("{}", doc.to_string_pretty());
         } else {
             print!(
                 "dry run, nothing changed; a restore would:\n{}",
@@ -272,33 +275,41 @@ impl Restore {
         out
     }
 
-    /// `{"device", "description", "restore": {"name", "id", "root": {"name", "id"}, ...}}`
-    fn json(&self, session: &Session, target: &Target) -> Json {
-        Json::Object(vec![
-            ("device", Json::path(&target.device)),
-            ("description", Json::str(session.described())),
-            (
-                "restore",
-                Json::Object(vec![
-                    ("name", Json::path(&self.old_path)),
-                    ("id", Json::id(self.restored)),
-                    (
-                        "root",
-                        Json::Object(vec![
-                            ("name", Json::os(&target.names.root)),
-                            ("id", self.current.map_or(Json::Null, Json::id)),
-                        ]),
-                    ),
-                    ("default_follows", Json::Bool(self.default_follows)),
-                    (
-                        "replaced_kept_as",
-                        self.kept_as
-                            .as_ref()
-                            .map_or(Json::Null, |n| Json::path(&Path::new(OLD_ROOTS).join(n))),
-                    ),
-                ]),
-            ),
-        ])
+    /// `restore NAME --dry-run --json`: the `restore` document of docs/json.md, the old root
+    /// as `list` shows it, and where the replaced root would be kept.
+    fn json(&self, session: &Session, target: &Target) -> Result<Json> {
+        let names = &target.names;
+        let state = inspect(session.top(), names)?;
+        let old = state
+            .old_roots
+            .iter()
+            .find(|o| o.id == self.restored)
+            .with_context(|| format!("cannot read {} again", quoted(&self.old_path)))?;
+        let replaced = match (self.current, &self.kept_as) {
+            (Some(id), Some(kept_as)) => Json::Object(vec![
+                ("id", Json::id(id)),
+                ("name", Json::os(kept_as)),
+                ("path", Json::path(&Path::new(OLD_ROOTS).join(kept_as))),
+            ]),
+            _ => Json::Null,
+        };
+        Ok(render::document(
+            "restore",
+            &target.device,
+            session.described(),
+            render::slot_json(&names.root, &state.root),
+            render::slot_json(&names.blank, &state.blank),
+            vec![
+                ("dry_run", Json::Bool(true)),
+                (
+                    "old_root",
+                    render::lone_old_root_json(&state.old_roots, old, crate::clock::now()),
+                ),
+                ("default_id", Json::id(self.default)),
+                ("default_follows", Json::Bool(self.default_follows)),
+                ("replaced", replaced),
+            ],
+        ))
     }
 }
 

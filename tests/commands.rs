@@ -101,16 +101,14 @@ fn privileged_forget_deletes_an_old_root_with_everything_nested() {
     assert_eq!(
         json_eval(
             &out.stdout,
-            "d['forget']['name'], d['forget']['id'], sorted(n['id'] for n in d['forget']['nested'])"
+            "d['old_root']['path'], d['old_root']['id'], \
+             sorted(n['id'] for n in d['old_root']['nested'])"
         ),
-        format!(
-            "('old_roots/{name}', {id}, {:?})",
-            {
-                let mut ids: Vec<u64> = nested.iter().map(|(_, i)| *i).collect();
-                ids.sort();
-                ids
-            }
-        )
+        format!("('old_roots/{name}', {id}, {:?})", {
+            let mut ids: Vec<u64> = nested.iter().map(|(_, i)| *i).collect();
+            ids.sort();
+            ids
+        })
     );
     assert_eq!(
         disk.mount().subvolumes(),
@@ -218,8 +216,8 @@ fn privileged_restore_dry_run_changes_nothing() {
     assert_eq!(
         json_eval(
             &out.stdout,
-            "d['restore']['id'], d['restore']['root']['id'], \
-             d['restore']['replaced_kept_as'].startswith('old_roots/')"
+            "d['old_root']['id'], d['root']['id'], \
+             d['replaced']['path'].startswith('old_roots/')"
         ),
         format!("({id}, {root}, True)")
     );

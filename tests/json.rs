@@ -1,6 +1,7 @@
 //! The JSON documents against their one description, `docs/json.md`: its `schema` blocks are
-//! parsed here, and every field of the real output of `list`, `run --dry-run` and `diff` (on
-//! real btrfs, privileged) and of the examples in the file is checked against them. An
+//! parsed here, and every field of the real output of `list`, `run --dry-run`, `diff`,
+//! `forget --dry-run`, `restore --dry-run` and of errors (on real btrfs, privileged) and of the
+//! examples in the file is checked against them. An
 //! undocumented key, a missing one or another type fails.
 
 #[macro_use]
@@ -234,6 +235,20 @@ impl Schema {
         }
         value
     }
+
+    /// Parse `out`'s stdout as the error document; the process exited with its `exit_status`.
+    fn error(&self, out: &Output) -> Value {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let value: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"));
+        if let Err(e) = self.check_block("error", &value, "error") {
+            panic!("error does not match docs/json.md: {e}\n{text}");
+        }
+        let status = value["error"]["exit_status"].as_i64().unwrap();
+        assert_exit(out, status as i32);
+        assert_eq!(value["version"], 1);
+        value
+    }
 }
 
 /// The file itself: every type named exists, and every example fits its schema.
@@ -261,7 +276,7 @@ fn the_examples_in_docs_json_md_fit_its_schemas() {
             );
         }
     }
-    for document in ["list", "run", "diff", "error"] {
+    for document in ["list", "run", "diff", "forget", "restore", "error"] {
         assert!(
             schema.examples.iter().any(|(n, _, _)| n == document),
             "docs/json.md has no example of {document}"
@@ -388,5 +403,118 @@ fn privileged_every_json_document_fits_docs_json_md() {
         disk.mount().subvolumes(),
         subs,
         "list, a dry run or diff changed something"
+    );
+}
+
+/// An old root as `list` shows it, but for its age, which moves with the clock.
+fn without_age(old: &Value) -> Value {
+    let mut old = old.clone();
+    old.as_object_mut().unwrap().remove("age_seconds");
+    old
+}
+
+/// `forget --dry-run`, `restore --dry-run` and errors, on a disk with a kept old root.
+#[test]
+fn privileged_forget_restore_and_error_documents_fit_docs_json_md() {
+    privileged!("privileged_forget_restore_and_error_documents_fit_docs_json_md");
+    let schema = schema();
+    let disk = Disk::new("jsonmore");
+    impermanence_layout(&disk);
+    assert_exit(&disk.run(&["--keep-old-roots", "2"]), 0);
+    let subs = disk.mount().subvolumes();
+    let list = schema.document("list", &disk.cmd("list").arg("--json").output().unwrap());
+    let old = &list["old_roots"][0];
+    let name = old["name"].as_str().unwrap().to_string();
+    assert!(!old["nested"].as_array().unwrap().is_empty(), "{old}");
+
+    let out = disk
+        .cmd("forget")
+        .args(["--dry-run", "--json", &name])
+        .output()
+        .unwrap();
+    let forget = schema.document("forget", &out);
+    assert_eq!(forget["command"], "forget");
+    assert_eq!(
+        forget["root"], list["root"],
+        "root differs between forget and list"
+    );
+    assert_eq!(forget["blank"], list["blank"]);
+    assert_eq!(
+        without_age(&forget["old_root"]),
+        without_age(old),
+        "forget describes the old root otherwise than list"
+    );
+    // Also as old_roots/NAME: the same document.
+    let out = disk
+        .cmd("forget")
+        .args(["--dry-run", "--json", &format!("old_roots/{name}")])
+        .output()
+        .unwrap();
+    let again = schema.document("forget", &out);
+    assert_eq!(without_age(&again["old_root"]), without_age(old));
+
+    let out = disk
+        .cmd("restore")
+        .args(["--dry-run", "--json", &name])
+        .output()
+        .unwrap();
+    let restore = schema.document("restore", &out);
+    assert_eq!(restore["command"], "restore");
+    assert_eq!(
+        restore["root"], list["root"],
+        "root differs between restore and list"
+    );
+    assert_eq!(restore["blank"], list["blank"]);
+    assert_eq!(without_age(&restore["old_root"]), without_age(old));
+    assert_eq!(restore["default_id"], list["default_id"]);
+    assert_eq!(restore["default_follows"], false);
+    let replaced = &restore["replaced"];
+    assert_eq!(replaced["id"], list["root"]["id"]);
+    assert_eq!(
+        replaced["path"],
+        format!("old_roots/{}", replaced["name"].as_str().unwrap())
+    );
+
+    // Errors: refused (exit 1), a bad NAME (usage, exit 2), a device that is not there.
+    for args in [
+        &["forget", "--dry-run", "--json", "no-such-old-root"][..],
+        &["restore", "--dry-run", "--json", "no-such-old-root"],
+        &["run", "--dry-run", "--json", "--blank", "no-such-blank"],
+    ] {
+        let out = disk.cmd(args[0]).args(&args[1..]).output().unwrap();
+        let error = schema.error(&out);
+        assert_eq!(error["error"]["exit_status"], 1, "{args:?}");
+        assert_eq!(error["error"]["disk"], "untouched", "{args:?}");
+    }
+    let out = disk
+        .cmd("forget")
+        .args(["--dry-run", "--json", "a/b"])
+        .output()
+        .unwrap();
+    assert_eq!(schema.error(&out)["error"]["exit_status"], 2);
+    let out = bin_command()
+        .args([
+            "list",
+            "--json",
+            "--device",
+            "/dev/no-such-disk",
+            "--wait",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let error = schema.error(&out);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/dev/no-such-disk"),
+        "{error}"
+    );
+
+    assert_eq!(
+        disk.mount().subvolumes(),
+        subs,
+        "a dry run or an error changed something"
     );
 }
