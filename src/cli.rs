@@ -21,14 +21,31 @@ use crate::restore::{self, RestoreOptions};
 use crate::rollback::{self, Retention, RunOptions};
 use crate::session::{Access, Session, Target};
 
+/// The exit-status contract, for `--help` and the man page (every subcommand).
+const EXIT_STATUS_HELP: &str = "\
+Exit status, every command:
+  0  done: rolled back (run), restored (restore), deleted (forget), or
+     a read-only command finished (list, diff, log, any --dry-run)
+  1  refused or failed with no new root in place; the message (and the
+     disk word of --json) says what state the disk is in: almost
+     always as it was; on a full disk, or when forget deleted only part
+     of an old root, it says what went and that the next run (or forget)
+     finishes it
+  2  usage error (bad option, value or name): nothing was looked at
+  3  a new root is in place (or may be) but a later step failed; the
+     message says what is where (run: the fresh root is in place, the
+     old one not fully deleted, and the next run finishes it; restore:
+     the old root was exchanged in)
+
+Defaults come from /etc/btrfs-rollback.conf when it exists (--config).
+`btrfs-rollback COMMAND --help`: a command's options and examples.";
+
 /// Replace a btrfs `root` subvolume, and everything nested in it, with a fresh snapshot of a
 /// blank one, crash-safely ("erase your darlings"). Meant for stage 1 of the boot, after the
 /// disk is unlocked and before `/` is mounted; works the same from a rescue shell.
 #[derive(Debug, Parser)]
-#[command(version, arg_required_else_help = true)]
-#[command(after_help = "Exit status: 0 rolled back (or dry run, list done); \
-1 refused or failed before the swap, root unchanged; 2 usage error; \
-3 fresh root in place but the old one not fully deleted (the next run finishes it).")]
+#[command(version, arg_required_else_help = true, max_term_width = 80)]
+#[command(after_help = EXIT_STATUS_HELP)]
 struct Cli {
     /// Log every step (also on stderr; RUST_LOG=debug does the same).
     #[arg(short, long, global = true)]
@@ -46,21 +63,52 @@ struct Cli {
 enum Command {
     /// Replace ROOT with a fresh snapshot of BLANK and delete the old one with everything nested
     /// (or keep it under old_roots/ with --keep-old-roots or --keep-days).
+    #[command(after_help = "\
+Examples:
+  btrfs-rollback run --dry-run     the plan: what would go, by path and id
+  btrfs-rollback run               roll back with the defaults (or config)
+  btrfs-rollback run --device /dev/mapper/luks --root @ --blank @blank
+  btrfs-rollback run --keep-old-roots 5 --keep-days 14
+  btrfs-rollback run --mountpoint /run/top --verbose")]
     Run(RunArgs),
     /// Show the top-level subvolumes, ROOT's nested tree, BLANK, the kept old roots, and what
     /// `run` would do. Read-only.
+    #[command(after_help = "\
+Examples:
+  btrfs-rollback list
+  btrfs-rollback list --keep-old-roots 2   why each old root stays or goes
+  btrfs-rollback list --mountpoint /run/top --json")]
     List(ListArgs),
     /// Show what the next rollback erases: files and directories in ROOT that are new, changed
     /// or gone compared with BLANK. Read-only.
+    #[command(after_help = "\
+Examples:
+  btrfs-rollback diff --mountpoint /run/top
+  btrfs-rollback diff --exclude '/var/cache/**' --exclude /tmp
+  btrfs-rollback diff --json
+  btrfs-rollback diff 2026-11-27_10-30-01   what that old root held")]
     Diff(DiffArgs),
     /// Make the kept old root old_roots/NAME the root for the next boot; the replaced root is
     /// kept as an old root. The next `run` keeps the restored root once.
+    #[command(after_help = "\
+Examples:
+  btrfs-rollback list                          the old roots, by name
+  btrfs-rollback restore --dry-run 2026-11-27_10-30-01   what it would do
+  btrfs-rollback restore 2026-11-27_10-30-01   boot that one next time")]
     Restore(RestoreArgs),
     /// Delete the kept old root old_roots/NAME with everything nested in it (the deletion
     /// `run` prunes old roots with); --dry-run shows what would go.
+    #[command(after_help = "\
+Examples:
+  btrfs-rollback forget --dry-run 2026-11-27_10-30-01   what would go
+  btrfs-rollback forget 2026-11-27_10-30-01")]
     Forget(ForgetArgs),
     /// Print the end of the log file (rollback.log, and rollback.log.old before it) from the
     /// top-level volume, mounted read-only.
+    #[command(after_help = "\
+Examples:
+  btrfs-rollback log                the last 50 lines
+  btrfs-rollback log --lines 200 --mountpoint /run/top")]
     Log(LogArgs),
 }
 
@@ -79,7 +127,12 @@ struct TargetArgs {
     #[arg(long, value_name = "NAME", default_value = "root-blank")]
     blank: OsString,
     /// How long to wait for the device to appear.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10,
+        allow_negative_numbers = true
+    )]
     wait: u64,
 }
 
@@ -112,12 +165,22 @@ struct RetentionArgs {
     /// Keep old roots under old_roots/<creation time> instead of deleting them, at most N,
     /// ranked by last use (the most recently used is always kept). Only old roots this tool
     /// put there (marked with the trusted.btrfs-rollback.retired attribute) are pruned.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..),
+        allow_negative_numbers = true
+    )]
     keep_old_roots: Option<u32>,
     /// Keep old roots under old_roots/<creation time> instead of deleting them, for D days
     /// after they were retired (the most recently used is always kept). With
     /// --keep-old-roots, both limits apply.
-    #[arg(long, value_name = "D")]
+    #[arg(
+        long,
+        value_name = "D",
+        value_parser = clap::value_parser!(u32).range(1..),
+        allow_negative_numbers = true
+    )]
     keep_days: Option<u32>,
 }
 
@@ -244,6 +307,12 @@ fn old_root_arg(name: &OsString) -> Result<OsString> {
         .map_or(name.as_os_str(), std::ffi::OsStr::from_bytes);
     names::check_component("NAME", bare)?;
     Ok(bare.to_os_string())
+}
+
+/// The command line's definition, without the configuration file's defaults: for the
+/// generator of the man page and completions (src/bin/btrfs-rollback-gen.rs).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Parse `args` with the configuration file's values as the defaults.
@@ -497,5 +566,65 @@ mod tests {
             panic!("not restore")
         };
         assert_eq!(args.log, PathBuf::from("x.log"));
+    }
+
+    /// Every help text fits an 80-column console (issue 12), and each subcommand has examples.
+    #[test]
+    fn help_fits_80_columns_with_examples() {
+        let mut cmd = command();
+        cmd.build();
+        let mut helps = vec![("btrfs-rollback".to_owned(), cmd.clone())];
+        helps.extend(
+            cmd.get_subcommands()
+                .filter(|s| s.get_name() != "help")
+                .map(|s| (s.get_name().to_owned(), s.clone())),
+        );
+        for (name, mut c) in helps {
+            // The man page shows these lines as they are, 7 columns in, less their 2.
+            for line in c
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+                .lines()
+            {
+                assert!(line.chars().count() <= 75, "{name}: {line:?}");
+            }
+            for help in [
+                c.render_help().to_string(),
+                c.render_long_help().to_string(),
+            ] {
+                for line in help.lines() {
+                    assert!(line.chars().count() <= 80, "{name}: {line:?}");
+                }
+                if name != "btrfs-rollback" {
+                    assert!(help.contains("Examples:"), "{name} has no examples");
+                }
+            }
+        }
+        // The exit-status text covers every subcommand, the coming ones included.
+        for sub in ["run", "list", "diff", "restore", "forget", "log"] {
+            let named = EXIT_STATUS_HELP
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|word| word == sub);
+            assert!(named, "the exit status text leaves out {sub}");
+        }
+    }
+
+    /// A bad value names its option, negative numbers included; zero days are refused.
+    #[test]
+    fn option_errors_name_the_option() {
+        for (args, option) in [
+            (&["list", "--wait", "-1"][..], "--wait"),
+            (&["list", "--wait", "abc"], "--wait"),
+            (&["run", "--keep-days", "0"], "--keep-days"),
+            (&["run", "--keep-days", "-2"], "--keep-days"),
+            (&["run", "--keep-old-roots", "0"], "--keep-old-roots"),
+        ] {
+            let e =
+                Cli::try_parse_from(std::iter::once("btrfs-rollback").chain(args.iter().copied()))
+                    .unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(option), "{args:?}: {e}");
+        }
     }
 }
