@@ -11,6 +11,7 @@ pub mod device;
 pub mod diff;
 pub mod erase;
 pub mod ioctl;
+pub mod items;
 pub mod json;
 pub mod list;
 pub mod logging;
