@@ -536,8 +536,8 @@ pub fn all_tree_bytes(fs: BorrowedFd<'_>) -> Result<u64> {
 /// full `persist`). Returns (what the tree holds, what all subvolumes hold), in bytes.
 pub fn tree_holds_the_space(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<(u64, u64)> {
     let mut held = tree_bytes(fs, top)?.unwrap_or(0);
-    for sub in subvolume::nested_post_order(fs, top, top_path)? {
-        held = held.saturating_add(tree_bytes(fs, sub.id)?.unwrap_or(0));
+    for (_, item) in subvolume::walk(fs, top, top_path)? {
+        held = held.saturating_add(item.bytes_used);
     }
     Ok((held, all_tree_bytes(fs)?))
 }

@@ -188,41 +188,151 @@ pub fn readonly(fs: BorrowedFd<'_>, id: u64) -> Result<Option<bool>> {
 /// Every subvolume below `top` (whose path relative to the top-level volume is `top_path`),
 /// children before their parents. `top` itself is not included.
 pub fn nested_post_order(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<Vec<Nested>> {
+    Ok(walk(fs, top, top_path)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// How far apart two ids of one level of the walk may be and still be read in one search:
+/// the ids between them belong to other subvolumes, whose items (about 600 bytes each) are
+/// read and skipped. 64 of them fill about half of one search's buffer.
+const BATCH_GAP: u64 = 64;
+
+/// What [`nested_post_order`] returns, each subvolume with its ROOT_ITEM.
+///
+/// The tree is read level by level: the ROOT_ITEM, ROOT_BACKREF and ROOT_REF items of a
+/// subvolume are next to each other in the root tree (keyed by its id), so one TREE_SEARCH over
+/// the ids of a level, from the first one's ROOT_ITEM to the last one's ROOT_REF, yields their
+/// flags and their children at once. Siblings are created one after the other and have
+/// neighbouring ids: a thousand subvolumes side by side take a few searches, not a thousand.
+/// The order is then the same as a depth-first walk from `top` (pre-order, reversed).
+pub fn walk(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<Vec<(Nested, RootItem)>> {
+    use std::collections::HashMap;
+    // Per subvolume of the tree: its root item, its children (id, dirid, name) in key order.
+    let mut root_items: HashMap<u64, RootItem> = HashMap::new();
+    let mut kids: HashMap<u64, Vec<(u64, u64, OsString)>> = HashMap::new();
+    let mut level = vec![top];
+    // Each subvolume is read once, even from a corrupt tree with a loop in it.
+    let mut seen = std::collections::HashSet::from([top]);
+    while !level.is_empty() {
+        level.sort_unstable();
+        let mut next = Vec::new();
+        let mut start = 0;
+        while start < level.len() {
+            let mut end = start + 1;
+            while end < level.len() && level[end] - level[end - 1] <= BATCH_GAP {
+                end += 1;
+            }
+            let ids = &level[start..end];
+            read_level(fs, ids, &mut root_items, &mut kids, &mut next)?;
+            start = end;
+        }
+        next.retain(|id| seen.insert(*id));
+        level = next;
+    }
     // Pre-order with an explicit stack (chains can be thousands deep), then reversed: in the
     // reversed list every subvolume comes after all of its descendants.
+    let mut dirs: HashMap<(u64, u64), Option<Vec<u8>>> = HashMap::new();
     let mut pre = Vec::new();
     let mut stack = vec![(top, top_path.to_path_buf())];
     while let Some((parent, parent_path)) = stack.pop() {
-        for (id, dirid, name) in children(fs, parent)? {
-            let dir = match ioctl::ino_lookup(fs, parent, dirid) {
-                Ok((_, dir)) => dir,
-                // The child (or its directory) vanished since the search: nothing to do.
-                Err(e) if e.errno == Errno::ENOENT => continue,
-                // Deeper than INO_LOOKUP can say (4 KiB): the path is only for messages.
-                Err(e) if e.errno == Errno::ENAMETOOLONG => b"<path too long>/".to_vec(),
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("cannot find the path of subvolume {id} inside subvolume {parent}")
-                    })
+        for (id, dirid, name) in kids.remove(&parent).unwrap_or_default() {
+            let dir = match dirs.get(&(parent, dirid)) {
+                Some(dir) => dir.clone(),
+                None => {
+                    let dir = dir_path(fs, parent, dirid, id)?;
+                    dirs.insert((parent, dirid), dir.clone());
+                    dir
                 }
+            };
+            // The child (or its directory) vanished since the search: nothing to do.
+            let Some(dir) = dir else { continue };
+            let Some(item) = root_items.get(&id) else {
+                continue;
             };
             let mut path = parent_path.clone();
             path.push(OsStr::from_bytes(&dir));
             path.push(&name);
-            let Some(readonly) = readonly(fs, id)? else {
-                continue;
-            };
-            pre.push(Nested {
-                id,
-                parent,
-                path: path.clone(),
-                readonly,
-            });
+            pre.push((
+                Nested {
+                    id,
+                    parent,
+                    path: path.clone(),
+                    readonly: item.readonly(),
+                },
+                *item,
+            ));
             stack.push((id, path));
         }
     }
     pre.reverse();
     Ok(pre)
+}
+
+/// One search over the root tree items of `ids` (sorted, close together): their root items,
+/// and their children, which go to `next`.
+fn read_level(
+    fs: BorrowedFd<'_>,
+    ids: &[u64],
+    root_items: &mut std::collections::HashMap<u64, RootItem>,
+    kids: &mut std::collections::HashMap<u64, Vec<(u64, u64, OsString)>>,
+    next: &mut Vec<u64>,
+) -> Result<()> {
+    let (first, last) = (ids[0], ids[ids.len() - 1]);
+    let context = || format!("cannot list the subvolumes inside subvolume {first}");
+    let range = SearchRange {
+        tree_id: ROOT_TREE,
+        min: (first, BTRFS_ROOT_ITEM_KEY, 0),
+        max: (last, BTRFS_ROOT_REF_KEY, u64::MAX),
+        min_transid: 0,
+    };
+    let mut search = TreeSearch::new(fs, range);
+    while let Some((header, data)) = search.next().with_context(context)? {
+        if ids.binary_search(&header.objectid).is_err() {
+            continue;
+        }
+        match header.item_type {
+            BTRFS_ROOT_ITEM_KEY => {
+                let item = RootItem::parse(data).with_context(|| {
+                    format!("cannot read the root item of subvolume {}", header.objectid)
+                })?;
+                root_items.insert(header.objectid, item);
+            }
+            BTRFS_ROOT_REF_KEY => {
+                let r = RootRef::parse(data).with_context(|| {
+                    format!(
+                        "cannot list the subvolumes inside subvolume {}",
+                        header.objectid
+                    )
+                })?;
+                let name = OsString::from_vec(r.name.to_vec());
+                kids.entry(header.objectid)
+                    .or_default()
+                    .push((header.offset, r.dirid, name));
+                next.push(header.offset);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The path of directory `dirid` inside subvolume `parent` (which holds subvolume `id`), with a
+/// trailing `/` unless empty; `None` if it vanished since the search.
+fn dir_path(fs: BorrowedFd<'_>, parent: u64, dirid: u64, id: u64) -> Result<Option<Vec<u8>>> {
+    if dirid == SUBVOL_ROOT_INO {
+        return Ok(Some(Vec::new()));
+    }
+    match ioctl::ino_lookup(fs, parent, dirid) {
+        Ok((_, dir)) => Ok(Some(dir)),
+        Err(e) if e.errno == Errno::ENOENT => Ok(None),
+        // Deeper than INO_LOOKUP can say (4 KiB): the path is only for messages.
+        Err(e) if e.errno == Errno::ENAMETOOLONG => Ok(Some(b"<path too long>/".to_vec())),
+        Err(e) => Err(e).with_context(|| {
+            format!("cannot find the path of subvolume {id} inside subvolume {parent}")
+        }),
+    }
 }
 
 /// The default subvolume's id, as `btrfs subvolume get-default` reads it: the "default" dir
