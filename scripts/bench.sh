@@ -94,7 +94,7 @@ if [ "$mode" = full ] && [ -z "${BENCH_SCENARIOS:-}" ]; then out=$PWD/docs; else
 
 # --- scenarios: name, runs of ours and the floor, runs of the baseline[, runs of diff] ----------
 # BENCH_SCENARIOS="nested-1000 1 1;chain-100 2 1;diff-2000 0 0 1" replaces the list (the report
-# then goes to target/bench/, as with --smoke).
+# then goes to target/bench/, as with --smoke; BENCH_NOTE, a paragraph for its top).
 if [ -n "${BENCH_SCENARIOS:-}" ]; then
   IFS=';' read -r -a scenarios <<<"$BENCH_SCENARIOS"
   if [ "$mode" = full ]; then mode=custom; fi
@@ -412,6 +412,8 @@ diff_once() { # scenario run: time `btrfs-rollback diff` on a fresh copy of the 
   echo "load_before	$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "mode	$mode"
   echo "media	$media"
+  echo "scenarios	${BENCH_SCENARIOS:-}"
+  echo "note	${BENCH_NOTE:-}"
 } >"$work/machine.tsv"
 printf 'scenario\ttool\trun\tms\trss_kib\tcpu_ms\n' >"$work/results.tsv"
 printf 'scenario\trun\tms\trss_kib\tcpu_ms\tnew\tchanged\tmetadata\tgone\tsubvolumes\n' >"$work/diff.tsv"
