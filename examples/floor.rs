@@ -4,9 +4,9 @@
 //! tool's overhead.
 //!
 //! mount subvolid=5; SNAP_CREATE_V2 root-blank as the temporary name; renameat2
-//! RENAME_EXCHANGE with root; BTRFS_IOC_SYNC; walk the old root's nested subvolumes
-//! (TREE_SEARCH of ROOT_REF items); SNAP_DESTROY_V2 by id, children first; BTRFS_IOC_SYNC;
-//! umount.
+//! RENAME_EXCHANGE with root; BTRFS_IOC_SYNC; walk the old root's nested subvolumes (the
+//! tool's own walk, `subvolume::walk`: one TREE_SEARCH_V2 per level of the tree, or per group
+//! of neighbouring ids in it); SNAP_DESTROY_V2 by id, children first; BTRFS_IOC_SYNC; umount.
 //!
 //! Usage: `floor DEVICE MOUNTPOINT` (the mountpoint must exist). Needs root. Prints the time
 //! of each phase on stderr.
@@ -58,15 +58,14 @@ fn main() -> Result<()> {
         lap("snapshot+exchange+sync", &mut phases);
 
         let old = subvolume::id_of(subvolume::open_dir(fs, TEMP)?.as_fd())?;
-        // Pre-order, reversed: every subvolume comes after all of its descendants.
-        let mut order = Vec::new();
-        let mut stack = vec![old];
-        while let Some(parent) = stack.pop() {
-            order.push(parent);
-            stack.extend(subvolume::children(fs, parent)?.into_iter().map(|c| c.0));
-        }
+        // Every subvolume comes after all of its descendants, the old root last.
+        let mut order: Vec<u64> = subvolume::walk(fs, old, TEMP.as_ref())?
+            .into_iter()
+            .map(|(n, _)| n.id)
+            .collect();
+        order.push(old);
         lap("walk", &mut phases);
-        for id in order.iter().rev() {
+        for id in &order {
             ioctl::snap_destroy_by_id(fs, *id)?;
         }
         lap("destroy", &mut phases);

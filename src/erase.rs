@@ -40,13 +40,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use linux_raw_sys::btrfs::{
-    btrfs_root_item, BTRFS_FIRST_FREE_OBJECTID, BTRFS_FS_TREE_OBJECTID, BTRFS_INODE_REF_KEY,
-    BTRFS_ORPHAN_ITEM_KEY, BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_TREE_OBJECTID,
+    BTRFS_FIRST_FREE_OBJECTID, BTRFS_FS_TREE_OBJECTID, BTRFS_INODE_REF_KEY, BTRFS_ORPHAN_ITEM_KEY,
+    BTRFS_ROOT_BACKREF_KEY, BTRFS_ROOT_ITEM_KEY,
 };
 
-use crate::ioctl::{self, Errno, IoctlError, SearchRange};
+use crate::ioctl::{self, Errno, IoctlError, SearchRange, TreeSearch};
+use crate::items::{self, RootItem, RootRef};
 use crate::names::quoted;
-use crate::subvolume::{self, Nested, TOP_LEVEL};
+use crate::subvolume::{self, Nested, ROOT_TREE, TOP_LEVEL};
 
 /// The inode number of every subvolume's root directory.
 const SUBVOL_ROOT_INO: u64 = BTRFS_FIRST_FREE_OBJECTID as u64;
@@ -448,17 +449,12 @@ pub fn wait_for_cleaner(fs: BorrowedFd<'_>, timeout: Duration) -> bool {
     // BTRFS_ORPHAN_OBJECTID is -5ULL; a deleted subvolume has an ORPHAN_ITEM keyed by its id
     // until the cleaner has dropped its tree.
     const ORPHAN_OBJECTID: u64 = -5i64 as u64;
-    let range = SearchRange {
-        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
-        min: (ORPHAN_OBJECTID, BTRFS_ORPHAN_ITEM_KEY, 0),
-        max: (ORPHAN_OBJECTID, BTRFS_ORPHAN_ITEM_KEY, u64::MAX),
-        min_transid: 0,
-    };
+    let range = SearchRange::of(ROOT_TREE, ORPHAN_OBJECTID, BTRFS_ORPHAN_ITEM_KEY);
     let start = Instant::now();
     loop {
         let _ = ioctl::sync(fs);
-        match ioctl::tree_search(fs, &range) {
-            Ok(items) if items.iter().all(|i| i.item_type != BTRFS_ORPHAN_ITEM_KEY) => {
+        match TreeSearch::first(fs, range) {
+            Ok(None) => {
                 // One more commit, so that the space the last drop freed is usable.
                 let _ = ioctl::sync(fs);
                 log::debug!(
@@ -508,7 +504,7 @@ pub fn errno_of(e: &anyhow::Error) -> Option<Errno> {
 /// How many bytes the tree blocks of subvolume `id` take (its root item's `bytes_used`: the
 /// metadata that deleting it frees, not the data). `None` if it no longer exists.
 pub fn tree_bytes(fs: BorrowedFd<'_>, id: u64) -> Result<Option<u64>> {
-    subvolume::root_item_u64(fs, id, std::mem::offset_of!(btrfs_root_item, bytes_used))
+    Ok(subvolume::root_item(fs, id)?.map(|r| r.bytes_used))
 }
 
 /// The tree bytes of every subvolume together (the top level and every fs tree: the sum of
@@ -516,29 +512,20 @@ pub fn tree_bytes(fs: BorrowedFd<'_>, id: u64) -> Result<Option<u64>> {
 /// subvolumes not yet dropped by the cleaner count too (their space is not free yet).
 pub fn all_tree_bytes(fs: BorrowedFd<'_>) -> Result<u64> {
     const LAST_FREE_OBJECTID: u64 = -256i64 as u64;
-    let offset = std::mem::offset_of!(btrfs_root_item, bytes_used);
-    let mut range = SearchRange {
-        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
+    let range = SearchRange {
+        tree_id: ROOT_TREE,
         min: (u64::from(BTRFS_FS_TREE_OBJECTID), BTRFS_ROOT_ITEM_KEY, 0),
         max: (LAST_FREE_OBJECTID, BTRFS_ROOT_ITEM_KEY, u64::MAX),
         min_transid: 0,
     };
+    let context = || "cannot read the root items";
+    let mut search = TreeSearch::new(fs, range);
     let mut total = 0u64;
-    loop {
-        let items = ioctl::tree_search(fs, &range).context("cannot read the root items")?;
-        let Some(last) = items.last() else { break };
-        let next = (last.objectid, last.item_type, last.offset);
-        for item in items.iter().filter(|i| i.item_type == BTRFS_ROOT_ITEM_KEY) {
-            if let Some(b) = item.data.get(offset..offset + 8) {
-                total = total.saturating_add(u64::from_le_bytes(b.try_into().unwrap()));
-            }
+    while let Some((header, data)) = search.next().with_context(context)? {
+        if header.item_type == BTRFS_ROOT_ITEM_KEY {
+            let item = RootItem::parse(data).with_context(context)?;
+            total = total.saturating_add(item.bytes_used);
         }
-        range.min = match next {
-            (o, t, off) if off < u64::MAX => (o, t, off + 1),
-            (o, t, _) if t < u32::from(u8::MAX) => (o, t + 1, 0),
-            (o, _, _) if o < LAST_FREE_OBJECTID => (o + 1, 0, 0),
-            _ => break,
-        };
     }
     Ok(total)
 }
@@ -549,8 +536,8 @@ pub fn all_tree_bytes(fs: BorrowedFd<'_>) -> Result<u64> {
 /// full `persist`). Returns (what the tree holds, what all subvolumes hold), in bytes.
 pub fn tree_holds_the_space(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<(u64, u64)> {
     let mut held = tree_bytes(fs, top)?.unwrap_or(0);
-    for sub in subvolume::nested_post_order(fs, top, top_path)? {
-        held = held.saturating_add(tree_bytes(fs, sub.id)?.unwrap_or(0));
+    for (_, item) in subvolume::walk(fs, top, top_path)? {
+        held = held.saturating_add(item.bytes_used);
     }
     Ok((held, all_tree_bytes(fs)?))
 }
@@ -573,28 +560,16 @@ fn linked(fs: BorrowedFd<'_>, id: u64) -> bool {
 /// Where subvolume `id` is: (holding subvolume, directory inode in it, name), from its
 /// ROOT_BACKREF item (a subvolume has one).
 fn backref(fs: BorrowedFd<'_>, id: u64) -> Result<(u64, u64, OsString)> {
-    let range = SearchRange {
-        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
-        min: (id, BTRFS_ROOT_BACKREF_KEY, 0),
-        max: (id, BTRFS_ROOT_BACKREF_KEY, u64::MAX),
-        min_transid: 0,
-    };
-    let items = ioctl::tree_search(fs, &range)
-        .with_context(|| format!("cannot find where subvolume {id} is"))?;
-    let item = items
-        .iter()
-        .find(|i| i.item_type == BTRFS_ROOT_BACKREF_KEY)
+    let context = || format!("cannot find where subvolume {id} is");
+    let range = SearchRange::of(ROOT_TREE, id, BTRFS_ROOT_BACKREF_KEY);
+    let (header, data) = TreeSearch::first(fs, range)
+        .with_context(context)?
         .ok_or(IoctlError {
-            ioctl: "BTRFS_IOC_TREE_SEARCH (ROOT_BACKREF)",
+            ioctl: "BTRFS_IOC_TREE_SEARCH_V2 (ROOT_BACKREF)",
             errno: Errno::ENOENT,
         })?;
-    // struct btrfs_root_ref { __le64 dirid; __le64 sequence; __le16 name_len; } + name
-    let d = &item.data;
-    anyhow::ensure!(d.len() >= 18, "malformed ROOT_BACKREF of subvolume {id}");
-    let dirid = u64::from_le_bytes(d[0..8].try_into().unwrap());
-    let len = u16::from_le_bytes(d[16..18].try_into().unwrap()) as usize;
-    let name = d.get(18..18 + len).context("malformed ROOT_BACKREF name")?;
-    Ok((item.offset, dirid, OsString::from_vec(name.to_vec())))
+    let r = RootRef::parse(&data).with_context(context)?;
+    Ok((header.offset, r.dirid, OsString::from_vec(r.name.to_vec())))
 }
 
 /// The names leading from the root of subvolume `tree` to its directory `dirid`, from the
@@ -603,29 +578,19 @@ fn dir_components(fs: BorrowedFd<'_>, tree: u64, mut dirid: u64) -> Result<Vec<O
     let mut names = Vec::new();
     while dirid != SUBVOL_ROOT_INO {
         anyhow::ensure!(names.len() < WALK_MAX, "directory loop in subvolume {tree}");
-        let range = SearchRange {
-            tree_id: tree,
-            min: (dirid, BTRFS_INODE_REF_KEY, 0),
-            max: (dirid, BTRFS_INODE_REF_KEY, u64::MAX),
-            min_transid: 0,
-        };
-        let items = ioctl::tree_search(fs, &range).with_context(|| {
-            format!("cannot read the name of directory {dirid} in subvolume {tree}")
-        })?;
-        let item = items
-            .iter()
-            .find(|i| i.item_type == BTRFS_INODE_REF_KEY)
-            .ok_or(IoctlError {
-                ioctl: "BTRFS_IOC_TREE_SEARCH (INODE_REF)",
-                errno: Errno::ENOENT,
-            })?;
-        // struct btrfs_inode_ref { __le64 index; __le16 name_len; } + name
-        let d = &item.data;
-        anyhow::ensure!(d.len() >= 10, "malformed INODE_REF in subvolume {tree}");
-        let len = u16::from_le_bytes(d[8..10].try_into().unwrap()) as usize;
-        let name = d.get(10..10 + len).context("malformed INODE_REF name")?;
-        names.push(OsString::from_vec(name.to_vec()));
-        dirid = item.offset;
+        let context = || format!("cannot read the name of directory {dirid} in subvolume {tree}");
+        let range = SearchRange::of(tree, dirid, BTRFS_INODE_REF_KEY);
+        let (header, data) =
+            TreeSearch::first(fs, range)
+                .with_context(context)?
+                .ok_or(IoctlError {
+                    ioctl: "BTRFS_IOC_TREE_SEARCH_V2 (INODE_REF)",
+                    errno: Errno::ENOENT,
+                })?;
+        let refs = items::inode_refs(header.offset, &data).with_context(context)?;
+        let first = refs.first().with_context(context)?;
+        names.push(OsString::from_vec(first.name.to_vec()));
+        dirid = header.offset;
     }
     names.reverse();
     Ok(names)

@@ -3,8 +3,8 @@
 //!
 //! This is the only module allowed to use `unsafe`. Structs and request numbers come from
 //! `linux-raw-sys` (generated from the kernel's `include/uapi/linux/btrfs.h`), never by hand.
-//! Item payloads returned by TREE_SEARCH are handed out as plain bytes and parsed in safe code
-//! (`subvolume.rs`).
+//! Item payloads returned by TREE_SEARCH are handed out as plain bytes and decoded in safe code
+//! (`items.rs`).
 #![allow(unsafe_code)]
 
 use std::ffi::OsStr;
@@ -14,8 +14,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use linux_raw_sys::btrfs::{
     btrfs_ioctl_get_subvol_info_args, btrfs_ioctl_ino_lookup_args, btrfs_ioctl_qgroup_limit_args,
-    btrfs_ioctl_search_args, btrfs_ioctl_search_header, btrfs_ioctl_search_key,
-    btrfs_ioctl_vol_args, btrfs_ioctl_vol_args_v2, btrfs_qgroup_limit, BTRFS_QGROUP_LIMIT_MAX_EXCL,
+    btrfs_ioctl_search_args_v2, btrfs_ioctl_search_key, btrfs_ioctl_vol_args,
+    btrfs_ioctl_vol_args_v2, btrfs_qgroup_limit, BTRFS_QGROUP_LIMIT_MAX_EXCL,
     BTRFS_QGROUP_LIMIT_MAX_RFER, BTRFS_QGROUP_LIMIT_RSV_EXCL, BTRFS_QGROUP_LIMIT_RSV_RFER,
     BTRFS_SUBVOL_RDONLY, BTRFS_SUBVOL_SPEC_BY_ID, FS_APPEND_FL, FS_IMMUTABLE_FL,
 };
@@ -23,9 +23,11 @@ use linux_raw_sys::ioctl::{
     BTRFS_IOC_DEFAULT_SUBVOL, BTRFS_IOC_GET_SUBVOL_INFO, BTRFS_IOC_INO_LOOKUP,
     BTRFS_IOC_QGROUP_LIMIT, BTRFS_IOC_SCAN_DEV, BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SNAP_DESTROY,
     BTRFS_IOC_SNAP_DESTROY_V2, BTRFS_IOC_SUBVOL_GETFLAGS, BTRFS_IOC_SUBVOL_SETFLAGS,
-    BTRFS_IOC_SYNC, BTRFS_IOC_TREE_SEARCH, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS,
+    BTRFS_IOC_SYNC, BTRFS_IOC_TREE_SEARCH_V2, FS_IOC_GETFLAGS, FS_IOC_SETFLAGS,
 };
 pub use nix::errno::Errno;
+
+use crate::items::SearchHeader;
 
 /// A failed ioctl: which one, and the errno. Callers match on `errno` for the cases that mean
 /// something (EROFS, ENOENT, EPERM, ENOTEMPTY); `Display` names the ioctl for the log.
@@ -246,15 +248,6 @@ pub fn ino_lookup(fd: BorrowedFd<'_>, tree_id: u64, objectid: u64) -> Result<(u6
     Ok((args.treeid, path))
 }
 
-/// One item returned by TREE_SEARCH: its key and its raw payload.
-#[derive(Debug, Clone)]
-pub struct SearchItem {
-    pub objectid: u64,
-    pub item_type: u32,
-    pub offset: u64,
-    pub data: Vec<u8>,
-}
-
 /// The key range of a TREE_SEARCH, compared as the kernel compares keys: (objectid, type, offset)
 /// in that order, so a range over several objectids also returns other item types between them.
 #[derive(Debug, Clone, Copy)]
@@ -267,67 +260,208 @@ pub struct SearchRange {
     pub min_transid: u64,
 }
 
-/// BTRFS_IOC_TREE_SEARCH, one call: returns up to one buffer (3992 bytes) of items from `range.min`
-/// on. Empty means the range is exhausted. `_IOWR(BTRFS_IOCTL_MAGIC, 17, struct btrfs_ioctl_search_args)`.
-pub fn tree_search(fd: BorrowedFd<'_>, range: &SearchRange) -> Result<Vec<SearchItem>> {
-    // SAFETY: all-zero is a valid btrfs_ioctl_search_args.
-    let mut args: btrfs_ioctl_search_args = unsafe { std::mem::zeroed() };
-    args.key = btrfs_ioctl_search_key {
-        tree_id: range.tree_id,
-        min_objectid: range.min.0,
-        min_type: range.min.1,
-        min_offset: range.min.2,
-        max_objectid: range.max.0,
-        max_type: range.max.1,
-        max_offset: range.max.2,
-        min_transid: range.min_transid,
-        max_transid: u64::MAX,
-        nr_items: 4096,
-        unused: 0,
-        unused1: 0,
-        unused2: 0,
-        unused3: 0,
-        unused4: 0,
-    };
-    // SAFETY: TREE_SEARCH takes a pointer to btrfs_ioctl_search_args.
-    unsafe {
-        ioctl_ptr(
-            fd,
-            BTRFS_IOC_TREE_SEARCH,
-            "BTRFS_IOC_TREE_SEARCH",
-            &mut args,
-        )
-    }?;
-    let buf: Vec<u8> = args.buf.iter().map(|&c| c as u8).collect();
-    let header_len = std::mem::size_of::<btrfs_ioctl_search_header>();
-    let mut items = Vec::with_capacity(args.key.nr_items as usize);
-    let mut pos = 0usize;
-    for _ in 0..args.key.nr_items {
-        let Some(header) = buf.get(pos..pos + header_len) else {
-            break;
-        };
-        // btrfs_ioctl_search_header, in host byte order:
-        // transid u64, objectid u64, offset u64, type u32, len u32.
-        let objectid = u64::from_ne_bytes(header[8..16].try_into().unwrap());
-        let offset = u64::from_ne_bytes(header[16..24].try_into().unwrap());
-        let item_type = u32::from_ne_bytes(header[24..28].try_into().unwrap());
-        let len = u32::from_ne_bytes(header[28..32].try_into().unwrap()) as usize;
-        pos += header_len;
-        let Some(data) = buf.get(pos..pos + len) else {
-            break;
-        };
-        items.push(SearchItem {
-            objectid,
-            item_type,
-            offset,
-            data: data.to_vec(),
-        });
-        pos += len;
+impl SearchRange {
+    /// Every item of type `item_type` with objectid `objectid` in tree `tree_id`.
+    pub fn of(tree_id: u64, objectid: u64, item_type: u32) -> SearchRange {
+        SearchRange {
+            tree_id,
+            min: (objectid, item_type, 0),
+            max: (objectid, item_type, u64::MAX),
+            min_transid: 0,
+        }
     }
-    Ok(items)
 }
 
-const _: () = assert!(std::mem::size_of::<btrfs_ioctl_search_header>() == 32);
+/// The key right after `key`, in the kernel's order; `None` after the last one.
+pub fn next_key((objectid, item_type, offset): (u64, u32, u64)) -> Option<(u64, u32, u64)> {
+    if offset < u64::MAX {
+        Some((objectid, item_type, offset + 1))
+    } else if item_type < u32::from(u8::MAX) {
+        Some((objectid, item_type + 1, 0))
+    } else if objectid < u64::MAX {
+        Some((objectid + 1, 0, 0))
+    } else {
+        None
+    }
+}
+
+/// The buffer a search starts with: enough for the few items most searches return. A search
+/// that needs a second page doubles it for each further page, up to `SEARCH_BUF`, so a long
+/// one takes few calls; an item larger than the buffer makes it grow (EOVERFLOW says how much
+/// is needed), up to what the kernel accepts.
+const SEARCH_BUF_FIRST: usize = 4 << 10;
+const SEARCH_BUF: usize = 64 << 10;
+/// The kernel caps `buf_size` at 16 MiB (`btrfs_ioctl_tree_search_v2`).
+const SEARCH_BUF_MAX: usize = 16 << 20;
+const SEARCH_ARGS: usize = std::mem::size_of::<btrfs_ioctl_search_args_v2>();
+const _: () = assert!(SEARCH_ARGS == 112);
+
+/// BTRFS_IOC_TREE_SEARCH_V2 over a key range, page after page: every item in the range, in key
+/// order, with its search header and its whole payload (v2 grows its buffer for an item larger
+/// than it, where v1 handed such an item back empty).
+/// `_IOWR(BTRFS_IOCTL_MAGIC, 17, struct btrfs_ioctl_search_args_v2)`.
+///
+/// ```ignore
+/// let mut search = TreeSearch::new(fs, range);
+/// while let Some((header, data)) = search.next()? { ... }
+/// ```
+pub struct TreeSearch<'fd> {
+    fd: BorrowedFd<'fd>,
+    range: SearchRange,
+    /// At most this many items per call (1 for a lookup of one key).
+    per_call: u32,
+    /// `struct btrfs_ioctl_search_args_v2` followed by its buffer, in u64s for the alignment.
+    mem: Vec<u64>,
+    /// Bytes of the current page's buffer already handed out, and its items not yet.
+    pos: usize,
+    left: u32,
+    /// The key of the last item handed out.
+    last: Option<(u64, u32, u64)>,
+    done: bool,
+}
+
+impl<'fd> TreeSearch<'fd> {
+    pub fn new(fd: BorrowedFd<'fd>, range: SearchRange) -> TreeSearch<'fd> {
+        Self::with(fd, range, u32::MAX, SEARCH_BUF_FIRST)
+    }
+
+    fn with(fd: BorrowedFd<'fd>, range: SearchRange, per_call: u32, buf: usize) -> TreeSearch<'fd> {
+        TreeSearch {
+            fd,
+            range,
+            per_call,
+            mem: vec![0u64; (SEARCH_ARGS + buf).div_ceil(8)],
+            pos: 0,
+            left: 0,
+            last: None,
+            done: false,
+        }
+    }
+
+    /// The first item in `range`, if any: one call, for the lookup of one key.
+    pub fn first(
+        fd: BorrowedFd<'_>,
+        range: SearchRange,
+    ) -> Result<Option<(SearchHeader, Vec<u8>)>> {
+        let mut search = TreeSearch::with(fd, range, 1, SEARCH_BUF_FIRST);
+        Ok(search.next()?.map(|(h, d)| (h, d.to_vec())))
+    }
+
+    /// Every item in `range`, copied.
+    pub fn all(fd: BorrowedFd<'_>, range: SearchRange) -> Result<Vec<(SearchHeader, Vec<u8>)>> {
+        let mut search = TreeSearch::new(fd, range);
+        let mut out = Vec::new();
+        while let Some((h, d)) = search.next()? {
+            out.push((h, d.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The next item: its header and its payload (valid until the next call).
+    #[allow(clippy::should_implement_trait)] // it lends its buffer: not an `Iterator`
+    pub fn next(&mut self) -> Result<Option<(SearchHeader, &[u8])>> {
+        if self.left == 0 && (self.done || !self.fill()?) {
+            self.done = true;
+            return Ok(None);
+        }
+        let buf = self.buf();
+        let bad = IoctlError {
+            ioctl: "BTRFS_IOC_TREE_SEARCH_V2 (a malformed result)",
+            errno: Errno::EIO,
+        };
+        let rest = buf.get(self.pos..).ok_or(bad)?;
+        let header = SearchHeader::parse(rest).map_err(|_| bad)?;
+        let start = self.pos + SearchHeader::SIZE;
+        let end = start + header.len as usize;
+        if end > buf.len() {
+            return Err(bad);
+        }
+        self.pos = end;
+        self.left -= 1;
+        self.last = Some(header.key());
+        Ok(Some((header, &self.buf()[start..end])))
+    }
+
+    /// The result buffer, after the args.
+    fn buf(&self) -> &[u8] {
+        let bytes = self.mem.len() * 8;
+        // SAFETY: `mem` is one allocation of `bytes` initialized bytes (u64s, any pattern is a
+        // valid u8), alive as long as `self`; the slice is read-only while borrowed.
+        let all = unsafe { std::slice::from_raw_parts(self.mem.as_ptr().cast::<u8>(), bytes) };
+        &all[SEARCH_ARGS..]
+    }
+
+    /// Fetch the next page from where the last one ended. Returns whether it has items.
+    fn fill(&mut self) -> Result<bool> {
+        if let Some(last) = self.last {
+            if last >= self.range.max {
+                return Ok(false);
+            }
+            match next_key(last) {
+                Some(next) => self.range.min = next,
+                None => return Ok(false),
+            }
+            // The last page was full: a larger one saves calls.
+            let size = self.mem.len() * 8 - SEARCH_ARGS;
+            if size < SEARCH_BUF {
+                self.mem = vec![0u64; (SEARCH_ARGS + (size * 2).min(SEARCH_BUF)).div_ceil(8)];
+            }
+        }
+        loop {
+            let buf_size = self.mem.len() * 8 - SEARCH_ARGS;
+            let r = &self.range;
+            let args = btrfs_ioctl_search_args_v2 {
+                key: btrfs_ioctl_search_key {
+                    tree_id: r.tree_id,
+                    min_objectid: r.min.0,
+                    min_type: r.min.1,
+                    min_offset: r.min.2,
+                    max_objectid: r.max.0,
+                    max_type: r.max.1,
+                    max_offset: r.max.2,
+                    min_transid: r.min_transid,
+                    max_transid: u64::MAX,
+                    nr_items: self.per_call,
+                    unused: 0,
+                    unused1: 0,
+                    unused2: 0,
+                    unused3: 0,
+                    unused4: 0,
+                },
+                buf_size: buf_size as u64,
+                buf: Default::default(),
+            };
+            let head = self.mem.as_mut_ptr().cast::<btrfs_ioctl_search_args_v2>();
+            // SAFETY: `mem` holds at least SEARCH_ARGS bytes, aligned for u64 (the struct's
+            // alignment); TREE_SEARCH_V2 takes a pointer to btrfs_ioctl_search_args_v2
+            // followed by `buf_size` bytes, which `mem` holds after the args.
+            let result = unsafe {
+                head.write(args);
+                ioctl_ptr(
+                    self.fd,
+                    BTRFS_IOC_TREE_SEARCH_V2,
+                    "BTRFS_IOC_TREE_SEARCH_V2",
+                    head,
+                )
+            };
+            // SAFETY: the kernel wrote back the args (or left ours): a valid value either way.
+            let back = unsafe { head.read() };
+            match result {
+                Ok(_) => {
+                    self.pos = 0;
+                    self.left = back.key.nr_items;
+                    return Ok(self.left > 0);
+                }
+                // The first item is larger than the buffer; `buf_size` says what it needs.
+                Err(e) if e.errno == Errno::EOVERFLOW && buf_size < SEARCH_BUF_MAX => {
+                    let need = (back.buf_size as usize).max(buf_size * 2).min(SEARCH_BUF_MAX);
+                    self.mem = vec![0u64; (SEARCH_ARGS + need).div_ceil(8)];
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
 
 /// BTRFS_IOC_SYNC: commit the running transaction and wait for it. `_IO(BTRFS_IOCTL_MAGIC, 8)`.
 pub fn sync(fs: BorrowedFd<'_>) -> Result<()> {

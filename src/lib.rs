@@ -16,6 +16,7 @@ pub mod failure;
 pub mod forget;
 pub mod inspect;
 pub mod ioctl;
+pub mod items;
 pub mod json;
 pub mod list;
 pub mod logging;

@@ -12,18 +12,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use linux_raw_sys::btrfs::{
-    btrfs_root_item, BTRFS_DIR_ITEM_KEY, BTRFS_FIRST_FREE_OBJECTID, BTRFS_FS_TREE_OBJECTID,
-    BTRFS_ROOT_ITEM_KEY, BTRFS_ROOT_REF_KEY, BTRFS_ROOT_SUBVOL_RDONLY,
-    BTRFS_ROOT_TREE_DIR_OBJECTID, BTRFS_ROOT_TREE_OBJECTID,
+    BTRFS_DIR_ITEM_KEY, BTRFS_FIRST_FREE_OBJECTID, BTRFS_FS_TREE_OBJECTID, BTRFS_ROOT_ITEM_KEY,
+    BTRFS_ROOT_REF_KEY, BTRFS_ROOT_TREE_DIR_OBJECTID, BTRFS_ROOT_TREE_OBJECTID,
 };
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
 
-use crate::ioctl::{self, Errno, SearchRange};
+use crate::ioctl::{self, Errno, SearchRange, TreeSearch};
+use crate::items::{self, RootItem, RootRef};
 use crate::names::quoted;
 
 /// The id of the top-level subvolume (`subvolid=5`).
 pub const TOP_LEVEL: u64 = BTRFS_FS_TREE_OBJECTID as u64;
+/// The root tree, which holds a ROOT_ITEM for every subvolume and the ROOT_REF/ROOT_BACKREF
+/// items that link them.
+pub const ROOT_TREE: u64 = BTRFS_ROOT_TREE_OBJECTID as u64;
 /// The inode number of every subvolume's root directory.
 const SUBVOL_ROOT_INO: u64 = BTRFS_FIRST_FREE_OBJECTID as u64;
 
@@ -139,98 +142,127 @@ pub fn id_of(fd: BorrowedFd<'_>) -> Result<u64> {
 
 /// The direct children of subvolume `parent`: (child id, directory inode in parent, name).
 pub fn children(fs: BorrowedFd<'_>, parent: u64) -> Result<Vec<(u64, u64, OsString)>> {
+    let context = || format!("cannot list the subvolumes inside subvolume {parent}");
+    let range = SearchRange::of(ROOT_TREE, parent, BTRFS_ROOT_REF_KEY);
+    let mut search = TreeSearch::new(fs, range);
     let mut out = Vec::new();
-    let mut range = SearchRange {
-        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
-        min: (parent, BTRFS_ROOT_REF_KEY, 0),
-        max: (parent, BTRFS_ROOT_REF_KEY, u64::MAX),
-        min_transid: 0,
-    };
-    loop {
-        let items = ioctl::tree_search(fs, &range)
-            .with_context(|| format!("cannot list the subvolumes inside subvolume {parent}"))?;
-        let Some(last) = items.last() else { break };
-        let next = last.offset;
-        for item in items.iter().filter(|i| i.item_type == BTRFS_ROOT_REF_KEY) {
-            // struct btrfs_root_ref { __le64 dirid; __le64 sequence; __le16 name_len; } + name
-            let d = &item.data;
-            if d.len() < 18 {
-                bail!("malformed ROOT_REF item for subvolume {}", item.offset);
-            }
-            let dirid = u64::from_le_bytes(d[0..8].try_into().unwrap());
-            let len = u16::from_le_bytes(d[16..18].try_into().unwrap()) as usize;
-            let name = d.get(18..18 + len).context("malformed ROOT_REF name")?;
-            out.push((item.offset, dirid, OsString::from_vec(name.to_vec())));
-        }
-        if next == u64::MAX {
-            break;
-        }
-        range.min.2 = next + 1;
+    while let Some((header, data)) = search.next().with_context(context)? {
+        let r = RootRef::parse(data).with_context(context)?;
+        out.push((header.offset, r.dirid, OsString::from_vec(r.name.to_vec())));
     }
     Ok(out)
+}
+
+/// Subvolume `id`'s ROOT_ITEM. `None` if the subvolume no longer exists.
+pub fn root_item(fs: BorrowedFd<'_>, id: u64) -> Result<Option<RootItem>> {
+    let context = || format!("cannot read the root item of subvolume {id}");
+    let range = SearchRange::of(ROOT_TREE, id, BTRFS_ROOT_ITEM_KEY);
+    match TreeSearch::first(fs, range).with_context(context)? {
+        Some((_, data)) => Ok(Some(RootItem::parse(&data).with_context(context)?)),
+        None => Ok(None),
+    }
 }
 
 /// The little-endian u64 at `offset` in subvolume `id`'s ROOT_ITEM (an
 /// `offset_of!(btrfs_root_item, field)`). `None` if the subvolume no longer exists.
 pub fn root_item_u64(fs: BorrowedFd<'_>, id: u64, offset: usize) -> Result<Option<u64>> {
-    let range = SearchRange {
-        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
-        min: (id, BTRFS_ROOT_ITEM_KEY, 0),
-        max: (id, BTRFS_ROOT_ITEM_KEY, u64::MAX),
-        min_transid: 0,
-    };
-    let items = ioctl::tree_search(fs, &range)
-        .with_context(|| format!("cannot read the root item of subvolume {id}"))?;
-    let Some(item) = items.iter().find(|i| i.item_type == BTRFS_ROOT_ITEM_KEY) else {
+    let range = SearchRange::of(ROOT_TREE, id, BTRFS_ROOT_ITEM_KEY);
+    let Some((_, data)) = TreeSearch::first(fs, range)
+        .with_context(|| format!("cannot read the root item of subvolume {id}"))?
+    else {
         return Ok(None);
     };
-    let value = item
-        .data
-        .get(offset..offset + 8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    let value = data
+        .get(offset..offset.saturating_add(8))
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
         .with_context(|| format!("short root item for subvolume {id}"))?;
     Ok(Some(value))
 }
 
 /// Whether subvolume `id` is read-only, from its ROOT_ITEM. `None` if it no longer exists.
 pub fn readonly(fs: BorrowedFd<'_>, id: u64) -> Result<Option<bool>> {
-    let flags = root_item_u64(fs, id, std::mem::offset_of!(btrfs_root_item, flags))?;
-    Ok(flags.map(|f| f & u64::from(BTRFS_ROOT_SUBVOL_RDONLY) != 0))
+    Ok(root_item(fs, id)?.map(|r| r.readonly()))
 }
 
 /// Every subvolume below `top` (whose path relative to the top-level volume is `top_path`),
 /// children before their parents. `top` itself is not included.
 pub fn nested_post_order(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<Vec<Nested>> {
+    Ok(walk(fs, top, top_path)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// How far apart two ids of one level of the walk may be and still be read in one search:
+/// the ids between them belong to other subvolumes, whose items (about 600 bytes each) are
+/// read and skipped. 64 of them fill about half of one search's buffer.
+const BATCH_GAP: u64 = 64;
+
+/// What [`nested_post_order`] returns, each subvolume with its ROOT_ITEM.
+///
+/// The tree is read level by level: the ROOT_ITEM, ROOT_BACKREF and ROOT_REF items of a
+/// subvolume are next to each other in the root tree (keyed by its id), so one TREE_SEARCH over
+/// the ids of a level, from the first one's ROOT_ITEM to the last one's ROOT_REF, yields their
+/// flags and their children at once. Siblings are created one after the other and have
+/// neighbouring ids: a thousand subvolumes side by side take a few searches, not a thousand.
+/// The order is then the same as a depth-first walk from `top` (pre-order, reversed).
+pub fn walk(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Result<Vec<(Nested, RootItem)>> {
+    use std::collections::HashMap;
+    // Per subvolume of the tree: its root item, its children (id, dirid, name) in key order.
+    let mut root_items: HashMap<u64, RootItem> = HashMap::new();
+    let mut kids: HashMap<u64, Vec<(u64, u64, OsString)>> = HashMap::new();
+    let mut level = vec![top];
+    // Each subvolume is read once, even from a corrupt tree with a loop in it.
+    let mut seen = std::collections::HashSet::from([top]);
+    while !level.is_empty() {
+        level.sort_unstable();
+        let mut next = Vec::new();
+        let mut start = 0;
+        while start < level.len() {
+            let mut end = start + 1;
+            while end < level.len() && level[end] - level[end - 1] <= BATCH_GAP {
+                end += 1;
+            }
+            let ids = &level[start..end];
+            read_level(fs, ids, &mut root_items, &mut kids, &mut next)?;
+            start = end;
+        }
+        next.retain(|id| seen.insert(*id));
+        level = next;
+    }
     // Pre-order with an explicit stack (chains can be thousands deep), then reversed: in the
     // reversed list every subvolume comes after all of its descendants.
+    let mut dirs: HashMap<(u64, u64), Option<Vec<u8>>> = HashMap::new();
     let mut pre = Vec::new();
     let mut stack = vec![(top, top_path.to_path_buf())];
     while let Some((parent, parent_path)) = stack.pop() {
-        for (id, dirid, name) in children(fs, parent)? {
-            let dir = match ioctl::ino_lookup(fs, parent, dirid) {
-                Ok((_, dir)) => dir,
-                // The child (or its directory) vanished since the search: nothing to do.
-                Err(e) if e.errno == Errno::ENOENT => continue,
-                // Deeper than INO_LOOKUP can say (4 KiB): the path is only for messages.
-                Err(e) if e.errno == Errno::ENAMETOOLONG => b"<path too long>/".to_vec(),
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("cannot find the path of subvolume {id} inside subvolume {parent}")
-                    })
+        for (id, dirid, name) in kids.remove(&parent).unwrap_or_default() {
+            let dir = match dirs.get(&(parent, dirid)) {
+                Some(dir) => dir.clone(),
+                None => {
+                    let dir = dir_path(fs, parent, dirid, id)?;
+                    dirs.insert((parent, dirid), dir.clone());
+                    dir
                 }
+            };
+            // The child (or its directory) vanished since the search: nothing to do.
+            let Some(dir) = dir else { continue };
+            let Some(item) = root_items.get(&id) else {
+                continue;
             };
             let mut path = parent_path.clone();
             path.push(OsStr::from_bytes(&dir));
             path.push(&name);
-            let Some(readonly) = readonly(fs, id)? else {
-                continue;
-            };
-            pre.push(Nested {
-                id,
-                parent,
-                path: path.clone(),
-                readonly,
-            });
+            pre.push((
+                Nested {
+                    id,
+                    parent,
+                    path: path.clone(),
+                    readonly: item.readonly(),
+                },
+                *item,
+            ));
             stack.push((id, path));
         }
     }
@@ -238,31 +270,83 @@ pub fn nested_post_order(fs: BorrowedFd<'_>, top: u64, top_path: &Path) -> Resul
     Ok(pre)
 }
 
+/// One search over the root tree items of `ids` (sorted, close together): their root items,
+/// and their children, which go to `next`.
+fn read_level(
+    fs: BorrowedFd<'_>,
+    ids: &[u64],
+    root_items: &mut std::collections::HashMap<u64, RootItem>,
+    kids: &mut std::collections::HashMap<u64, Vec<(u64, u64, OsString)>>,
+    next: &mut Vec<u64>,
+) -> Result<()> {
+    let (first, last) = (ids[0], ids[ids.len() - 1]);
+    let context = || format!("cannot list the subvolumes inside subvolume {first}");
+    let range = SearchRange {
+        tree_id: ROOT_TREE,
+        min: (first, BTRFS_ROOT_ITEM_KEY, 0),
+        max: (last, BTRFS_ROOT_REF_KEY, u64::MAX),
+        min_transid: 0,
+    };
+    let mut search = TreeSearch::new(fs, range);
+    while let Some((header, data)) = search.next().with_context(context)? {
+        if ids.binary_search(&header.objectid).is_err() {
+            continue;
+        }
+        match header.item_type {
+            BTRFS_ROOT_ITEM_KEY => {
+                let item = RootItem::parse(data).with_context(|| {
+                    format!("cannot read the root item of subvolume {}", header.objectid)
+                })?;
+                root_items.insert(header.objectid, item);
+            }
+            BTRFS_ROOT_REF_KEY => {
+                let r = RootRef::parse(data).with_context(|| {
+                    format!(
+                        "cannot list the subvolumes inside subvolume {}",
+                        header.objectid
+                    )
+                })?;
+                let name = OsString::from_vec(r.name.to_vec());
+                kids.entry(header.objectid)
+                    .or_default()
+                    .push((header.offset, r.dirid, name));
+                next.push(header.offset);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The path of directory `dirid` inside subvolume `parent` (which holds subvolume `id`), with a
+/// trailing `/` unless empty; `None` if it vanished since the search.
+fn dir_path(fs: BorrowedFd<'_>, parent: u64, dirid: u64, id: u64) -> Result<Option<Vec<u8>>> {
+    if dirid == SUBVOL_ROOT_INO {
+        return Ok(Some(Vec::new()));
+    }
+    match ioctl::ino_lookup(fs, parent, dirid) {
+        Ok((_, dir)) => Ok(Some(dir)),
+        Err(e) if e.errno == Errno::ENOENT => Ok(None),
+        // Deeper than INO_LOOKUP can say (4 KiB): the path is only for messages.
+        Err(e) if e.errno == Errno::ENAMETOOLONG => Ok(Some(b"<path too long>/".to_vec())),
+        Err(e) => Err(e).with_context(|| {
+            format!("cannot find the path of subvolume {id} inside subvolume {parent}")
+        }),
+    }
+}
+
 /// The default subvolume's id, as `btrfs subvolume get-default` reads it: the "default" dir
 /// item of the root tree directory. A filesystem that never had one set uses the top level.
 pub fn default_id(fs: BorrowedFd<'_>) -> Result<u64> {
-    let dir = BTRFS_ROOT_TREE_DIR_OBJECTID as u64;
-    let range = SearchRange {
-        tree_id: BTRFS_ROOT_TREE_OBJECTID as u64,
-        min: (dir, BTRFS_DIR_ITEM_KEY, 0),
-        max: (dir, BTRFS_DIR_ITEM_KEY, u64::MAX),
-        min_transid: 0,
-    };
-    let items = ioctl::tree_search(fs, &range).context("cannot read the default subvolume's id")?;
-    for item in items.iter().filter(|i| i.item_type == BTRFS_DIR_ITEM_KEY) {
-        // A DIR_ITEM holds one or more packed btrfs_dir_item entries (30 bytes) + name + data:
-        // location (objectid u64, type u8, offset u64), transid u64, data_len u16,
-        // name_len u16, type u8.
-        let mut d = &item.data[..];
-        while d.len() >= 30 {
-            let location = u64::from_le_bytes(d[0..8].try_into().unwrap());
-            let data_len = u16::from_le_bytes(d[25..27].try_into().unwrap()) as usize;
-            let name_len = u16::from_le_bytes(d[27..29].try_into().unwrap()) as usize;
-            let name = d.get(30..30 + name_len).unwrap_or_default();
-            if name == b"default" {
-                return Ok(if location == 0 { TOP_LEVEL } else { location });
+    let context = || "cannot read the default subvolume's id";
+    let dir = u64::from(BTRFS_ROOT_TREE_DIR_OBJECTID);
+    let mut search = TreeSearch::new(fs, SearchRange::of(ROOT_TREE, dir, BTRFS_DIR_ITEM_KEY));
+    while let Some((_, data)) = search.next().with_context(context)? {
+        for entry in items::dir_entries(data).with_context(context)? {
+            if entry.name == b"default" {
+                let id = entry.location.0;
+                return Ok(if id == 0 { TOP_LEVEL } else { id });
             }
-            d = d.get(30 + name_len + data_len..).unwrap_or_default();
         }
     }
     Ok(TOP_LEVEL)

@@ -55,26 +55,17 @@
 //!
 //! JSON output (`--json`): the `diff` document of `docs/json.md`.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use linux_raw_sys::btrfs::{
-    btrfs_inode_item, BTRFS_EXTENT_DATA_KEY, BTRFS_FIRST_FREE_OBJECTID, BTRFS_INODE_EXTREF_KEY,
-    BTRFS_INODE_ITEM_KEY, BTRFS_INODE_REF_KEY,
-};
-use nix::errno::Errno;
-use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
-use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
+use linux_raw_sys::btrfs::BTRFS_FIRST_FREE_OBJECTID;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{FileStat, SFlag};
 
 mod pattern;
 mod tree;
@@ -84,7 +75,7 @@ pub use pattern::Pattern;
 use tree::{changed_inodes, Paths};
 use walk::{Side, Walk};
 
-use crate::ioctl::{self, SearchRange, SubvolInfo};
+use crate::ioctl::{self, SubvolInfo};
 use crate::json::Json;
 use crate::names::{self, quoted, Names};
 use crate::plan::{Slot, OLD_ROOTS};
@@ -626,8 +617,10 @@ fn compare(
 
 #[cfg(test)]
 mod tests {
-    use super::tree::next_key;
+    use std::os::unix::ffi::OsStrExt;
+
     use super::*;
+    use crate::ioctl::next_key;
 
     #[test]
     fn keys_advance_in_kernel_order() {

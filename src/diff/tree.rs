@@ -1,6 +1,17 @@
 //! Reading `root`'s tree: which inodes changed since the shared transaction, and their paths.
 
-use super::*;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use linux_raw_sys::btrfs::{BTRFS_INODE_EXTREF_KEY, BTRFS_INODE_ITEM_KEY, BTRFS_INODE_REF_KEY};
+
+use super::ROOT_DIR_INO;
+use crate::ioctl::{SearchRange, TreeSearch};
+use crate::items::{self, InodeItem};
 
 /// The inodes of subvolume `tree` whose INODE_ITEM was written after transaction `since`
 /// (all of them for 0), with whether each is a directory. With `blank` (the tree that shares
@@ -14,7 +25,7 @@ pub(super) fn changed_inodes(
 ) -> Result<Vec<(u64, bool)>> {
     let mut out = Vec::new();
     let mut atime_only = 0usize;
-    let mut range = SearchRange {
+    let range = SearchRange {
         tree_id: tree,
         min: (ROOT_DIR_INO, BTRFS_INODE_ITEM_KEY, 0),
         max: (u64::MAX, 255, u64::MAX),
@@ -22,36 +33,28 @@ pub(super) fn changed_inodes(
         // flushes everything written before it); what changed after is in later ones.
         min_transid: if since == 0 { 0 } else { since + 1 },
     };
-    loop {
-        let items = ioctl::tree_search(fs, &range)
-            .with_context(|| format!("cannot search the tree of subvolume {tree}"))?;
-        let Some(last) = items.last() else { break };
-        let next = next_key((last.objectid, last.item_type, last.offset));
-        for item in items.iter().filter(|i| i.item_type == BTRFS_INODE_ITEM_KEY) {
-            let inode = InodeItem::parse(&item.data).with_context(|| {
-                format!(
-                    "short INODE_ITEM for inode {} in subvolume {tree}",
-                    item.objectid
-                )
-            })?;
-            if inode.transid <= since {
+    let mut search = TreeSearch::new(fs, range);
+    while let Some((header, data)) = search
+        .next()
+        .with_context(|| format!("cannot search the tree of subvolume {tree}"))?
+    {
+        if header.item_type != BTRFS_INODE_ITEM_KEY {
+            continue;
+        }
+        let inode = InodeItem::parse(data).with_context(|| {
+            format!("cannot read inode {} in subvolume {tree}", header.objectid)
+        })?;
+        if inode.transid <= since {
+            continue;
+        }
+        if let Some(blank) = blank.filter(|_| inode.generation <= since) {
+            let theirs = inode_item(fs, blank, header.objectid)?;
+            if theirs.is_some_and(|b| b.generation == inode.generation && b.ctime == inode.ctime) {
+                atime_only += 1;
                 continue;
             }
-            if let Some(blank) = blank.filter(|_| inode.generation <= since) {
-                let theirs = inode_item(fs, blank, item.objectid)?;
-                if theirs
-                    .is_some_and(|b| b.generation == inode.generation && b.ctime == inode.ctime)
-                {
-                    atime_only += 1;
-                    continue;
-                }
-            }
-            out.push((item.objectid, inode.mode & libc::S_IFMT == libc::S_IFDIR));
         }
-        match next {
-            Some(key) => range.min = key,
-            None => break,
-        }
+        out.push((header.objectid, inode.mode & libc::S_IFMT == libc::S_IFDIR));
     }
     if atime_only > 0 {
         log::debug!("{atime_only} inode(s) of subvolume {tree} only had their access time changed");
@@ -59,60 +62,18 @@ pub(super) fn changed_inodes(
     Ok(out)
 }
 
-/// The fields of a btrfs_inode_item this module reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct InodeItem {
-    pub(super) generation: u64,
-    pub(super) transid: u64,
-    pub(super) mode: u32,
-    /// Seconds and nanoseconds, as stored.
-    pub(super) ctime: [u8; 12],
-}
-
-impl InodeItem {
-    pub(super) fn parse(d: &[u8]) -> Option<InodeItem> {
-        use std::mem::offset_of;
-        if d.len() < std::mem::size_of::<btrfs_inode_item>() {
-            return None;
-        }
-        let u64_at = |at: usize| u64::from_le_bytes(d[at..at + 8].try_into().unwrap());
-        let mode_at = offset_of!(btrfs_inode_item, mode);
-        let ctime_at = offset_of!(btrfs_inode_item, ctime);
-        Some(InodeItem {
-            generation: u64_at(offset_of!(btrfs_inode_item, generation)),
-            transid: u64_at(offset_of!(btrfs_inode_item, transid)),
-            mode: u32::from_le_bytes(d[mode_at..mode_at + 4].try_into().unwrap()),
-            ctime: d[ctime_at..ctime_at + 12].try_into().unwrap(),
-        })
-    }
-}
-
 /// The INODE_ITEM of inode `ino` in subvolume `tree`, if there is one.
 pub(super) fn inode_item(fs: BorrowedFd<'_>, tree: u64, ino: u64) -> Result<Option<InodeItem>> {
+    let context = || format!("cannot read inode {ino} of subvolume {tree}");
     let range = SearchRange {
         tree_id: tree,
         min: (ino, BTRFS_INODE_ITEM_KEY, 0),
         max: (ino, BTRFS_INODE_ITEM_KEY, 0),
         min_transid: 0,
     };
-    let items = ioctl::tree_search(fs, &range)
-        .with_context(|| format!("cannot read inode {ino} of subvolume {tree}"))?;
-    Ok(items
-        .iter()
-        .find(|i| i.item_type == BTRFS_INODE_ITEM_KEY)
-        .and_then(|i| InodeItem::parse(&i.data)))
-}
-
-/// The key right after `key`, in the kernel's order.
-pub(super) fn next_key((objectid, item_type, offset): (u64, u32, u64)) -> Option<(u64, u32, u64)> {
-    if offset < u64::MAX {
-        Some((objectid, item_type, offset + 1))
-    } else if item_type < 255 {
-        Some((objectid, item_type + 1, 0))
-    } else if objectid < u64::MAX {
-        Some((objectid + 1, 0, 0))
-    } else {
-        None
+    match TreeSearch::first(fs, range).with_context(context)? {
+        Some((_, data)) => Ok(Some(InodeItem::parse(&data).with_context(context)?)),
+        None => Ok(None),
     }
 }
 
@@ -125,62 +86,37 @@ pub(super) struct Paths<'a> {
 }
 
 impl Paths<'_> {
-    /// The links of inode `ino`: (parent directory, name) of each, in key order, and whether
-    /// some were not readable (an item too big for TREE_SEARCH's buffer, which comes back
-    /// without its payload: many links of one file in one directory).
-    pub(super) fn links(&self, ino: u64) -> Result<(Vec<(u64, OsString)>, bool)> {
-        let mut out = Vec::new();
-        let mut truncated = false;
-        let mut range = SearchRange {
+    /// The links of inode `ino`: (parent directory, name) of each, in key order.
+    pub(super) fn links(&self, ino: u64) -> Result<Vec<(u64, OsString)>> {
+        let context = || {
+            format!(
+                "cannot read the links of inode {ino} in subvolume {}",
+                self.tree
+            )
+        };
+        let range = SearchRange {
             tree_id: self.tree,
             min: (ino, BTRFS_INODE_REF_KEY, 0),
             max: (ino, BTRFS_INODE_EXTREF_KEY, u64::MAX),
             min_transid: 0,
         };
-        loop {
-            let items = ioctl::tree_search(self.fs, &range).with_context(|| {
-                format!(
-                    "cannot read the links of inode {ino} in subvolume {}",
-                    self.tree
-                )
-            })?;
-            let Some(last) = items.last() else { break };
-            let next = next_key((last.objectid, last.item_type, last.offset));
-            for item in &items {
-                // One item holds one or more packed entries. INODE_REF (key offset = the
-                // parent): index u64, name_len u16, name. INODE_EXTREF: parent u64, index u64,
-                // name_len u16, name.
-                let extref = match item.item_type {
-                    BTRFS_INODE_REF_KEY => false,
-                    BTRFS_INODE_EXTREF_KEY => true,
-                    _ => continue,
-                };
-                let mut d = &item.data[..];
-                truncated |= d.is_empty();
-                loop {
-                    let (parent, at) = match extref {
-                        false if d.len() >= 10 => (item.offset, 8),
-                        true if d.len() >= 18 => {
-                            (u64::from_le_bytes(d[0..8].try_into().unwrap()), 16)
-                        }
-                        _ => break,
-                    };
-                    let len = u16::from_le_bytes(d[at..at + 2].try_into().unwrap()) as usize;
-                    let Some(name) = d.get(at + 2..at + 2 + len) else {
-                        break;
-                    };
-                    if !(name.is_empty() || name.contains(&b'/') || name == b"." || name == b"..") {
-                        out.push((parent, OsString::from_vec(name.to_vec())));
-                    }
-                    d = &d[at + 2 + len..];
+        let mut search = TreeSearch::new(self.fs, range);
+        let mut out = Vec::new();
+        while let Some((header, data)) = search.next().with_context(context)? {
+            let refs = match header.item_type {
+                BTRFS_INODE_REF_KEY => items::inode_refs(header.offset, data),
+                BTRFS_INODE_EXTREF_KEY => items::inode_extrefs(data),
+                _ => continue,
+            }
+            .with_context(context)?;
+            for r in refs {
+                let name = r.name;
+                if !(name.is_empty() || name.contains(&b'/') || name == b"." || name == b"..") {
+                    out.push((r.parent, OsString::from_vec(name.to_vec())));
                 }
             }
-            match next {
-                Some(key) => range.min = key,
-                None => break,
-            }
         }
-        Ok((out, truncated))
+        Ok(out)
     }
 
     /// Every path of inode `ino` relative to the subvolume (one for a directory); none if it
@@ -190,20 +126,9 @@ impl Paths<'_> {
             return Ok(self.path_of(ino)?.into_iter().collect());
         }
         let mut out = Vec::new();
-        let (links, truncated) = self.links(ino)?;
-        for (parent, name) in links {
+        for (parent, name) in self.links(ino)? {
             if let Some(dir) = self.path_of(parent)? {
                 out.push(dir.join(name));
-            }
-        }
-        if truncated {
-            // INO_LOOKUP reads the item in the kernel: one path at least ("dir/file/").
-            if let Ok((_, path)) = ioctl::ino_lookup(self.fs, self.tree, ino) {
-                let path =
-                    PathBuf::from(OsStr::from_bytes(path.strip_suffix(b"/").unwrap_or(&path)));
-                if !path.as_os_str().is_empty() && !out.contains(&path) {
-                    out.push(path);
-                }
             }
         }
         Ok(out)
@@ -227,7 +152,7 @@ impl Paths<'_> {
                     self.tree
                 );
             }
-            match self.links(cur)?.0.into_iter().next() {
+            match self.links(cur)?.into_iter().next() {
                 Some((parent, name)) => {
                     chain.push((cur, name));
                     cur = parent;

@@ -1,7 +1,25 @@
 //! Walking the changed directories of `root` and the blank side by side, and comparing what
 //! is at the same path.
 
-use super::*;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{Context, Result};
+use linux_raw_sys::btrfs::BTRFS_EXTENT_DATA_KEY;
+use nix::errno::Errno;
+use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode};
+
+use super::{absolute, shown, Change, Found, Kind, Pattern, DIR_FLAGS};
+use crate::ioctl::{SearchRange, TreeSearch};
+use crate::names::quoted;
 
 /// One side of the comparison: a subvolume opened through the read-only mount. Paths are
 /// opened one component at a time without following symlinks and without leaving the
@@ -131,34 +149,17 @@ impl<'a> Side<'a> {
 
     /// The EXTENT_DATA items of inode `ino`: (file offset, raw item).
     pub(super) fn extents(&self, fs: BorrowedFd<'_>, ino: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        let mut out = Vec::new();
-        let mut range = SearchRange {
-            tree_id: self.tree,
-            min: (ino, BTRFS_EXTENT_DATA_KEY, 0),
-            max: (ino, BTRFS_EXTENT_DATA_KEY, u64::MAX),
-            min_transid: 0,
-        };
-        loop {
-            let items = ioctl::tree_search(fs, &range).with_context(|| {
-                format!(
-                    "cannot read the extents of inode {ino} in {}",
-                    quoted(self.name)
-                )
-            })?;
-            let Some(last) = items.last() else { break };
-            let next = last.offset;
-            out.extend(
-                items
-                    .into_iter()
-                    .filter(|i| i.item_type == BTRFS_EXTENT_DATA_KEY)
-                    .map(|i| (i.offset, i.data)),
-            );
-            if next == u64::MAX {
-                break;
-            }
-            range.min.2 = next + 1;
-        }
-        Ok(out)
+        let range = SearchRange::of(self.tree, ino, BTRFS_EXTENT_DATA_KEY);
+        let items = TreeSearch::all(fs, range).with_context(|| {
+            format!(
+                "cannot read the extents of inode {ino} in {}",
+                quoted(self.name)
+            )
+        })?;
+        Ok(items
+            .into_iter()
+            .map(|(h, data)| (h.offset, data))
+            .collect())
     }
 }
 
@@ -312,14 +313,9 @@ impl Walk<'_> {
                 }
                 // Equal extent items reference the same data on disk (or hold the same inline
                 // data): no need to read it.
-                let (a, b) = (
-                    self.root.extents(self.fs, mine.st_ino)?,
-                    self.blank.extents(self.fs, theirs.st_ino)?,
-                );
-                // TREE_SEARCH (v1) hands back an item too big for its buffer (an inline extent
-                // of a filesystem mounted with max_inline near 4 KiB) without its payload:
-                // such a list proves nothing.
-                if a == b && a.iter().all(|(_, item)| !item.is_empty()) {
+                if self.root.extents(self.fs, mine.st_ino)?
+                    == self.blank.extents(self.fs, theirs.st_ino)?
+                {
                     return Ok(true);
                 }
                 let (Some(a), Some(b)) = (self.root.open(rel)?, self.blank.open(rel)?) else {
