@@ -454,7 +454,9 @@ impl<'fd> TreeSearch<'fd> {
                 }
                 // The first item is larger than the buffer; `buf_size` says what it needs.
                 Err(e) if e.errno == Errno::EOVERFLOW && buf_size < SEARCH_BUF_MAX => {
-                    let need = (back.buf_size as usize).max(buf_size * 2).min(SEARCH_BUF_MAX);
+                    let need = (back.buf_size as usize)
+                        .max(buf_size * 2)
+                        .min(SEARCH_BUF_MAX);
                     self.mem = vec![0u64; (SEARCH_ARGS + need).div_ceil(8)];
                 }
                 Err(e) => return Err(e),
