@@ -1,6 +1,6 @@
 # Helpers shared by the stage-1 VM suites (tests/vm/run.sh, tests/vm/systemd/run.sh), sourced.
-# They use: REPO, WORK (scratch), RES (one result file per scenario), T0 (start time), and
-# BTRFS_ROLLBACK_BIN from the environment.
+# They use: REPO, WORK (scratch), RES (one result file per scenario), T0 (start time), CUTS,
+# REFINE, JOBS, the suite's sc_cut, and BTRFS_ROLLBACK_BIN from the environment.
 
 log() { echo "[$(($(date +%s) - T0))s] $*"; }
 fatal() { echo "FATAL: $*" >&2; echo "0 passed, 1 failed"; exit 2; }
@@ -81,4 +81,35 @@ secs() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 spawn() {
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
     "$@" &
+}
+
+# power_cuts T: the power-cut loop of both suites. $CUTS instants over 0..T seconds, denser
+# early on (d = T * (i/(N-1))^2: the snapshot, the swap and its commit, still reaching the end
+# of the deletion), then $REFINE more between the last cut that found the old root and the
+# first that found the fresh one. The suite's `sc_cut INDEX DELAY` does one cut and writes
+# $RES/power-cut-NN (PASS/FAIL), $RES/power-cut-NN.phase ("DELAY PHASE") and, when the next
+# boot found no valid root, $RES/power-cut-NN.noroot. Prints the totals and sets TRIED and
+# NOROOT.
+power_cuts() {
+    local T=$1 i k d lo hi
+    log "power cuts: $CUTS instants over 0..${T}s (denser early on)"
+    for ((i = 0; i < CUTS; i++)); do
+        d=$(awk -v T="$T" -v i=$i -v n="$CUTS" 'BEGIN { x = (n > 1) ? i / (n - 1) : 0; printf "%.3f", T * x * x }')
+        spawn sc_cut "$i" "$d"
+    done
+    wait
+    if [ "$REFINE" -gt 0 ]; then
+        lo=$(cat "$RES"/*.phase 2>/dev/null | awk '$2 ~ /^(before-snapshot|snapshot-not-swapped)$/ && $1 > m { m = $1 } END { print m + 0 }')
+        hi=$(cat "$RES"/*.phase 2>/dev/null | awk -v T="$T" 'BEGIN { m = T } $2 ~ /^(swapped-deleting|after-deletion)$/ && $1 < m { m = $1 } END { print m }')
+        log "power cuts: $REFINE more between ${lo}s (old root) and ${hi}s (fresh root)"
+        for ((k = 1; k <= REFINE; k++)); do
+            d=$(awk -v lo="$lo" -v hi="$hi" -v k=$k -v n="$REFINE" 'BEGIN { printf "%.3f", lo + (hi - lo) * k / (n + 1) }')
+            spawn sc_cut $((CUTS + k - 1)) "$d"
+        done
+        wait
+    fi
+    echo "power cuts by where they fell: $(cat "$RES"/*.phase 2>/dev/null | awk '{ n[$2]++ } END { for (p in n) printf "%s %d, ", p, n[p] }' | sed 's/, $//')"
+    TRIED=$(ls "$RES" | grep -c '^power-cut-[0-9]*$')
+    NOROOT=$(ls "$RES" | grep -c '\.noroot$')
+    echo "power cuts: $TRIED tried, $NOROOT found no valid root"
 }

@@ -344,11 +344,6 @@ sc_cut() { # index delay
     fi
 }
 
-spawn() {
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-    "$@" &
-}
-
 # ---------------------------------------------------------------- main
 # What the suite cannot do without: outside CI it says why and skips; with CI=true that is a
 # failure (the suite never passes without running).
@@ -413,28 +408,8 @@ if [ -n "$big_pid" ]; then
 fi
 wait
 if [ "$SKIP_CUTS" = 0 ] && [ -s "$WORK/cut-duration" ]; then
-    T=$(cat "$WORK/cut-duration")
-    log "power cuts: $CUTS instants over 0..${T}s (denser early on)"
-    for ((i = 0; i < CUTS; i++)); do
-        d=$(awk -v T="$T" -v i=$i -v n=$CUTS 'BEGIN { x = (n > 1) ? i / (n - 1) : 0; printf "%.3f", T * x * x }')
-        spawn sc_cut "$i" "$d"
-    done
-    wait
-    if [ "$REFINE" -gt 0 ]; then
-        lo=$(cat "$RES"/*.phase 2>/dev/null | awk '$2 ~ /^(before-snapshot|snapshot-not-swapped)$/ && $1 > m { m = $1 } END { print m + 0 }')
-        hi=$(cat "$RES"/*.phase 2>/dev/null | awk -v T="$T" 'BEGIN { m = T } $2 ~ /^(swapped-deleting|after-deletion)$/ && $1 < m { m = $1 } END { print m }')
-        log "power cuts: $REFINE more between ${lo}s (old root) and ${hi}s (fresh root)"
-        for ((k = 1; k <= REFINE; k++)); do
-            d=$(awk -v lo="$lo" -v hi="$hi" -v k=$k -v n="$REFINE" 'BEGIN { printf "%.3f", lo + (hi - lo) * k / (n + 1) }')
-            spawn sc_cut $((CUTS + k - 1)) "$d"
-        done
-        wait
-    fi
-    echo "power cuts by where they fell: $(cat "$RES"/*.phase 2>/dev/null | awk '{ n[$2]++ } END { for (p in n) printf "%s %d, ", p, n[p] }' | sed 's/, $//')"
-    tried=$(ls "$RES" | grep -c '^power-cut-[0-9]*$')
-    noroot=$(ls "$RES" | grep -c '\.noroot$')
-    echo "power cuts: $tried tried, $noroot found no valid root"
-    [ "$tried" -ge 10 ] || fail power-cut-count "(only $tried power cuts ran; at least 10 are required)"
+    power_cuts "$(cat "$WORK/cut-duration")"
+    [ "$TRIED" -ge 10 ] || fail power-cut-count "(only $TRIED power cuts ran; at least 10 are required)"
 fi
 [ "$KEEP" = 1 ] || rm -f "$IMGS"/cut-baseline.img
 passed=$(cat "$RES"/* 2>/dev/null | grep -c '^PASS')
