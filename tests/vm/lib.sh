@@ -32,41 +32,17 @@ new_disk() { # path
 }
 
 clean() { tr -d '\r' <"$1"; }
-val() { clean "$1" | sed -n "s/^RESULT $2=//p" | tail -n 1; }
 
 pass() { echo "PASS $*" | tee "$RES/$1"; }
 fail() { echo "FAIL $*" | tee "$RES/$1"; }
 
-# fresh LOG PHASE: root is a fresh writable snapshot of root-blank, nothing is
-# nested in it, the top level holds exactly what it should, persist is intact.
-BAD=
-fresh() {
-    local l=$1 p=$2 e
-    BAD=
-    [ "$(val "$l" "$p.top_mounted")" = 1 ] || BAD+=" top-level-not-mountable"
-    [ "$(val "$l" "$p.root_is_subvol")" = 1 ] || BAD+=" root-not-a-subvolume"
-    [ "$(val "$l" "$p.root_mounted")" = 1 ] || BAD+=" root-not-mountable"
-    [ "$(val "$l" "$p.root_ro")" = ro=false ] || BAD+=" root-$(val "$l" "$p.root_ro")"
-    [ "$(val "$l" "$p.root_blank_marker")" = 1 ] || BAD+=" no-blank-marker"
-    [ "$(val "$l" "$p.root_stale_marker")" = 0 ] || BAD+=" stale-content"
-    [ -n "$(val "$l" "$p.root_tree")" ] && [ "$(val "$l" "$p.root_tree")" = "$(val "$l" "$p.blank_tree")" ] ||
-        BAD+=" root-differs-from-blank"
-    [ "$(val "$l" "$p.nested")" = 0 ] || BAD+=" nested=$(val "$l" "$p.nested")"
-    [ "$(val "$l" "$p.top_subvols")" = "nix,persist,root,root-blank," ] ||
-        BAD+=" top-subvolumes=$(val "$l" "$p.top_subvols")"
-    for e in $(val "$l" "$p.top_entries" | tr ',' ' '); do
-        case "$e" in nix|persist|root|root-blank|rollback.log) ;; *) BAD+=" leftover:$e" ;; esac
-    done
-    [ "$(val "$l" "$p.persist")" = persist-data-42 ] || BAD+=" persist-changed"
-    [ -z "$BAD" ]
-}
-
-# valid_root LOG PHASE: a root subvolume exists, mounts, and is either the old
-# root or a snapshot of the blank.
-valid_root() {
-    local l=$1 p=$2
-    [ "$(val "$l" "$p.root_is_subvol")" = 1 ] && [ "$(val "$l" "$p.root_mounted")" = 1 ] &&
-        { [ "$(val "$l" "$p.root_blank_marker")" = 1 ] || [ "$(val "$l" "$p.root_stale_marker")" = 1 ]; }
+# verdict LOG CHECK...: tests/vm/report.py judges the boot's report (the checks are listed
+# there). Passes with its summary in SAID; fails with what failed in SAID.
+VMLIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+verdict() {
+    SAID=$(python3 "$VMLIB/report.py" "$@" 2>&1) && return 0
+    [ -n "$SAID" ] || SAID=" report.py-failed"
+    return 1
 }
 
 # Wait (inotify, via tail -f) until the serial log shows a line matching $2.
@@ -81,6 +57,23 @@ secs() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 spawn() {
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
     "$@" &
+}
+
+# where_cut NAME LOG DELAY: where the power cut NAME fell, read off the disk by the next boot
+# (its "pre" report): sets WHERE (for the PASS/FAIL line) and, without a valid root, NOROOT_WHY;
+# writes $RES/NAME.phase ("DELAY PHASE") and, without a valid root, $RES/NAME.noroot.
+where_cut() {
+    local name=$1 l=$2 d=$3 phase
+    NOROOT_WHY=
+    if verdict "$l" cut:pre; then WHERE=",$SAID"; else NOROOT_WHY=$SAID WHERE=; fi
+    phase=$(sed -n 's/.*\[\([a-z-]*\)\]$/\1/p' <<<"$SAID")
+    [ -n "$phase" ] || phase=no-root
+    if [ "$phase" = no-root ]; then
+        WHERE=" [no-root]"
+        echo 1 >"$RES/$name.noroot"
+        [ -n "$NOROOT_WHY" ] || NOROOT_WHY=" NO-VALID-ROOT-AFTER-CUT"
+    fi
+    echo "$d $phase" >"$RES/$name.phase"
 }
 
 # power_cuts T: the power-cut loop of both suites. $CUTS instants over 0..T seconds, denser

@@ -79,6 +79,7 @@ ensure_tools() {
     command -v depmod >/dev/null || need+=(kmod)
     command -v cpio >/dev/null || need+=(cpio)
     command -v xz >/dev/null || need+=(xz-utils)
+    command -v python3 >/dev/null || need+=(python3)
     if ! BB=$(command -v busybox) || ! is_static "$BB"; then
         need+=(busybox-static)
     fi
@@ -216,48 +217,38 @@ boot() { # img serial-log kernel-args...: a whole boot, up to power-off
 }
 
 # ---------------------------------------------------------------- scenarios
+# Each boot writes one report (tests/vm/guest.sh); `verdict LOG CHECK...` (tests/vm/lib.sh)
+# judges it with tests/vm/report.py, where the checks are.
 sc_setup() { # name layout image
     local name=$1 layout=$2 img=$3 l=$LOGS/$1.log s=$(date +%s)
     new_disk "$img"
     boot "$img" "$l" rb.scenario=setup rb.layout="$layout" rb.nested="$NESTED"
     local want=5
     [ "$layout" = big ] && want=$((5 + NESTED))
-    if [ "$(val "$l" setup.ok)" = 1 ] && [ "$(val "$l" post.nested)" = $want ] &&
-        [ "$(val "$l" post.root_stale_marker)" = 1 ] && [ "$(val "$l" post.blank_exists)" = 1 ] &&
-        [ "$(val "$l" post.top_subvols)" = "nix,persist,root,root-blank," ]; then
-        pass "$name" "(layout $layout: $want nested subvolumes under root; $(($(date +%s) - s))s)"
+    if verdict "$l" setup:$want; then
+        pass "$name" "(layout $layout:$SAID; $(($(date +%s) - s))s)"
     else
-        fail "$name" "(setup did not build the layout; see $l)"
+        fail "$name" "(setup did not build the layout:$SAID; see $l)"
     fi
 }
 
 sc_rollback() {
-    local img=$IMGS/rollback.img l=$LOGS/rollback.log v=$LOGS/verify.log s=$(date +%s) why=
+    local img=$IMGS/rollback.img l=$LOGS/rollback.log v=$LOGS/verify.log s=$(date +%s)
     cp --sparse=always "$IMGS/base-normal.img" "$img"
     boot "$img" "$l" rb.scenario=run
-    [ "$(val "$l" run.rc)" = 0 ] || why+=" exit-status=$(val "$l" run.rc)"
-    fresh "$l" post || why+="$BAD"
-    [ "$(val "$l" post.log_lines)" -ge 1 ] 2>/dev/null || why+=" no-rollback.log"
-    [ "$(val "$l" post.kmsg_lines)" -ge 1 ] 2>/dev/null || why+=" not-in-kernel-log"
-    if [ -z "$why" ]; then pass rollback "(rc 0, root fresh, log + kmsg written; $(($(date +%s) - s))s)"
-    else fail rollback "($why; see $l)"; fi
-    s=$(date +%s) why=
+    if verdict "$l" rc:0 fresh:post logged:post kmsg:post; then pass rollback "(${SAID# }; $(($(date +%s) - s))s)"
+    else fail rollback "(${SAID# }; see $l)"; fi
+    s=$(date +%s)
     boot "$img" "$v" rb.scenario=report
-    fresh "$v" post || why+="$BAD"
-    [ "$(val "$v" post.log_lines)" -ge 1 ] 2>/dev/null || why+=" no-rollback.log"
-    if [ -z "$why" ]; then pass verify "(next boot: root fresh, nothing nested, persist intact, rollback.log $(val "$v" post.log_lines) line(s); $(($(date +%s) - s))s)"
-    else fail verify "($why; see $v)"; fi
+    if verdict "$v" fresh:post logged:post; then pass verify "(next boot:$SAID; $(($(date +%s) - s))s)"
+    else fail verify "(${SAID# }; see $v)"; fi
 }
 
 sc_missing_blank() {
     local img=$IMGS/missing-blank.img l=$LOGS/missing-blank.log s=$(date +%s) why= msg
     cp --sparse=always "$IMGS/base-normal.img" "$img"
     boot "$img" "$l" rb.scenario=run rb.preop=delblank
-    [ "$(val "$l" run.rc)" = 1 ] || why+=" exit-status=$(val "$l" run.rc)(want-1)"
-    [ "$(val "$l" post.root_mounted)" = 1 ] || why+=" root-not-mountable"
-    [ "$(val "$l" post.root_stale_marker)" = 1 ] || why+=" root-content-changed"
-    [ "$(val "$l" post.nested)" = 5 ] || why+=" nested=$(val "$l" post.nested)(want-5)"
-    [ "$(val "$l" post.blank_exists)" = 0 ] || why+=" blank-still-there(test-bug)"
+    verdict "$l" rc:1 untouched:post || why+="$SAID"
     # the binary's own words on the console, between the markers
     msg=$(clean "$l" | sed -n '/^RB-START/,/^RB-END/p' | grep -v '^RB-' | grep -v '^\[ *[0-9.]*\]' |
         grep -i 'blank' | grep -i -E 'error|not exist|missing|not found|no such' | head -n 1)
@@ -272,8 +263,7 @@ sc_late() {
     boot "$img" "$l" rb.scenario=late rb.late=3
     clean "$l" | grep -q '^RB-START dev_present=0' || why+=" device-was-already-there(test-bug)"
     clean "$l" | grep -q '^RB-LATE-UNLOCKED' || why+=" late-unlock-failed"
-    [ "$(val "$l" run.rc)" = 0 ] || why+=" exit-status=$(val "$l" run.rc)"
-    fresh "$l" post || why+="$BAD"
+    verdict "$l" rc:0 fresh:post || why+="$SAID"
     if [ -z "$why" ]; then pass late-device "(binary waited for /dev/mapper/cryptroot unlocked 3s later; $(($(date +%s) - s))s)"
     else fail late-device "($why; see $l)"; fi
 }
@@ -282,12 +272,12 @@ sc_negative() {
     local img=$IMGS/negative.img l=$LOGS/negative-control.log s=$(date +%s)
     cp --sparse=always "$IMGS/base-normal.img" "$img"
     boot "$img" "$l" rb.scenario=report
-    if [ "$(val "$l" post.root_mounted)" != 1 ]; then
-        fail negative-control "(verify boot did not get as far as mounting root; see $l)"
-    elif fresh "$l" post; then
+    if ! verdict "$l" mounted:post; then
+        fail negative-control "(verify boot did not get as far as mounting root:$SAID; see $l)"
+    elif verdict "$l" fresh:post; then
         fail negative-control "(verify without a rollback said root is fresh: the checks are blind; see $l)"
     else
-        pass negative-control "(verify without a rollback failed as it must:$BAD; $(($(date +%s) - s))s)"
+        pass negative-control "(verify without a rollback failed as it must:$SAID; $(($(date +%s) - s))s)"
     fi
 }
 
@@ -310,8 +300,7 @@ sc_cut_baseline() {
     wait $pid
     kill $guard 2>/dev/null
     [ -n "${t1:-}" ] && [ -n "${t2:-}" ] || why+=" markers-not-seen"
-    [ "$(val "$l" run.rc)" = 0 ] || why+=" exit-status=$(val "$l" run.rc)"
-    fresh "$l" post || why+="$BAD"
+    verdict "$l" rc:0 fresh:post || why+="$SAID"
     if [ -z "$why" ]; then
         secs "$t2 - $t1" >"$WORK/cut-duration"
         pass cut-baseline "(uncut rollback of root with $((NESTED + 5)) nested subvolumes: $(cat "$WORK/cut-duration")s from start to exit; boot $(($(date +%s) - s))s)"
@@ -346,28 +335,10 @@ sc_cut() { # index delay
     fi
     wait $pid 2>/dev/null
     boot "$img" "$c" rb.scenario=checkrun
-    if valid_root "$c" pre; then
-        # the old root has the stale marker (and the blank's, being made from it)
-        if [ "$(val "$c" pre.root_stale_marker)" = 1 ]; then state+=", root=old"; else state+=", root=fresh"; fi
-    else
-        why+=" NO-VALID-ROOT-AFTER-CUT(subvol=$(val "$c" pre.root_is_subvol),mounted=$(val "$c" pre.root_mounted),top=$(val "$c" pre.top_subvols))"
-        echo 1 >"$RES/$name.noroot"
-    fi
-    state+=", top level: $(val "$c" pre.top_subvols) nested in root: $(val "$c" pre.nested), subvolumes in all: $(val "$c" pre.subvols_total)"
-    # Where the cut fell, read off the disk: is root the old one or a fresh
-    # one, and is there an extra subvolume at the top level (the temporary one)?
-    local phase extra
-    extra=$(val "$c" pre.top_subvols | tr ',' '\n' | grep -cvxE 'nix|persist|root|root-blank|')
-    if ! valid_root "$c" pre; then phase=no-root
-    elif [ "$(val "$c" pre.root_stale_marker)" = 1 ]; then
-        if [ "$extra" = 0 ]; then phase=before-snapshot; else phase=snapshot-not-swapped; fi
-    else
-        if [ "$extra" = 0 ]; then phase=after-deletion; else phase=swapped-deleting; fi
-    fi
-    state+=" [$phase]"
-    echo "$d $phase" >"$RES/$name.phase"
-    [ "$(val "$c" run.rc)" = 0 ] || why+=" next-rollback-exit-status=$(val "$c" run.rc)"
-    fresh "$c" post || why+=" not-converged:$BAD"
+    where_cut "$name" "$c" "$d"
+    state+="$WHERE" why+="$NOROOT_WHY"
+    verdict "$c" rc:0 || why+=" next-rollback:$SAID"
+    verdict "$c" fresh:post || why+=" not-converged:$SAID"
     if [ -z "$why" ]; then pass "$name" "(delay ${d}s: $state; next rollback converged)"
     else fail "$name" "(delay ${d}s: $state;$why; see $c)"; fi
     if [ -z "$why" ] && [ "$KEEP" = 0 ]; then rm -f "$img"; fi
