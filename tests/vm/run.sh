@@ -17,6 +17,10 @@
 #   BTRFS_ROLLBACK_BIN=path   put this program in the initramfs instead of
 #                             building the crate (e.g. tests/vm/standin/naive-snippet.sh)
 #
+# /init runs the NixOS module's own hook, rendered from nix/module.nix (tests/vm/render-hook.sh,
+# with nix-instantiate against the nixpkgs of scripts/nixpkgs.sh; without one the suite skips,
+# and fails under CI=true).
+#
 # Downloads and the unpacked kernel are cached in target/vm-cache/; the
 # initramfs, disk images and serial logs of the last run are in target/vm/.
 # Prints PASS/FAIL per scenario and a last line "N passed, N failed"; exits
@@ -53,7 +57,7 @@ while [ $# -gt 0 ]; do
         --jobs|-j) JOBS=$2; shift ;;
         --keep) KEEP=1 ;;
         --skip-power-cuts) SKIP_CUTS=1 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -80,6 +84,8 @@ ensure_tools() {
     command -v cpio >/dev/null || need+=(cpio)
     command -v xz >/dev/null || need+=(xz-utils)
     command -v python3 >/dev/null || need+=(python3)
+    command -v nix-instantiate >/dev/null || need+=(nix-bin)
+    command -v zstd >/dev/null || need+=(zstd)
     if ! BB=$(command -v busybox) || ! is_static "$BB"; then
         need+=(busybox-static)
     fi
@@ -171,6 +177,7 @@ build_initramfs() {
     rm -f "$IR"/{bin,sbin,usr/bin,usr/sbin}/btrfs-rollback
     install -m 755 "$BIN" "$IR/bin/btrfs-rollback"
     install -m 755 "$HERE/init" "$IR/init"
+    install -m 644 "$WORK/btrfs-rollback-hook" "$IR/etc/btrfs-rollback-hook"
     install -m 644 "$HERE/guest.sh" "$IR/guest.sh"
     mknod "$IR/dev/console" c 5 1 2>/dev/null
     # kernel modules, in dependency order
@@ -191,6 +198,23 @@ build_initramfs() {
         fatal "cpio failed"
     INITRD=$WORK/initrd.cpio
     log "initramfs $(du -h "$INITRD" | cut -f1), $(wc -l <"$IR/etc/modules.list") modules"
+}
+
+# ---------------------------------------------------------------- the module's hook
+# /init runs the module's own postResumeCommands snippet (tests/vm/render-hook.sh), so the
+# command line is the module's. Without a nixpkgs to render it from, the suite cannot run:
+# outside CI it says why and skips; with CI=true that is a failure.
+render_hook() {
+    local why
+    if ! why=$("$HERE/render-hook.sh" "$WORK/btrfs-rollback-hook" 2>&1 >/dev/null); then
+        if [ "${CI:-}" = true ]; then
+            echo "FAIL scripted stage-1 suite cannot run: rendering the module's hook failed: $why"
+            echo "0 passed, 1 failed"
+            exit 2
+        fi
+        echo "SKIP scripted stage-1 suite: rendering the module's hook failed: $why (with CI=true this is a failure)"
+        exit 0
+    fi
 }
 
 # ---------------------------------------------------------------- VM helpers
@@ -253,6 +277,9 @@ sc_missing_blank() {
     msg=$(clean "$l" | sed -n '/^RB-START/,/^RB-END/p' | grep -v '^RB-' | grep -v '^\[ *[0-9.]*\]' |
         grep -i 'blank' | grep -i -E 'error|not exist|missing|not found|no such' | head -n 1)
     [ -n "$msg" ] || why+=" no-message-naming-the-blank-on-the-console"
+    # and the module's own words after it (its hook's failure message)
+    clean "$l" | grep -q '^btrfs-rollback: ROOT NOT ROLLED BACK (exit status 1): ' ||
+        why+=" no-ROOT-NOT-ROLLED-BACK-message-from-the-module's-hook"
     if [ -z "$why" ]; then pass missing-blank "(rc 1, root untouched; console: \"$msg\"; $(($(date +%s) - s))s)"
     else fail missing-blank "($why; see $l)"; fi
 }
@@ -358,6 +385,8 @@ rm -rf "$LOGS" "$IMGS" "$RES"
 mkdir -p "$LOGS" "$IMGS" "$RES"
 ensure_tools
 build_binary
+log "rendering the scripted stage 1's rollback hook from nix/module.nix"
+render_hook
 fetch_kernel
 build_initramfs
 log "running VMs, $JOBS at a time; serial logs in $LOGS"
