@@ -338,7 +338,7 @@ cleanup() {
     for p in $(cat "$WORK/pids" 2>/dev/null); do kill -TERM "$p" 2>/dev/null; done
 }
 trap 'cleanup; exit 130' INT TERM
-rm -rf "$LOGS" "$IMGS" "$RES"
+rm -rf "$LOGS" "$IMGS" "$RES" "$WORK/cut-duration" # a stale duration would run cuts without a baseline
 mkdir -p "$LOGS" "$IMGS" "$RES"
 ensure_tools
 build_binary
