@@ -83,10 +83,7 @@ fn plant_secret(m: &Mounted, dirs: &[&str]) {
 /// it all: the deep subvolume is deleted by handle.
 #[test]
 fn privileged_deep_path_made_by_a_user_is_erased() {
-    privileged!("privileged_deep_path_made_by_a_user_is_erased");
-    let disk = Disk::new("deep-user");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("deep-user");
     let old = {
         let m = disk.mount();
         fs::create_dir_all(m.join("root/var/tmp")).unwrap();
@@ -123,10 +120,7 @@ fn privileged_deep_path_made_by_a_user_is_erased() {
 /// everything erased in one run.
 #[test]
 fn privileged_immutable_and_append_only_flags_are_cleared() {
-    privileged!("privileged_immutable_and_append_only_flags_are_cleared");
-    let disk = Disk::new("chattr");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("chattr");
     let old = {
         let m = disk.mount();
         fs::create_dir_all(m.join("root/opt")).unwrap();
@@ -171,10 +165,7 @@ fn privileged_immutable_and_append_only_flags_are_cleared() {
 /// default follows `root` instead, in the swap's commit, and the old tree goes.
 #[test]
 fn privileged_default_nested_in_root_follows_the_fresh_root() {
-    privileged!("privileged_default_nested_in_root_follows_the_fresh_root");
-    let disk = Disk::new("default-nested-erase");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("default-nested-erase");
     let old = {
         let m = disk.mount();
         plant_secret(&m, &["root/var/lib/machines/a/b"]);
@@ -204,10 +195,7 @@ fn privileged_default_nested_in_root_follows_the_fresh_root() {
 /// being erased are lifted; everything goes in one run; other qgroups keep their limits.
 #[test]
 fn privileged_qgroup_limit_on_root_is_lifted() {
-    privileged!("privileged_qgroup_limit_on_root_is_lifted");
-    let disk = Disk::new("qgroup");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("qgroup");
     let old = {
         let m = disk.mount();
         btrfs(["quota".as_ref(), "enable".as_ref(), m.path.as_os_str()]);
@@ -299,10 +287,7 @@ fn fill_filesystem(dir: &Path) -> usize {
 /// the instants without a `root` at warning level, and the log file gets the whole run.
 #[test]
 fn privileged_full_filesystem_still_rolls_back() {
-    privileged!("privileged_full_filesystem_still_rolls_back");
-    let disk = Disk::new("full");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("full");
     let old = {
         let m = disk.mount();
         fs::create_dir_all(m.join("root/var/tmp")).unwrap();
@@ -338,7 +323,7 @@ fn privileged_full_filesystem_still_rolls_back() {
     assert!(log.contains("done: \"root\" is a fresh snapshot"), "{log}");
     drop(m);
     // The next boot is an ordinary one.
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     assert_exit(&disk.run(&[]), 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
 }
@@ -366,10 +351,7 @@ impl Drop for Swap {
 /// is left by path, and the run after it (swap file gone) erases the rest.
 #[test]
 fn privileged_undeletable_subvolume_does_not_stop_the_rest() {
-    privileged!("privileged_undeletable_subvolume_does_not_stop_the_rest");
-    let disk = Disk::new("undeletable");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("undeletable");
     let (old, stuck) = {
         let m = disk.mount();
         m.subvol("root/swap");
@@ -418,27 +400,12 @@ fn privileged_undeletable_subvolume_does_not_stop_the_rest() {
 /// cleanup of what the first left, then run once more: nothing of the old roots is left.
 #[test]
 fn privileged_double_kill_leaves_nothing_after_the_next_run() {
-    privileged!("privileged_double_kill_leaves_nothing_after_the_next_run");
+    let disk = layout!("double-kill");
     let rounds = kill_rounds(6);
-    let disk = Disk::new("double-kill");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     let populate = |n: usize| {
         let m = disk.mount();
-        fs::create_dir_all(m.join("root/pile")).unwrap();
-        let mut script = String::from("set -e\n");
-        for i in 0..n {
-            let path = if i % 10 == 0 {
-                format!("root/pile/s{i}")
-            } else {
-                format!("root/pile/s{}/s{i}", i - i % 10)
-            };
-            script.push_str(&format!(
-                "btrfs -q subvolume create '{}'\n",
-                m.join(path).display()
-            ));
-        }
-        sh(Command::new("sh").arg("-c").arg(script));
+        create_many(&m, "root/pile", n);
         plant_secret(&m, &["root/pile/s0"]);
         let ids = ids_under(&m, "root");
         drop(m);
@@ -524,10 +491,7 @@ fn privileged_double_kill_leaves_nothing_after_the_next_run() {
 /// nested makes room, and the swap happens with `root` in place at every instant.
 #[test]
 fn privileged_full_filesystem_from_a_nested_subvolume_keeps_root_throughout() {
-    privileged!("privileged_full_filesystem_from_a_nested_subvolume_keeps_root_throughout");
-    let disk = Disk::new("full-nested");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("full-nested");
     let old = {
         let m = disk.mount();
         m.subvol("root/var/tmp");
@@ -552,9 +516,7 @@ fn privileged_full_filesystem_from_a_nested_subvolume_keeps_root_throughout() {
 /// old one, and `persist` is not touched.
 #[test]
 fn privileged_full_filesystem_from_outside_root_never_leaves_no_root() {
-    privileged!("privileged_full_filesystem_from_outside_root_never_leaves_no_root");
-    let disk = Disk::new("full-outside");
-    impermanence_layout(&disk);
+    let disk = layout!("full-outside");
     let (root_id, files) = {
         let m = disk.mount();
         fs::create_dir(m.join("persist/fill")).unwrap();
@@ -600,7 +562,7 @@ fn nested_of_root(m: &Mounted) -> Vec<(std::path::PathBuf, u64)> {
 /// room), no window without a `root`, nothing moved to `old_roots/`, `persist` unchanged.
 #[test]
 fn privileged_full_from_persist_with_a_busy_root_leaves_root_whole() {
-    privileged!("privileged_full_from_persist_with_a_busy_root_leaves_root_whole");
+    privileged!();
     let disk = Disk::sized("full-persist", "300M", &["mkfs.btrfs", "-q", "-f"]);
     impermanence_layout(&disk);
     let (root_id, tree, deep, nested, files) = {
@@ -656,10 +618,10 @@ fn privileged_full_from_persist_with_a_busy_root_leaves_root_whole() {
 /// root is deleted before its replacement exists and cannot be kept; the final line says so.
 #[test]
 fn privileged_full_by_root_itself_says_the_old_root_went_first() {
-    privileged!("privileged_full_by_root_itself_says_the_old_root_went_first");
+    privileged!();
     let disk = Disk::sized("full-self", "300M", &["mkfs.btrfs", "-q", "-f"]);
     impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     let old = {
         let m = disk.mount();
         // The default follows `root`: parked at the blank in the window, then the fresh root.
@@ -702,7 +664,7 @@ fn privileged_full_by_root_itself_says_the_old_root_went_first() {
 /// free it, and creates `root`.
 #[test]
 fn privileged_missing_root_on_a_full_filesystem_is_created() {
-    privileged!("privileged_missing_root_on_a_full_filesystem_is_created");
+    privileged!();
     let disk = Disk::sized("full-missing", "300M", &["mkfs.btrfs", "-q", "-f"]);
     impermanence_layout(&disk);
     {
@@ -753,7 +715,7 @@ fn privileged_missing_root_on_a_full_filesystem_is_created() {
 /// default of 5 (the admin's) is left as it is.
 #[test]
 fn privileged_missing_root_takes_the_default_back_from_the_blank() {
-    privileged!("privileged_missing_root_takes_the_default_back_from_the_blank");
+    privileged!();
     for (parked_at_blank, name) in [(true, "default-blank"), (false, "default-top")] {
         let disk = Disk::new(name);
         impermanence_layout(&disk);
@@ -790,9 +752,7 @@ fn privileged_missing_root_takes_the_default_back_from_the_blank() {
 /// pruned like any other at the next run: the limit holds.
 #[test]
 fn privileged_kept_old_root_with_a_deep_path_is_pruned() {
-    privileged!("privileged_kept_old_root_with_a_deep_path_is_pruned");
-    let disk = Disk::new("deep-kept");
-    impermanence_layout(&disk);
+    let disk = layout!("deep-kept");
     let old = {
         let m = disk.mount();
         fs::create_dir_all(m.join("root/var/tmp")).unwrap();

@@ -69,15 +69,13 @@ fn keep_one_old_root(disk: &Disk) -> PathBuf {
 
 #[test]
 fn privileged_fifos_at_the_log_and_the_marker_do_not_hang_the_run() {
-    privileged!("privileged_fifos_at_the_log_and_the_marker_do_not_hang_the_run");
-    let disk = Disk::new("fifo");
-    impermanence_layout(&disk);
+    let disk = layout!("fifo");
     {
         let m = disk.mount();
         mkfifo(&m.join("rollback.log"));
         mkfifo(&m.join("btrfs-rollback.restored"));
     }
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     let out = bounded(&mut disk.cmd("run"));
     assert!(!is_mounted(&disk.work_mountpoint()));
     assert_exit(&out, 0);
@@ -129,9 +127,7 @@ fn privileged_fifos_at_the_log_and_the_marker_do_not_hang_the_run() {
 
 #[test]
 fn privileged_symlinks_at_the_log_and_the_marker_are_not_followed() {
-    privileged!("privileged_symlinks_at_the_log_and_the_marker_are_not_followed");
-    let disk = Disk::new("links");
-    impermanence_layout(&disk);
+    let disk = layout!("links");
     let persist_before = checksums(&disk.mount(), "persist");
     {
         let m = disk.mount();
@@ -140,7 +136,7 @@ fn privileged_symlinks_at_the_log_and_the_marker_are_not_followed() {
         symlink("persist/etc", m.join("logs")).unwrap();
         symlink(m.join("persist/etc"), m.join("abslogs")).unwrap();
     }
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
 
     // A link at the log file is moved aside, a link at the marker is stale and removed.
     let out = bounded(&mut disk.cmd("run"));
@@ -161,7 +157,7 @@ fn privileged_symlinks_at_the_log_and_the_marker_are_not_followed() {
     // A link on the way to the log file (relative or absolute target): no file log, the run
     // goes on, nothing written through it.
     for log in ["logs/rollback.log", "abslogs/rollback.log"] {
-        let before = Before::take(&disk, "root", "root-blank");
+        let before = Before::layout(&disk);
         let out = bounded(disk.cmd("run").args(["--log", log]));
         assert_exit(&out, 0);
         let err = stderr(&out);
@@ -200,9 +196,7 @@ fn privileged_symlinks_at_the_log_and_the_marker_are_not_followed() {
 
 #[test]
 fn privileged_log_paths_that_climb_out_are_usage_errors() {
-    privileged!("privileged_log_paths_that_climb_out_are_usage_errors");
-    let disk = Disk::new("climb");
-    impermanence_layout(&disk);
+    let disk = layout!("climb");
     let subs = disk.mount().subvolumes();
     let persist_before = checksums(&disk.mount(), "persist");
     for log in [
@@ -232,9 +226,7 @@ fn privileged_log_paths_that_climb_out_are_usage_errors() {
 
 #[test]
 fn privileged_directories_named_like_the_marker_or_the_log_do_not_fail_runs() {
-    privileged!("privileged_directories_named_like_the_marker_or_the_log_do_not_fail_runs");
-    let disk = Disk::new("dirs");
-    impermanence_layout(&disk);
+    let disk = layout!("dirs");
     {
         let m = disk.mount();
         fs::create_dir(m.join("btrfs-rollback.restored")).unwrap();
@@ -242,7 +234,7 @@ fn privileged_directories_named_like_the_marker_or_the_log_do_not_fail_runs() {
         fs::create_dir(m.join("rollback.log")).unwrap();
     }
     for _ in 0..2 {
-        let before = Before::take(&disk, "root", "root-blank");
+        let before = Before::layout(&disk);
         let out = bounded(&mut disk.cmd("run"));
         assert_exit(&out, 0);
         let err = stderr(&out);
@@ -298,9 +290,7 @@ impl Drop for Live {
 
 #[test]
 fn privileged_a_mounted_root_is_refused() {
-    privileged!("privileged_a_mounted_root_is_refused");
-    let disk = Disk::new("live");
-    impermanence_layout(&disk);
+    let disk = layout!("live");
     let subs = disk.mount().subvolumes();
     let root_id = disk.mount().id("root");
 
@@ -343,7 +333,7 @@ fn privileged_a_mounted_root_is_refused() {
     // --force-mounted goes on: the live root is replaced under the mount.
     let live_id = disk.mount().id("root");
     assert_ne!(live_id, root_id);
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     let out = bounded(disk.cmd("run").arg("--force-mounted"));
     let err = stderr(&out);
     eprintln!(
@@ -385,9 +375,7 @@ fn privileged_a_mounted_root_is_refused() {
 
 #[test]
 fn privileged_overlong_root_names_are_refused() {
-    privileged!("privileged_overlong_root_names_are_refused");
-    let disk = Disk::new("longname");
-    impermanence_layout(&disk);
+    let disk = layout!("longname");
     let long = "r".repeat(236);
     disk.mount().subvol(&long);
     let subs = disk.mount().subvolumes();
@@ -432,9 +420,7 @@ fn privileged_overlong_root_names_are_refused() {
 
 #[test]
 fn privileged_mountpoint_parents_are_never_created() {
-    privileged!("privileged_mountpoint_parents_are_never_created");
-    let disk = Disk::new("mountpoint");
-    impermanence_layout(&disk);
+    let disk = layout!("mountpoint");
     let subs = disk.mount().subvolumes();
     let deep = disk.dir.join("a/b/c");
     let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
@@ -451,7 +437,7 @@ fn privileged_mountpoint_parents_are_never_created() {
 
     // With the parent there, only the last component is made, and removed again.
     fs::create_dir_all(disk.dir.join("a/b")).unwrap();
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
         "--device".as_ref(),
         disk.dev.as_os_str(),
@@ -488,9 +474,7 @@ fn privileged_mountpoint_parents_are_never_created() {
 
 #[test]
 fn privileged_restore_logs_where_it_is_told_and_refuses_a_linked_old_roots() {
-    privileged!("privileged_restore_logs_where_it_is_told_and_refuses_a_linked_old_roots");
-    let disk = Disk::new("restorelog");
-    impermanence_layout(&disk);
+    let disk = layout!("restorelog");
     let name = keep_one_old_root(&disk);
     let kept_id = disk.mount().id(Path::new("old_roots").join(&name));
     let log_len = fs::metadata(disk.mount().join("rollback.log"))
@@ -549,16 +533,14 @@ fn privileged_restore_logs_where_it_is_told_and_refuses_a_linked_old_roots() {
 
 #[test]
 fn privileged_log_rotation_never_writes_through_a_link() {
-    privileged!("privileged_log_rotation_never_writes_through_a_link");
-    let disk = Disk::new("rotate");
-    impermanence_layout(&disk);
+    let disk = layout!("rotate");
     {
         let m = disk.mount();
         fs::write(m.join("rollback.log"), vec![b'x'; 2 << 20]).unwrap();
         symlink("persist/etc/ssh/key", m.join("rollback.log.old")).unwrap();
     }
     let persist_before = checksums(&disk.mount(), "persist");
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     let out = bounded(&mut disk.cmd("run"));
     assert_exit(&out, 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
@@ -576,13 +558,11 @@ fn privileged_log_rotation_never_writes_through_a_link() {
 /// every boot.
 #[test]
 fn privileged_a_device_node_at_the_marker_does_not_fail_runs() {
-    privileged!("privileged_a_device_node_at_the_marker_does_not_fail_runs");
-    let disk = Disk::new("marker-dev");
-    impermanence_layout(&disk);
+    let disk = layout!("marker-dev");
     sh(Command::new("mknod")
         .arg(disk.mount().join("btrfs-rollback.restored"))
         .args(["c", "1", "3"]));
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     let out = bounded(&mut disk.cmd("run"));
     assert_exit(&out, 0);
     let err = stderr(&out);

@@ -35,10 +35,7 @@ fn reachable(disk: &Disk, needle: &str) -> bool {
 
 #[test]
 fn privileged_set_aside_leftover_is_found_and_deleted() {
-    privileged!("privileged_set_aside_leftover_is_found_and_deleted");
-    let disk = Disk::new("aside");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("aside");
     let secret = "aside-secret-7f3a";
     let name = set_aside_leftover(&disk.mount(), secret);
 
@@ -67,10 +64,7 @@ fn privileged_set_aside_leftover_is_found_and_deleted() {
 /// it can go, the next run deletes it.
 #[test]
 fn privileged_undeletable_leftover_is_reported_at_every_run() {
-    privileged!("privileged_undeletable_leftover_is_reported_at_every_run");
-    let disk = Disk::new("pinned");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("pinned");
     let secret = "pinned-secret-19c2";
     let holder = disk.mount();
     let name = set_aside_leftover(&holder, secret);

@@ -15,10 +15,7 @@ use common::*;
 
 #[test]
 fn privileged_rolls_back_an_impermanence_layout() {
-    privileged!("privileged_rolls_back_an_impermanence_layout");
-    let disk = Disk::new("layout");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("layout");
     let out = disk.run(&[]);
     assert_exit(&out, 0);
     let err = stderr(&out);
@@ -38,7 +35,7 @@ fn privileged_rolls_back_an_impermanence_layout() {
     drop(m);
 
     // A second rollback on the fresh root works the same and appends to the log.
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     assert_exit(&disk.run(&[]), 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
     before.assert_log_grew(&disk);
@@ -46,7 +43,7 @@ fn privileged_rolls_back_an_impermanence_layout() {
 
 #[test]
 fn privileged_odd_names_inside_and_outside_root() {
-    privileged!("privileged_odd_names_inside_and_outside_root");
+    privileged!();
     let disk = Disk::new("names");
     let (root, blank) = ("my root ✓", "-blank\nsnapshot");
     {
@@ -73,9 +70,7 @@ fn privileged_odd_names_inside_and_outside_root() {
 
 #[test]
 fn privileged_confusable_siblings_are_untouched() {
-    privileged!("privileged_confusable_siblings_are_untouched");
-    let disk = Disk::new("siblings");
-    impermanence_layout(&disk);
+    let disk = layout!("siblings");
     {
         let m = disk.mount();
         for name in ["root2", "root.old", "rootx", "root-blank2"] {
@@ -90,7 +85,7 @@ fn privileged_confusable_siblings_are_untouched() {
         symlink(m.join("persist"), m.join("root/persist-link")).unwrap();
         symlink("../persist/etc", m.join("root/etc-link")).unwrap();
     }
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     assert!(before.siblings.len() >= 9, "{:?}", before.siblings.keys());
     assert_exit(&disk.run(&[]), 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
@@ -98,9 +93,7 @@ fn privileged_confusable_siblings_are_untouched() {
 
 #[test]
 fn privileged_hundreds_of_nested_and_a_chain_of_100() {
-    privileged!("privileged_hundreds_of_nested_and_a_chain_of_100");
-    let disk = Disk::new("many");
-    impermanence_layout(&disk);
+    let disk = layout!("many");
     {
         let m = disk.mount();
         create_many(&m, "root/many", 300);
@@ -113,7 +106,7 @@ fn privileged_hundreds_of_nested_and_a_chain_of_100() {
             m.subvol(&chain);
         }
     }
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     let out = disk.run(&[]);
     assert_exit(&out, 0);
     assert!(
@@ -124,24 +117,6 @@ fn privileged_hundreds_of_nested_and_a_chain_of_100() {
     before.assert_rolled_back(&disk, "root", "root-blank");
 }
 
-/// Create `n` subvolumes below `dir` (relative to the mount), a few levels deep.
-fn create_many(m: &Mounted, dir: &str, n: usize) {
-    fs::create_dir_all(m.join(dir)).unwrap();
-    let mut script = String::from("set -e\n");
-    for i in 0..n {
-        let path = if i % 10 == 0 {
-            format!("{dir}/s{i}")
-        } else {
-            format!("{dir}/s{}/s{i}", i - i % 10)
-        };
-        script.push_str(&format!(
-            "btrfs -q subvolume create '{}'\n",
-            m.join(path).display()
-        ));
-    }
-    sh(Command::new("sh").arg("-c").arg(script));
-}
-
 /// Checks that a refusal left the disk exactly as it was.
 fn assert_unchanged(disk: &Disk, before: &std::collections::BTreeMap<std::path::PathBuf, u64>) {
     let m = disk.mount();
@@ -150,9 +125,7 @@ fn assert_unchanged(disk: &Disk, before: &std::collections::BTreeMap<std::path::
 
 #[test]
 fn privileged_missing_blank_changes_nothing() {
-    privileged!("privileged_missing_blank_changes_nothing");
-    let disk = Disk::new("noblank");
-    impermanence_layout(&disk);
+    let disk = layout!("noblank");
     let subs = disk.mount().subvolumes();
     let out = disk.run(&["--blank", "no-such-blank"]);
     assert_exit(&out, 1);
@@ -167,9 +140,7 @@ fn privileged_missing_blank_changes_nothing() {
 
 #[test]
 fn privileged_blank_that_is_not_a_subvolume_changes_nothing() {
-    privileged!("privileged_blank_that_is_not_a_subvolume_changes_nothing");
-    let disk = Disk::new("blankdir");
-    impermanence_layout(&disk);
+    let disk = layout!("blankdir");
     {
         let m = disk.mount();
         fs::create_dir(m.join("plain-dir")).unwrap();
@@ -189,9 +160,7 @@ fn privileged_blank_that_is_not_a_subvolume_changes_nothing() {
 
 #[test]
 fn privileged_root_that_is_not_a_subvolume_changes_nothing() {
-    privileged!("privileged_root_that_is_not_a_subvolume_changes_nothing");
-    let disk = Disk::new("rootdir");
-    impermanence_layout(&disk);
+    let disk = layout!("rootdir");
     fs::create_dir(disk.mount().join("plain-root")).unwrap();
     let subs = disk.mount().subvolumes();
     let out = disk.run(&["--root", "plain-root"]);
@@ -203,10 +172,7 @@ fn privileged_root_that_is_not_a_subvolume_changes_nothing() {
 
 #[test]
 fn privileged_missing_root_is_created_from_the_blank() {
-    privileged!("privileged_missing_root_is_created_from_the_blank");
-    let disk = Disk::new("noroot");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("noroot");
     {
         let m = disk.mount();
         // btrfs-progs 6.2 has no `delete -R`: children first, by hand.
@@ -236,7 +202,7 @@ fn privileged_missing_root_is_created_from_the_blank() {
 
 #[test]
 fn privileged_missing_device_is_a_clear_error() {
-    privileged!("privileged_missing_device_is_a_clear_error");
+    privileged!();
     let start = Instant::now();
     let out = bin_command()
         .args(["run", "--device", "/dev/no-such-disk", "--wait", "1"])
@@ -256,10 +222,7 @@ fn privileged_missing_device_is_a_clear_error() {
 
 #[test]
 fn privileged_device_that_appears_late_is_waited_for() {
-    privileged!("privileged_device_that_appears_late_is_waited_for");
-    let disk = Disk::new("late");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("late");
     let link = disk.dir.join("late-device");
     let child = bin_command()
         .args(["run", "--wait", "10", "--device"])
@@ -279,7 +242,7 @@ fn privileged_device_that_appears_late_is_waited_for() {
 
 #[test]
 fn privileged_device_that_is_not_btrfs_is_refused() {
-    privileged!("privileged_device_that_is_not_btrfs_is_refused");
+    privileged!();
     let ext4 = Disk::with_mkfs("ext4", &["mkfs.ext4", "-q", "-F"]);
     let out = ext4.run(&[]);
     assert_exit(&out, 1);
@@ -304,9 +267,7 @@ fn privileged_device_that_is_not_btrfs_is_refused() {
 
 #[test]
 fn privileged_default_subvolume_follows_root() {
-    privileged!("privileged_default_subvolume_follows_root");
-    let disk = Disk::new("default");
-    impermanence_layout(&disk);
+    let disk = layout!("default");
     {
         let m = disk.mount();
         btrfs([
@@ -315,7 +276,7 @@ fn privileged_default_subvolume_follows_root() {
             m.join("root").as_os_str(),
         ]);
     }
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     let out = disk.run(&[]);
     assert_exit(&out, 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
@@ -339,9 +300,7 @@ fn privileged_default_subvolume_follows_root() {
 
 #[test]
 fn privileged_quotas_enabled() {
-    privileged!("privileged_quotas_enabled");
-    let disk = Disk::new("quota");
-    impermanence_layout(&disk);
+    let disk = layout!("quota");
     {
         let m = disk.mount();
         btrfs(["quota".as_ref(), "enable".as_ref(), m.path.as_os_str()]);
@@ -352,17 +311,14 @@ fn privileged_quotas_enabled() {
             m.path.as_os_str(),
         ]);
     }
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     assert_exit(&disk.run(&[]), 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
 }
 
 #[test]
 fn privileged_unwritable_log_does_not_stop_the_rollback() {
-    privileged!("privileged_unwritable_log_does_not_stop_the_rollback");
-    let disk = Disk::new("log");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("log");
     // A directory where the log file should be, then a path in a directory that does not exist.
     for log in ["persist", "/nonexistent-dir/rollback.log"] {
         let out = disk.run(&["--log", log]);
@@ -378,9 +334,7 @@ fn privileged_unwritable_log_does_not_stop_the_rollback() {
 
 #[test]
 fn privileged_log_file_is_capped() {
-    privileged!("privileged_log_file_is_capped");
-    let disk = Disk::new("logcap");
-    impermanence_layout(&disk);
+    let disk = layout!("logcap");
     fs::write(disk.mount().join("rollback.log"), vec![b'x'; 2 << 20]).unwrap();
     assert_exit(&disk.run(&[]), 0);
     let m = disk.mount();
@@ -393,9 +347,7 @@ fn privileged_log_file_is_capped() {
 
 #[test]
 fn privileged_dry_run_and_list_change_nothing() {
-    privileged!("privileged_dry_run_and_list_change_nothing");
-    let disk = Disk::new("dry");
-    impermanence_layout(&disk);
+    let disk = layout!("dry");
     let subs = disk.mount().subvolumes();
     let out = disk.run(&["--dry-run"]);
     assert_exit(&out, 0);
@@ -420,10 +372,7 @@ fn privileged_dry_run_and_list_change_nothing() {
 
 #[test]
 fn privileged_leftover_of_an_interrupted_run_is_removed() {
-    privileged!("privileged_leftover_of_an_interrupted_run_is_removed");
-    let disk = Disk::new("leftover");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("leftover");
     {
         let m = disk.mount();
         m.subvol("root.btrfs-rollback-tmp");
@@ -439,9 +388,7 @@ fn privileged_leftover_of_an_interrupted_run_is_removed() {
 
 #[test]
 fn privileged_temporary_name_taken_by_a_file_is_refused() {
-    privileged!("privileged_temporary_name_taken_by_a_file_is_refused");
-    let disk = Disk::new("tmpfile");
-    impermanence_layout(&disk);
+    let disk = layout!("tmpfile");
     fs::write(disk.mount().join("root.btrfs-rollback-tmp"), "mine").unwrap();
     let subs = disk.mount().subvolumes();
     let out = disk.run(&[]);
@@ -456,9 +403,7 @@ fn privileged_temporary_name_taken_by_a_file_is_refused() {
 
 #[test]
 fn privileged_busy_mountpoint_is_refused() {
-    privileged!("privileged_busy_mountpoint_is_refused");
-    let disk = Disk::new("busy");
-    impermanence_layout(&disk);
+    let disk = layout!("busy");
     let subs = disk.mount().subvolumes();
     let mp = disk.work_mountpoint();
     fs::create_dir_all(&mp).unwrap();
@@ -474,9 +419,7 @@ fn privileged_busy_mountpoint_is_refused() {
 
 #[test]
 fn privileged_bad_names_are_usage_errors() {
-    privileged!("privileged_bad_names_are_usage_errors");
-    let disk = Disk::new("usage");
-    impermanence_layout(&disk);
+    let disk = layout!("usage");
     let subs = disk.mount().subvolumes();
     for args in [&["--root", "a/b"][..], &["--blank", ".."], &["--root", ""]] {
         let out = disk.run(args);
@@ -491,11 +434,9 @@ fn privileged_bad_names_are_usage_errors() {
 /// an uncut rollback of that state takes.
 #[test]
 fn privileged_sigkill_at_any_instant_keeps_root() {
-    privileged!("privileged_sigkill_at_any_instant_keeps_root");
+    let disk = layout!("kill");
     let rounds = kill_rounds(16);
-    let disk = Disk::new("kill");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
 
     // How long an uncut rollback of this size takes, to spread the kills over it.
     create_many(&disk.mount(), "root/pile", 300);
@@ -562,21 +503,16 @@ fn privileged_sigkill_at_any_instant_keeps_root() {
 
 #[test]
 fn privileged_read_only_old_root_with_children() {
-    privileged!("privileged_read_only_old_root_with_children");
-    let disk = Disk::new("ro-root");
-    impermanence_layout(&disk);
+    let disk = layout!("ro-root");
     disk.mount().set_ro("root", true);
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     assert_exit(&disk.run(&[]), 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
 }
 
 #[test]
 fn privileged_leftover_that_is_the_default_subvolume() {
-    privileged!("privileged_leftover_that_is_the_default_subvolume");
-    let disk = Disk::new("default-leftover");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("default-leftover");
     {
         // As a power cut between the swap and a separate default change would have left it.
         let m = disk.mount();
@@ -601,9 +537,7 @@ fn privileged_leftover_that_is_the_default_subvolume() {
 
 #[test]
 fn privileged_names_like_our_leftovers_that_are_not_ours_are_kept() {
-    privileged!("privileged_names_like_our_leftovers_that_are_not_ours_are_kept");
-    let disk = Disk::new("not-ours");
-    impermanence_layout(&disk);
+    let disk = layout!("not-ours");
     {
         let m = disk.mount();
         // Subvolume ids here are small, so 999999 is never this subvolume's id.
@@ -611,7 +545,7 @@ fn privileged_names_like_our_leftovers_that_are_not_ours_are_kept() {
         fs::write(m.join("root.btrfs-rollback-tmp.999999/keep"), "mine").unwrap();
         fs::create_dir(m.join("root.btrfs-rollback-tmp.1")).unwrap();
     }
-    let before = Before::take(&disk, "root", "root-blank");
+    let before = Before::layout(&disk);
     assert_exit(&disk.run(&[]), 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
     assert!(disk.mount().join("root.btrfs-rollback-tmp.1").is_dir());
@@ -622,10 +556,7 @@ fn privileged_names_like_our_leftovers_that_are_not_ours_are_kept() {
 /// an unprivileged user is in tests/erase.rs.)
 #[test]
 fn privileged_too_deep_to_delete_by_id_is_deleted_by_handle() {
-    privileged!("privileged_too_deep_to_delete_by_id_is_deleted_by_handle");
-    let disk = Disk::new("deep");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("deep");
     {
         let m = disk.mount();
         let long = "d".repeat(200);

@@ -44,10 +44,7 @@ fn json_canonical(text: &[u8]) -> String {
 
 #[test]
 fn privileged_old_roots_are_kept_with_their_nested_subvolumes_and_pruned() {
-    privileged!("privileged_old_roots_are_kept_with_their_nested_subvolumes_and_pruned");
-    let disk = Disk::new("keep");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("keep");
     let root_id = disk.mount().id("root");
 
     let out = disk.run(&["--keep-old-roots", "2"]);
@@ -103,9 +100,7 @@ fn privileged_old_roots_are_kept_with_their_nested_subvolumes_and_pruned() {
 
 #[test]
 fn privileged_keep_days_zero_keeps_only_the_newest() {
-    privileged!("privileged_keep_days_zero_keeps_only_the_newest");
-    let disk = Disk::new("keepdays");
-    impermanence_layout(&disk);
+    let disk = layout!("keepdays");
     for _ in 0..3 {
         fs::write(disk.mount().join("root/etc/junk"), "boot").unwrap();
         assert_exit(&disk.run(&["--keep-days", "0"]), 0);
@@ -117,9 +112,7 @@ fn privileged_keep_days_zero_keeps_only_the_newest() {
 
 #[test]
 fn privileged_old_roots_that_is_a_file_is_refused_with_retention() {
-    privileged!("privileged_old_roots_that_is_a_file_is_refused_with_retention");
-    let disk = Disk::new("keepfile");
-    impermanence_layout(&disk);
+    let disk = layout!("keepfile");
     fs::write(disk.mount().join("old_roots"), "not a directory").unwrap();
     let subs = disk.mount().subvolumes();
     let out = disk.run(&["--keep-old-roots", "3"]);
@@ -130,10 +123,7 @@ fn privileged_old_roots_that_is_a_file_is_refused_with_retention() {
 
 #[test]
 fn privileged_restore_brings_an_old_root_back_for_one_boot() {
-    privileged!("privileged_restore_brings_an_old_root_back_for_one_boot");
-    let disk = Disk::new("restore");
-    impermanence_layout(&disk);
-    let before = Before::take(&disk, "root", "root-blank");
+    let (disk, before) = fixture!("restore");
     let first = disk.mount().id("root");
     assert_exit(&disk.run(&["--keep-old-roots", "5"]), 0);
     let (name, id) = old_roots(&disk).remove(0);
@@ -182,9 +172,7 @@ fn privileged_restore_brings_an_old_root_back_for_one_boot() {
 
 #[test]
 fn privileged_list_and_dry_run_speak_json() {
-    privileged!("privileged_list_and_dry_run_speak_json");
-    let disk = Disk::new("json");
-    impermanence_layout(&disk);
+    let disk = layout!("json");
     assert_exit(&disk.run(&["--keep-old-roots", "3"]), 0);
     {
         let m = disk.mount();
@@ -221,9 +209,7 @@ fn privileged_list_and_dry_run_speak_json() {
 /// put in old_roots/, and a subvolume named like ours but without the mark, stay.
 #[test]
 fn privileged_retention_prunes_only_what_it_kept() {
-    privileged!("privileged_retention_prunes_only_what_it_kept");
-    let disk = Disk::new("notours");
-    impermanence_layout(&disk);
+    let disk = layout!("notours");
     {
         let m = disk.mount();
         fs::create_dir(m.join("old_roots")).unwrap();
@@ -267,9 +253,7 @@ fn privileged_retention_prunes_only_what_it_kept() {
 /// with retention keeps it as the most recently used and prunes one the user had left behind.
 #[test]
 fn privileged_a_restored_root_is_not_pruned_first() {
-    privileged!("privileged_a_restored_root_is_not_pruned_first");
-    let disk = Disk::new("restoreprune");
-    impermanence_layout(&disk);
+    let disk = layout!("restoreprune");
     let keep = ["--keep-old-roots", "2"];
     let first = disk.mount().id("root");
     assert_exit(&disk.run(&keep), 0);
@@ -320,9 +304,7 @@ fn privileged_a_restored_root_is_not_pruned_first() {
 /// it is deleted, not kept, and does not push out the root that did serve.
 #[test]
 fn privileged_a_root_that_never_booted_is_not_kept() {
-    privileged!("privileged_a_root_that_never_booted_is_not_kept");
-    let disk = Disk::new("neverbooted");
-    impermanence_layout(&disk);
+    let disk = layout!("neverbooted");
     let served = disk.mount().id("root");
     assert_exit(&disk.run(&["--keep-old-roots", "1"]), 0);
     let out = disk.run(&["--keep-old-roots", "1"]);
@@ -335,9 +317,7 @@ fn privileged_a_root_that_never_booted_is_not_kept() {
 /// to stop at the restored root and exit 0 with them on the disk).
 #[test]
 fn privileged_keeping_a_restored_root_still_removes_leftovers() {
-    privileged!("privileged_keeping_a_restored_root_still_removes_leftovers");
-    let disk = Disk::new("restore-leftover");
-    impermanence_layout(&disk);
+    let disk = layout!("restore-leftover");
     assert_exit(&disk.run(&["--keep-old-roots", "3"]), 0);
     let (name, first) = old_roots(&disk).remove(0);
     let out = disk
@@ -366,9 +346,7 @@ fn privileged_keeping_a_restored_root_still_removes_leftovers() {
 /// as the newest, so with N = 1 the one already kept is next to go.
 #[test]
 fn privileged_list_verdicts_agree_with_the_plan() {
-    privileged!("privileged_list_verdicts_agree_with_the_plan");
-    let disk = Disk::new("list-verdicts");
-    impermanence_layout(&disk);
+    let disk = layout!("list-verdicts");
     assert_exit(&disk.run(&["--keep-old-roots", "1"]), 0);
     fs::write(disk.mount().join("root/etc/new-file"), "served").unwrap();
     let out = disk

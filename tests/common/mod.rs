@@ -18,13 +18,52 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Start a privileged test: returns from it (skips) outside CI when a requirement is missing,
 /// and panics under CI=true. Use with `#[macro_use] mod common;`.
+/// `privileged!()` names the test itself (the function it stands in).
 #[allow(unused_macros)]
 macro_rules! privileged {
-    ($name:literal) => {
+    () => {
+        privileged!(test_name!())
+    };
+    ($name:expr) => {
         if !crate::common::privileged($name) {
             return;
         }
     };
+}
+
+/// The name of the function this stands in (the test's name), without its module path.
+#[allow(unused_macros)]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        let path = std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        path.rsplit("::").next().unwrap_or(path)
+    }};
+}
+
+/// The start of most privileged tests: skip (or fail under CI=true) as `privileged!()` does, then
+/// a fresh disk named `label` with the impermanence layout (`impermanence_layout`). Evaluates to
+/// the `Disk`; `Before::layout(&disk)` remembers it for `assert_rolled_back`.
+#[allow(unused_macros)]
+macro_rules! layout {
+    ($label:expr) => {{
+        privileged!();
+        let disk = crate::common::Disk::new($label);
+        crate::common::impermanence_layout(&disk);
+        disk
+    }};
+}
+
+/// `layout!` and what the disk holds before the rollback (`Before::layout`):
+/// `let (disk, before) = fixture!("label");`.
+#[allow(unused_macros)]
+macro_rules! fixture {
+    ($label:expr) => {{
+        let disk = layout!($label);
+        let before = crate::common::Before::layout(&disk);
+        (disk, before)
+    }};
 }
 
 /// The binary under test: `BTRFS_ROLLBACK_TEST_BIN` if set (scripts/test.sh points it at the
@@ -401,6 +440,11 @@ pub fn impermanence_layout(disk: &Disk) {
 }
 
 impl Before {
+    /// `take` for the default names, `root` and `root-blank`.
+    pub fn layout(disk: &Disk) -> Before {
+        Self::take(disk, "root", "root-blank")
+    }
+
     pub fn take(disk: &Disk, root: &str, blank: &str) -> Before {
         let m = disk.mount();
         let subs = m.subvolumes();
@@ -490,6 +534,24 @@ pub fn assert_exit(out: &Output, code: i32) {
         String::from_utf8_lossy(&out.stdout),
         stderr(out)
     );
+}
+
+/// Create `n` subvolumes below `dir` (relative to the mount), a few levels deep.
+pub fn create_many(m: &Mounted, dir: &str, n: usize) {
+    fs::create_dir_all(m.join(dir)).unwrap();
+    let mut script = String::from("set -e\n");
+    for i in 0..n {
+        let path = if i % 10 == 0 {
+            format!("{dir}/s{i}")
+        } else {
+            format!("{dir}/s{}/s{i}", i - i % 10)
+        };
+        script.push_str(&format!(
+            "btrfs -q subvolume create '{}'\n",
+            m.join(path).display()
+        ));
+    }
+    sh(Command::new("sh").arg("-c").arg(script));
 }
 
 /// How many SIGKILL rounds a kill test runs: `BTRFS_ROLLBACK_KILL_ROUNDS`, else `default`.

@@ -1,9 +1,19 @@
 # Shared by the stage-1 test guests (busybox sh in tests/vm/init, bash in the systemd
-# initrd of tests/vm/systemd/): build the impermanence layout, and print what the host needs to
-# judge the file system as "RESULT <phase>.<key>=<value>" lines. Expects $DEV (the opened
-# device), $LAYOUT/$NESTED (setup) and a die function; mounts at /mnt-top and /mnt-root.
+# initrd of tests/vm/systemd/): build the impermanence layout, and collect what the host needs
+# to judge the file system in one report, written once at the end of the boot (emit_report)
+# and judged by tests/vm/report.py (which holds its schema). Expects $DEV (the opened device),
+# $LAYOUT/$NESTED (setup) and a die function; mounts at /mnt-top and /mnt-root.
 
-r() { echo "RESULT $PHASE.$1=$2"; }
+REPORT=/run/rb-report
+# result KEY VALUE: one key of the report (tests/vm/report.py lists them)
+result() { echo "RESULT $1=$2" >>"$REPORT"; }
+r() { result "$PHASE.$1" "$2"; }
+# The report, once: between RB-REPORT-BEGIN and RB-REPORT-END on stdout.
+emit_report() {
+    echo "RB-REPORT-BEGIN"
+    cat "$REPORT" 2>/dev/null
+    echo "RB-REPORT-END"
+}
 
 # Everything the host needs to judge the state of the file system.
 report() {
@@ -98,5 +108,5 @@ setup() {
     cd /
     sync
     umount /mnt-top || die "umount failed"
-    echo "RESULT setup.ok=1"
+    result setup.ok 1
 }

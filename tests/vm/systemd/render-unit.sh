@@ -38,14 +38,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-nixpkgs=$("$repo/scripts/nixpkgs.sh")
-command -v nix-instantiate >/dev/null || { echo "render-unit.sh: nix-instantiate missing (apt-get install nix-bin)" >&2; exit 3; }
-if [ -z "${NIX_CONF_DIR:-}" ]; then
-  NIX_CONF_DIR=$(mktemp -d)
-  export NIX_CONF_DIR
-  trap 'rm -rf "$NIX_CONF_DIR"' EXIT
-  printf 'build-users-group =\nexperimental-features = nix-command flakes\nsubstituters =\nsandbox = false\n' >"$NIX_CONF_DIR/nix.conf"
-fi
+# shellcheck source=tests/vm/nix-eval.sh
+. "$here/../nix-eval.sh"
 
 expr=$(cat <<EOF
 let

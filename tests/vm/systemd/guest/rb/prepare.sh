@@ -4,7 +4,8 @@
 #                         rb.fsuuid (the file system's UUID, for the by-uuid scenarios)
 #   rb.scenario=checkrun  report the state before the rollback (phase "pre")
 #   rb.preop=delblank     delete root-blank (missing-blank scenarios)
-# RESULT lines go to the report port (/dev/ttyS1).
+# Its report keys wait in /run for report.sh, which writes the report; its other output goes to
+# the report port (/dev/ttyS1).
 DEV=/dev/mapper/cryptroot LAYOUT=normal NESTED=0 SCENARIO= PREOP= FSUUID=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -16,21 +17,21 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 exec >>/dev/ttyS1 2>&1
-die() { echo "RB-FATAL $*"; echo "RESULT init.fatal=1"; exit 1; }
+. /rb/guest.sh
+die() { echo "RB-FATAL $*"; result init.fatal 1; exit 1; }
 mkdir -p /mnt-top /mnt-root
 i=0
 while [ ! -b "$DEV" ]; do
     i=$((i + 1)); [ $i -gt 600 ] && die "no $DEV"
     sleep 0.1
 done
-. /rb/guest.sh
 case "$SCENARIO" in
-    setup) setup; report post ;; # not "setup &&": that would turn off its set -e
+    setup) setup ;; # its "post" report: report.sh's, at the end of the boot
     checkrun) report pre ;;
 esac
 if [ "$PREOP" = delblank ]; then
     mount -t btrfs -o subvolid=5 "$DEV" /mnt-top && btrfs -q subvolume delete /mnt-top/root-blank
     umount /mnt-top
-    echo "RESULT preop.delblank=1"
+    result preop.delblank 1
 fi
 exit 0

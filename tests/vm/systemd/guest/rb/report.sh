@@ -2,16 +2,17 @@
 # Test only: report to the host and power off.
 #   report.sh final       (rb-report.service) the root is mounted at /sysroot
 #   report.sh emergency   (rb-emergency-report.service) the boot reached emergency.target
-# On /dev/ttyS1: RESULT lines (the disk, as tests/vm/guest.sh reports it; what is mounted at
-# /sysroot; the units' results) and the journal as JSON between RB-JOURNAL-BEGIN/END. On
+# On /dev/ttyS1: the report (tests/vm/guest.sh's emit_report, judged by tests/vm/report.py: the
+# disk; what is mounted at /sysroot; the units' results; the keys rb-prepare.service left in
+# /run) and the journal as JSON between RB-JOURNAL-BEGIN/END. On
 # /dev/ttyS2: journalctl -b -o short-monotonic, for people.
 mkdir /run/rb-reported 2>/dev/null || exit 0 # once per boot
 DEV=/dev/mapper/cryptroot
 export SYSTEMD_COLORS=0 SYSTEMD_PAGER=
 exec >>/dev/ttyS1 2>&1
-die() { echo "RB-FATAL $*"; echo "RESULT init.fatal=1"; }
-mkdir -p /mnt-top /mnt-root
 . /rb/guest.sh
+die() { echo "RB-FATAL $*"; result init.fatal 1; }
+mkdir -p /mnt-top /mnt-root
 PHASE=post
 r reached "$1"
 if mountpoint -q /sysroot; then
@@ -27,6 +28,7 @@ for u in btrfs-rollback.service sysroot.mount systemd-hibernate-resume.service \
     r "unit.$u" "$(systemctl show -P ActiveState "$u")/$(systemctl show -P Result "$u" 2>/dev/null)/$(systemctl show -P ExecMainStatus "$u" 2>/dev/null)"
 done
 [ -b "$DEV" ] && report post
+emit_report
 journalctl --sync 2>/dev/null
 echo "RB-JOURNAL-BEGIN"
 journalctl -b -o json --no-pager \
