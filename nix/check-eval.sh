@@ -168,7 +168,14 @@ for line in open(cases_file):
         for sub in ["run", "list", "diff", "restore"]:
             out = subprocess.run([binary, "--config", path, sub, "--help"], capture_output=True, text=True)
             # "      --device <PATH>  The unlocked btrfs block device [default: /dev/mapper/crypt]"
-            lines = {k: l for l in out.stdout.splitlines() for k in values if l.strip().startswith(f"--{k} <")}
+            # --help wraps at 80 columns: join each option's continuation lines to it first.
+            joined = []
+            for l in out.stdout.splitlines():
+                if joined and l.startswith(" " * 10) and not l.strip().startswith("-"):
+                    joined[-1] += " " + l.strip()
+                else:
+                    joined.append(l)
+            lines = {k: l for l in joined for k in values if l.strip().startswith(f"--{k} <")}
             flags = [k for k in values if k in lines]
             missing = [f"--{k} [default: {values[k]}]" for k in flags
                        if not lines[k].rstrip().endswith(f"[default: {values[k]}]")]
