@@ -1,5 +1,5 @@
 //! The release binary must run in an initramfs with nothing else in it: no ELF interpreter,
-//! no shared libraries. `.ci/run` builds it first with the command from README.md.
+//! no shared libraries. `scripts/test.sh` builds it first (the musl build, or the static glibc command in docs/development.md).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,7 +19,7 @@ fn static_binary() -> Option<PathBuf> {
         return Some(path);
     }
     let why = format!(
-        "{} does not exist; build it with the static build command in README.md",
+        "{} does not exist; build it with scripts/musl.sh or the static build command in docs/development.md",
         path.display()
     );
     if std::env::var("CI").as_deref() == Ok("true") {
