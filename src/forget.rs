@@ -75,17 +75,17 @@ pub fn forget(
         fs: session.fd(),
         fallback_default,
     };
+    // Once deleting has begun, a failure never says "not changed": flags, qgroup limits or
+    // nested subvolumes may already be gone even when no count says so.
     rollback::delete_old_root(&eraser, &old, "deleted").map_err(|e| {
         let deleted = e.downcast_ref::<Leftovers>().map_or(0, |l| l.deleted);
-        if deleted == 0 {
-            not_changed(e)
-        } else {
-            Failure::new(Disk::OldRootPartlyDeleted, e).state(format!(
-                "{} on {} is partly deleted; `btrfs-rollback forget` again deletes the rest",
-                quoted(&path),
-                target.device.display()
-            ))
-        }
+        Failure::new(Disk::OldRootPartlyDeleted, e).state(format!(
+            "{} on {} may be partly deleted ({} of its nested subvolumes deleted); \
+             `btrfs-rollback forget` again deletes the rest",
+            quoted(&path),
+            target.device.display(),
+            deleted
+        ))
     })
 }
 
@@ -109,12 +109,13 @@ fn look(session: &Session, target: &Target, name: &OsStr) -> Result<(OldRoot, u6
              (`btrfs-rollback list` shows them)"
         );
     };
-    if state.root.id() == Some(old.id) {
+    if state.root.id() == Some(old.id) || state.blank.id() == Some(old.id) {
         bail!(
-            "{} (ID {}) is the current root {}",
+            "{} (ID {}) is the current root {} or the blank {}",
             quoted(&path),
             old.id,
-            quoted(&target.names.root)
+            quoted(&target.names.root),
+            quoted(&target.names.blank)
         );
     }
     let mounted = session.top().mounts_inside(path.as_os_str())?;

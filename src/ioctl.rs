@@ -372,10 +372,10 @@ impl<'fd> TreeSearch<'fd> {
         let rest = buf.get(self.pos..).ok_or(bad)?;
         let header = SearchHeader::parse(rest).map_err(|_| bad)?;
         let start = self.pos + SearchHeader::SIZE;
-        let end = start + header.len as usize;
-        if end > buf.len() {
-            return Err(bad);
-        }
+        let end = start
+            .checked_add(header.len as usize)
+            .filter(|&end| end <= buf.len())
+            .ok_or(bad)?;
         self.pos = end;
         self.left -= 1;
         self.last = Some(header.key());

@@ -108,6 +108,18 @@ impl Names {
     pub fn new(root: &OsStr, blank: &OsStr) -> Result<Self> {
         check_component("--root", root)?;
         check_component("--blank", blank)?;
+        for (option, name) in [("--root", root), ("--blank", blank)] {
+            if [OLD_ROOTS, RESTORE_MARKER, MARKER_TEMP]
+                .iter()
+                .any(|n| name == *n)
+            {
+                bail!(
+                    "{option} {} is a name this tool keeps for itself in the top-level volume \
+                     (old roots, the restore marker); rename the subvolume",
+                    quoted(name)
+                );
+            }
+        }
         if root == blank {
             bail!(
                 "--root and --blank are both {}: the blank snapshot must be another subvolume",
@@ -213,6 +225,18 @@ mod tests {
             assert!(err.contains("temporary name"), "{err}");
         }
         assert!(names("root", "root.btrfs-rollback-tmpx").is_ok());
+    }
+
+    #[test]
+    fn the_tools_own_names_are_refused_as_root_or_blank() {
+        // `forget` deletes what is in old_roots/: a root or blank by that name would be
+        // deleted from under the running system.
+        for own in [OLD_ROOTS, RESTORE_MARKER, MARKER_TEMP] {
+            let err = names(own, "root-blank").unwrap_err().to_string();
+            assert!(err.contains("--root") && err.contains(own), "{err}");
+            let err = names("root", own).unwrap_err().to_string();
+            assert!(err.contains("--blank") && err.contains(own), "{err}");
+        }
     }
 
     #[test]

@@ -169,6 +169,20 @@ fn privileged_forget_refuses_what_is_not_an_old_root() {
             assert!(stderr(&out).contains("was not changed"), "{}", stderr(&out));
         }
     }
+    // A blank or root named like the tool's own directory would put them under `forget`.
+    for option in ["--blank", "--root"] {
+        let out = disk
+            .cmd("forget")
+            .args([option, "old_roots", "persist"])
+            .output()
+            .unwrap();
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains("keeps for itself"),
+            "{}",
+            stderr(&out)
+        );
+    }
     // An old root in use on this system (the running system's root after a live restore).
     let m = disk.mount();
     let at = disk.dir.join("in-use");
