@@ -99,15 +99,20 @@ fn privileged_old_roots_are_kept_with_their_nested_subvolumes_and_pruned() {
 }
 
 #[test]
-fn privileged_keep_days_zero_keeps_only_the_newest() {
+fn privileged_keep_days_zero_is_refused_and_one_keeps_the_newest() {
     let disk = layout!("keepdays");
+    // 0 days would prune every old root but the newest: a usage error, nothing changed.
+    let subs = disk.mount().subvolumes();
+    let out = disk.run(&["--keep-days", "0"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("--keep-days"), "{}", stderr(&out));
+    assert_eq!(disk.mount().subvolumes(), subs);
     for _ in 0..3 {
         fs::write(disk.mount().join("root/etc/junk"), "boot").unwrap();
-        assert_exit(&disk.run(&["--keep-days", "0"]), 0);
-        // Old roots older than 0 days go; a second must pass for that to be true.
-        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_exit(&disk.run(&["--keep-days", "1"]), 0);
     }
-    assert_eq!(old_roots(&disk).len(), 1);
+    // Every old root is younger than a day: all kept.
+    assert_eq!(old_roots(&disk).len(), 3);
 }
 
 #[test]
