@@ -417,43 +417,13 @@ fn step_json(step: &Step, names: &Names) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{plan, OldRootsDir, Retention};
-    use std::path::PathBuf;
-
-    fn names() -> Names {
-        Names::new(OsStr::new("root"), OsStr::new("root-blank")).unwrap()
-    }
-
-    fn sub(id: u64, readonly: bool) -> Slot {
-        Slot {
-            entry: Entry::Subvolume { id, readonly },
-            nested: Vec::new(),
-            created: 1_795_774_145,
-            modified: true,
-        }
-    }
-
-    fn nested(id: u64, parent: u64, path: &str) -> Nested {
-        Nested {
-            id,
-            parent,
-            path: PathBuf::from(path),
-            readonly: false,
-        }
-    }
+    use crate::plan::fixtures::{self, names, sub};
+    use crate::plan::{plan, Retention};
 
     fn state() -> State {
-        let mut root = sub(256, false);
-        root.nested = vec![nested(300, 299, "root/a/b"), nested(299, 256, "root/a")];
         State {
-            root,
-            blank: sub(257, true),
             temp: sub(400, false),
-            asides: Vec::new(),
-            default_id: 5,
-            old_roots_dir: OldRootsDir::Missing,
-            old_roots: Vec::new(),
-            restored: None,
+            ..fixtures::state()
         }
     }
 
