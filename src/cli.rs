@@ -220,13 +220,20 @@ struct DiffArgs {
     name: Option<OsString>,
 }
 
+/// TARGET and `--log` of `restore` and `forget`, the commands that change an old root.
 #[derive(Debug, Args)]
-struct RestoreArgs {
+struct OldRootArgs {
     #[command(flatten)]
     target: TargetArgs,
     /// Log file to append to, as for `run`.
     #[arg(long, value_name = "PATH", default_value = "rollback.log")]
     log: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    common: OldRootArgs,
     /// The old root to restore, a name in old_roots/ (as `list` shows it).
     name: OsString,
     /// Say what the restore would do and change nothing (read-only).
@@ -240,10 +247,7 @@ struct RestoreArgs {
 #[derive(Debug, Args)]
 struct ForgetArgs {
     #[command(flatten)]
-    target: TargetArgs,
-    /// Log file to append to, as for `run`.
-    #[arg(long, value_name = "PATH", default_value = "rollback.log")]
-    log: PathBuf,
+    common: OldRootArgs,
     /// The old root to delete, a name in old_roots/ (as `list` shows it; "old_roots/NAME"
     /// is the same).
     name: OsString,
@@ -331,8 +335,8 @@ impl Command {
             Command::Run(a) => &a.target,
             Command::List(a) => &a.target,
             Command::Diff(a) => &a.target,
-            Command::Restore(a) => &a.target,
-            Command::Forget(a) => &a.target,
+            Command::Restore(a) => &a.common.target,
+            Command::Forget(a) => &a.common.target,
             Command::Log(a) => &a.target,
         }
     }
@@ -357,8 +361,14 @@ impl Command {
             Command::Restore(a) if a.dry_run => Access::DryRun,
             Command::Forget(a) if a.dry_run => Access::DryRun,
             Command::Run(RunArgs { log, .. })
-            | Command::Restore(RestoreArgs { log, .. })
-            | Command::Forget(ForgetArgs { log, .. }) => Access::Change { log },
+            | Command::Restore(RestoreArgs {
+                common: OldRootArgs { log, .. },
+                ..
+            })
+            | Command::Forget(ForgetArgs {
+                common: OldRootArgs { log, .. },
+                ..
+            }) => Access::Change { log },
         }
     }
 
@@ -366,8 +376,8 @@ impl Command {
     fn check(&self) -> Result<Target> {
         let target = self.target().target()?;
         match self {
-            Command::Restore(a) => check_log(&a.log).and(old_root_arg(&a.name).map(drop))?,
-            Command::Forget(a) => check_log(&a.log).and(old_root_arg(&a.name).map(drop))?,
+            Command::Restore(a) => check_log(&a.common.log).and(old_root_arg(&a.name).map(drop))?,
+            Command::Forget(a) => check_log(&a.common.log).and(old_root_arg(&a.name).map(drop))?,
             Command::Run(a) => check_log(&a.log)?,
             Command::Log(a) => check_log(&a.log)?,
             Command::Diff(DiffArgs { name: Some(n), .. }) => drop(old_root_arg(n)?),
@@ -565,7 +575,7 @@ mod tests {
         let Command::Restore(args) = cli.unwrap().command else {
             panic!("not restore")
         };
-        assert_eq!(args.log, PathBuf::from("x.log"));
+        assert_eq!(args.common.log, PathBuf::from("x.log"));
     }
 
     /// Every help text fits an 80-column console (issue 12), and each subcommand has examples.

@@ -144,19 +144,14 @@ fn look(session: &Session, target: &Target, name: &OsStr) -> Result<(OldRoot, u6
 fn json(session: &Session, target: &Target, old: &OldRoot) -> Result<Json> {
     let names = &target.names;
     let state = inspect(session.top(), names)?;
-    Ok(render::document(
+    Ok(render::old_root_document(
         "forget",
         &target.device,
         session.described(),
-        render::slot_json(&names.root, &state.root),
-        render::slot_json(&names.blank, &state.blank),
-        vec![
-            ("dry_run", Json::Bool(true)),
-            (
-                "old_root",
-                render::lone_old_root_json(&state.old_roots, old, crate::clock::now()),
-            ),
-        ],
+        names,
+        &state,
+        old,
+        Vec::new(),
     ))
 }
 
@@ -164,8 +159,7 @@ fn json(session: &Session, target: &Target, old: &OldRoot) -> Result<Json> {
 fn describe(old: &OldRoot) -> String {
     let mut out = String::new();
     for n in &old.nested {
-        let ro = if n.readonly { "  read-only" } else { "" };
-        let _ = writeln!(out, "  ID {:<6} {}{ro}", n.id, quoted(&n.path));
+        render::subvolume_line(&mut out, n.id, &n.path, n.readonly);
     }
     let _ = writeln!(
         out,

@@ -15,29 +15,12 @@ use crate::ioctl;
 use crate::mount::TopLevel;
 use crate::names::{aside_id, quoted, Names, OLD_ROOTS, RESTORE_MARKER, RETIRED_XATTR};
 use crate::plan::{OldRoot, OldRootsDir, Slot, State};
-use crate::subvolume::{self, Entry};
+use crate::subvolume::{self, Entry, Nested};
 
 /// Read what the top-level volume holds.
 pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
     let fs = top.fd();
-    let slot = |path: &Path| -> Result<Slot> {
-        let entry = subvolume::entry(fs, path.as_os_str())?;
-        let Entry::Subvolume { id, .. } = entry else {
-            return Ok(Slot {
-                entry,
-                ..Slot::missing()
-            });
-        };
-        let fd = subvolume::expect(fs, path, id)?;
-        let info = ioctl::get_subvol_info(fd.as_fd())
-            .with_context(|| format!("cannot read the creation time of {}", quoted(path)))?;
-        Ok(Slot {
-            entry,
-            nested: subvolume::nested_post_order(fs, id, path)?,
-            created: info.otime,
-            modified: info.generation > info.otransid,
-        })
-    };
+    let slot = |path: &Path| read_slot(fs, path, None);
     let mut asides = Vec::new();
     let mut prefix = names.temp.clone();
     prefix.push(".");
@@ -66,6 +49,31 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
         old_roots_dir,
         old_roots,
         restored,
+    })
+}
+
+/// What `path` in the top level is: with its nested subvolumes (`nested`, when already
+/// read; else read here), creation time and whether it changed since.
+pub fn read_slot(fs: BorrowedFd<'_>, path: &Path, nested: Option<Vec<Nested>>) -> Result<Slot> {
+    let entry = subvolume::entry(fs, path.as_os_str())?;
+    let Entry::Subvolume { id, .. } = entry else {
+        return Ok(Slot {
+            entry,
+            ..Slot::missing()
+        });
+    };
+    let fd = subvolume::expect(fs, path, id)?;
+    let info = ioctl::get_subvol_info(fd.as_fd())
+        .with_context(|| format!("cannot read the subvolume info of {}", quoted(path)))?;
+    let nested = match nested {
+        Some(nested) => nested,
+        None => subvolume::nested_post_order(fs, id, path)?,
+    };
+    Ok(Slot {
+        entry,
+        nested,
+        created: info.otime,
+        modified: info.generation > info.otransid,
     })
 }
 

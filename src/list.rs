@@ -80,8 +80,7 @@ impl Listing {
         let _ = writeln!(out, "device: {}", self.description);
         let _ = writeln!(out, "top-level subvolumes:");
         for s in &self.top_level {
-            let ro = if s.readonly { "  read-only" } else { "" };
-            let _ = writeln!(out, "  ID {:<6} {}{ro}", s.id, quoted(&s.path));
+            render::subvolume_line(&mut out, s.id, &s.path, s.readonly);
         }
         let _ = writeln!(
             out,

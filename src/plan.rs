@@ -459,17 +459,18 @@ impl Keeper {
     }
 }
 
+/// Test fixtures shared by the planner's and the renderer's tests: names, slots and a state.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use std::ffi::OsStr;
     use std::path::PathBuf;
 
-    fn names() -> Names {
+    pub fn names() -> Names {
         Names::new(OsStr::new("root"), OsStr::new("root-blank")).unwrap()
     }
 
-    fn sub(id: u64, readonly: bool) -> Slot {
+    pub fn sub(id: u64, readonly: bool) -> Slot {
         Slot {
             entry: Entry::Subvolume { id, readonly },
             nested: Vec::new(),
@@ -478,14 +479,7 @@ mod tests {
         }
     }
 
-    fn plan(names: &Names, state: &State) -> Result<Plan> {
-        super::plan(names, state, &Retention::default(), NOW)
-    }
-
-    const NOW: i64 = 1_795_774_145;
-    const DAY: i64 = 86_400;
-
-    fn nested(id: u64, parent: u64, path: &str) -> Nested {
+    pub fn nested(id: u64, parent: u64, path: &str) -> Nested {
         Nested {
             id,
             parent,
@@ -494,7 +488,8 @@ mod tests {
         }
     }
 
-    fn state() -> State {
+    /// ROOT 256 with two nested subvolumes, BLANK 257, no temp, no old roots.
+    pub fn state() -> State {
         let mut root = sub(256, false);
         root.nested = vec![nested(300, 299, "root/a/b"), nested(299, 256, "root/a")];
         State {
@@ -508,6 +503,20 @@ mod tests {
             restored: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use std::ffi::OsStr;
+
+    fn plan(names: &Names, state: &State) -> Result<Plan> {
+        super::plan(names, state, &Retention::default(), NOW)
+    }
+
+    const NOW: i64 = 1_795_774_145;
+    const DAY: i64 = 86_400;
 
     #[test]
     fn ordinary_rollback_swaps_then_deletes() {

@@ -47,6 +47,35 @@ pub fn document(
     Json::Object(fields)
 }
 
+/// `forget NAME --dry-run --json` and `restore NAME --dry-run --json`: the document around
+/// the old root `old` as `list` shows it, then the command's own fields.
+pub fn old_root_document(
+    command: &str,
+    device: &Path,
+    description: &str,
+    names: &Names,
+    state: &State,
+    old: &OldRoot,
+    rest: Vec<(&'static str, Json)>,
+) -> Json {
+    let mut fields = vec![
+        ("dry_run", Json::Bool(true)),
+        (
+            "old_root",
+            lone_old_root_json(&state.old_roots, old, crate::clock::now()),
+        ),
+    ];
+    fields.extend(rest);
+    document(
+        command,
+        device,
+        description,
+        slot_json(&names.root, &state.root),
+        slot_json(&names.blank, &state.blank),
+        fields,
+    )
+}
+
 /// `run --dry-run --json`: the document around the plan.
 pub fn dry_run_json(
     device: &Path,
@@ -124,11 +153,16 @@ pub fn slot_text(out: &mut String, role: &str, name: &OsStr, slot: &Slot) {
             let mut nested: Vec<_> = slot.nested.iter().collect();
             nested.sort_by(|a, b| a.path.cmp(&b.path));
             for n in nested {
-                let ro = if n.readonly { "  read-only" } else { "" };
-                let _ = writeln!(out, "  ID {:<6} {}{ro}", n.id, quoted(&n.path));
+                subvolume_line(out, n.id, &n.path, n.readonly);
             }
         }
     }
+}
+
+/// One subvolume of a list in the text: `  ID <id> <path>`, then `  read-only` if it is.
+pub fn subvolume_line(out: &mut String, id: u64, path: &Path, readonly: bool) {
+    let ro = if readonly { "  read-only" } else { "" };
+    let _ = writeln!(out, "  ID {id:<6} {}{ro}", quoted(path));
 }
 
 /// A kept old root as JSON (an `OldRoot` in docs/json.md).
@@ -383,43 +417,13 @@ fn step_json(step: &Step, names: &Names) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{plan, OldRootsDir, Retention};
-    use std::path::PathBuf;
-
-    fn names() -> Names {
-        Names::new(OsStr::new("root"), OsStr::new("root-blank")).unwrap()
-    }
-
-    fn sub(id: u64, readonly: bool) -> Slot {
-        Slot {
-            entry: Entry::Subvolume { id, readonly },
-            nested: Vec::new(),
-            created: 1_795_774_145,
-            modified: true,
-        }
-    }
-
-    fn nested(id: u64, parent: u64, path: &str) -> Nested {
-        Nested {
-            id,
-            parent,
-            path: PathBuf::from(path),
-            readonly: false,
-        }
-    }
+    use crate::plan::fixtures::{self, names, sub};
+    use crate::plan::{plan, Retention};
 
     fn state() -> State {
-        let mut root = sub(256, false);
-        root.nested = vec![nested(300, 299, "root/a/b"), nested(299, 256, "root/a")];
         State {
-            root,
-            blank: sub(257, true),
             temp: sub(400, false),
-            asides: Vec::new(),
-            default_id: 5,
-            old_roots_dir: OldRootsDir::Missing,
-            old_roots: Vec::new(),
-            restored: None,
+            ..fixtures::state()
         }
     }
 

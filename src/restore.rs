@@ -293,18 +293,14 @@ impl Restore {
             ]),
             _ => Json::Null,
         };
-        Ok(render::document(
+        Ok(render::old_root_document(
             "restore",
             &target.device,
             session.described(),
-            render::slot_json(&names.root, &state.root),
-            render::slot_json(&names.blank, &state.blank),
+            names,
+            &state,
+            old,
             vec![
-                ("dry_run", Json::Bool(true)),
-                (
-                    "old_root",
-                    render::lone_old_root_json(&state.old_roots, old, crate::clock::now()),
-                ),
                 ("default_id", Json::id(self.default)),
                 ("default_follows", Json::Bool(self.default_follows)),
                 ("replaced", replaced),

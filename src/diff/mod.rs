@@ -76,6 +76,7 @@ pub use pattern::Pattern;
 use tree::{changed_inodes, Paths};
 use walk::{Side, Walk};
 
+use crate::inspect::read_slot;
 use crate::ioctl::{self, SubvolInfo};
 use crate::json::Json;
 use crate::names::{self, quoted, Names};
@@ -421,31 +422,6 @@ fn subvolume_info(fs: BorrowedFd<'_>, name: &OsStr, role: &str) -> Result<(Owned
     Ok((fd, info))
 }
 
-/// What `name` in the top level is, for the document: with its nested subvolumes (`nested`,
-/// when already read) and creation time.
-fn slot(fs: BorrowedFd<'_>, name: &OsStr, nested: Option<Vec<Nested>>) -> Result<Slot> {
-    let entry = subvolume::entry(fs, name)?;
-    let Entry::Subvolume { id, .. } = entry else {
-        return Ok(Slot {
-            entry,
-            ..Slot::missing()
-        });
-    };
-    let fd = subvolume::expect(fs, name, id)?;
-    let info = ioctl::get_subvol_info(fd.as_fd())
-        .with_context(|| format!("cannot read the subvolume info of {}", quoted(name)))?;
-    let nested = match nested {
-        Some(nested) => nested,
-        None => subvolume::nested_post_order(fs, id, Path::new(name))?,
-    };
-    Ok(Slot {
-        entry,
-        nested,
-        created: info.otime,
-        modified: info.generation > info.otransid,
-    })
-}
-
 /// Take out the entries `patterns` exclude (the path or a directory above it matches); how
 /// many each pattern took, in the order given (an entry counts for the first that matches).
 fn exclude(entries: &mut BTreeMap<PathBuf, Found>, patterns: &[Pattern]) -> Vec<(String, usize)> {
@@ -602,13 +578,13 @@ fn compare(
     let mut entries = walk.entries;
     let excluded = exclude(&mut entries, patterns);
     let root = if subject == Path::new(&names.root) {
-        slot(fs, &names.root, Some(nested))?
+        read_slot(fs, Path::new(&names.root), Some(nested))?
     } else {
-        slot(fs, &names.root, None)?
+        read_slot(fs, Path::new(&names.root), None)?
     };
     Ok(Report {
         root,
-        blank: slot(fs, &names.blank, None)?,
+        blank: read_slot(fs, Path::new(&names.blank), None)?,
         compared: (subject.to_path_buf(), root_info.id),
         since,
         entries,
