@@ -46,7 +46,7 @@ use linux_raw_sys::btrfs::{
 
 use crate::ioctl::{self, Errno, IoctlError, SearchRange, TreeSearch};
 use crate::items::{self, RootItem, RootRef};
-use crate::names::quoted;
+use crate::names::{count, quoted};
 use crate::subvolume::{self, Nested, ROOT_TREE, TOP_LEVEL};
 
 /// The inode number of every subvolume's root directory.
@@ -85,8 +85,8 @@ impl fmt::Display for Leftovers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} subvolume(s) of {} (ID {}) could not be deleted: ",
-            self.failed.len(),
+            "{} of {} (ID {}) could not be deleted: ",
+            count(self.failed.len(), "subvolume"),
             quoted(&self.top),
             self.top_id
         )?;
@@ -99,11 +99,11 @@ impl fmt::Display for Leftovers {
         }
         write!(
             f,
-            "; {} subvolume(s) holding them stay as well, {} and its files included; the other \
-             {} subvolume(s) were deleted",
-            self.holding,
+            "; kept as well because they hold them: {}, {} and its files included; deleted: \
+             the other {}",
+            count(self.holding, "subvolume"),
             quoted(&self.top),
-            self.deleted
+            count(self.deleted, "subvolume")
         )
     }
 }
@@ -651,15 +651,12 @@ mod tests {
         };
         let text = l.to_string();
         assert!(
-            text.starts_with("12 subvolume(s) of \"t\" (ID 256)"),
+            text.starts_with("12 subvolumes of \"t\" (ID 256)"),
             "{text}"
         );
         assert!(text.contains("\"t/s7\" (ID 307): BTRFS_IOC_SNAP_DESTROY failed: EPERM"));
         assert!(!text.contains("t/s8\""), "{text}");
         assert!(text.contains("and 4 more"), "{text}");
-        assert!(
-            text.contains("the other 5 subvolume(s) were deleted"),
-            "{text}"
-        );
+        assert!(text.contains("deleted: the other 5 subvolumes"), "{text}");
     }
 }

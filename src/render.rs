@@ -16,14 +16,7 @@ use crate::subvolume::{Entry, Nested};
 /// The `"version"` of every JSON document; raised when a field is renamed or removed.
 pub const JSON_VERSION: i64 = 1;
 
-/// `1 subvolume`, `2 subvolumes`: a count with its noun in the right number.
-pub fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
+pub use crate::names::count;
 
 /// A JSON document: `version`, `command`, `device`, `description`, `root` and `blank` first
 /// (every command has them), then the command's own fields.
