@@ -236,7 +236,7 @@ boot() { # img serial-log kernel-args...: a whole boot, up to power-off
     rm -f "$serial"
     local QARGS
     qemu_args "$img" "$serial" "$@"
-    timeout -s KILL 300 qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$serial.qemu" 2>&1 &
+    timeout -s KILL 600 qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$serial.qemu" 2>&1 &
     local pid=$!
     echo $pid >>"$WORK/pids"
     wait $pid
