@@ -41,13 +41,10 @@ pub fn forget(
     name: &OsStr,
 ) -> Result<(), Failure> {
     let path = Path::new(OLD_ROOTS).join(name);
+    // Said before the checks, so it promises nothing: what follows says what was found.
     log::info!(
-        "{} the old root {} on {}",
-        if options.dry_run {
-            "dry run: would delete"
-        } else {
-            "deleting"
-        },
+        "{}forgetting {} on {}",
+        if options.dry_run { "dry run: " } else { "" },
         quoted(&path),
         session.described()
     );

@@ -557,6 +557,45 @@ fn privileged_diff_of_a_blank_changed_after_root_was_made() {
 }
 
 #[test]
+fn privileged_diff_of_an_old_root_after_later_runs_takes_the_fast_way() {
+    privileged!("privileged_diff_of_an_old_root_after_later_runs_takes_the_fast_way");
+    let disk = Disk::new("diff-old-after-runs");
+    blank_layout(&disk);
+    fs::write(disk.mount().join("root/etc/first"), "lost at the first run").unwrap();
+    assert_exit(&disk.run(&["--keep-old-roots", "3"]), 0);
+    // Each later run snapshots the blank again, which raises its generation, not its files.
+    // (A root that never served is not kept: each one gets a file.)
+    for i in 0..2 {
+        fs::write(disk.mount().join(format!("root/etc/later-{i}")), "served").unwrap();
+        assert_exit(&disk.run(&["--keep-old-roots", "3"]), 0);
+    }
+    let m = disk.mount();
+    let mut olds: Vec<_> = fs::read_dir(m.join("old_roots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    olds.sort();
+    assert_eq!(olds.len(), 3, "{olds:?}");
+    drop(m);
+    // The oldest name sorts first only if the names were not made in one second: find the one
+    // that holds the file.
+    let hits: Vec<_> = olds
+        .iter()
+        .map(|name| {
+            let out = diff(&disk, &[name]);
+            assert_exit(&out, 0);
+            assert!(
+                !stderr(&out).contains("comparing every file"),
+                "{name}: {}",
+                stderr(&out)
+            );
+            stdout(&out).contains("+ /etc/first")
+        })
+        .collect();
+    assert_eq!(hits.iter().filter(|h| **h).count(), 1, "{olds:?} {hits:?}");
+}
+
+#[test]
 fn privileged_diff_of_a_file_with_many_links_in_one_directory() {
     privileged!("privileged_diff_of_a_file_with_many_links_in_one_directory");
     let disk = Disk::new("diff-links");

@@ -10,7 +10,8 @@
 //!    since; those the blank has with the same generation and ctime only had their access
 //!    time changed and are dropped. The paths of the others come from their
 //!    INODE_REF/INODE_EXTREF items, walked up to the subvolume's root directory. If neither
-//!    is a snapshot of the other, or the blank was written after that transaction (a
+//!    is a snapshot of the other, or a file of the blank changed after that transaction
+//!    (its `ctransid`; a snapshot of the blank raises only its generation) (a
 //!    writable blank), every inode is looked at (slower, same result) and a warning says so.
 //! 2. Every changed directory is listed on both sides, through a read-only mount of the top
 //!    level: names only in `root` are new (a new directory is walked: all of it is new), names
@@ -470,10 +471,12 @@ fn compare(
     } else {
         None
     };
-    // The blank's generation is the last transaction that wrote its tree: what it shares with
-    // root, or later if it was changed since (a writable blank), which root's tree cannot show.
+    // The blank's ctransid is the last transaction that changed an inode in it: at most what
+    // it shares with root, or later if it was changed since (a writable blank), which root's
+    // tree cannot show. Not its generation: every snapshot of the blank (each run) raises
+    // that without changing a file, so every old root but the newest would look stale.
     let since = match shared {
-        Some(t) if blank_info.generation <= t => Some(t),
+        Some(t) if blank_info.ctransid <= t => Some(t),
         Some(_) => {
             log::warn!(
                 "{} was changed after {} was made from it: comparing every file, which takes \
@@ -494,14 +497,15 @@ fn compare(
         }
     };
     log::debug!(
-        "{} (ID {}, created in transaction {}), {} (ID {}, created in {}, last written in {})",
+        "{} (ID {}, created in transaction {}), {} (ID {}, created in {}, a file last changed \
+         in {})",
         quoted(subject),
         root_info.id,
         root_info.otransid,
         quoted(&names.blank),
         blank_info.id,
         blank_info.otransid,
-        blank_info.generation
+        blank_info.ctransid
     );
     let root = Side::new(root_fd, root_info.id, subject.as_os_str())?;
     let blank = Side::new(blank_fd, blank_info.id, &names.blank)?;
