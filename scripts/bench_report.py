@@ -207,17 +207,21 @@ L += ["| %s | %s | %s |" % t for t in tg]
 L.append("")
 if any(sc.startswith("nested-") for sc in order):
     L += ["What ours does that the floor does not, at N nested subvolumes (counted with `strace -c` at",
-          "1,000: 2,058 ioctls for ours, 1,024 for the floor):", "",
+          "1,000: 2,039 ioctls for ours, 1,024 for the floor). The old root is walked once, for the",
+          "plan, as the floor walks it (a few TREE_SEARCH_V2 calls: one per level of the tree; a",
+          "thousand subvolumes side by side fill about ten 64 KiB pages); the deletion works from",
+          "that walk:", "",
           "- **per nested subvolume, one TREE_SEARCH_V2** of its ROOT_BACKREF right before its",
-          "  SNAP_DESTROY_V2: the check that it is still held where the walk found it, so that a",
-          "  subvolume moved out of `root` since is never deleted by id (it goes to the deletion by",
-          "  handle, which checks every step). This is most of the difference at 1,000 and 5,000.",
+          "  SNAP_DESTROY_V2 (and of each subvolume holding others, once, before the first deletion",
+          "  inside it): the check that it is still held where the walk found it, so that a",
+          "  subvolume moved out of `root` since is never deleted by id (the rest of the tree is",
+          "  then walked again and deleted by handle, which checks every step). This is most of the",
+          "  difference at 1,000 and 5,000.",
           "- **once per run**: the process itself (argument parsing, the logger), the device checks,",
           "  the lock, `/proc/self/mountinfo` (is `root` mounted?), reading the state for the plan",
-          "  (GET_SUBVOL_INFO, the default subvolume, leftovers, `old_roots/`) and a second walk of",
-          "  the old root (one for the plan, one when deleting; each a few TREE_SEARCH_V2 calls: one",
-          "  per level of the tree, a thousand subvolumes side by side fill about ten 64 KiB pages),",
-          "  the plan, and the log file written and fsynced on the volume.", ""]
+          "  (GET_SUBVOL_INFO, the default subvolume, leftovers, `old_roots/`), the plan, and the",
+          "  log file, one write per line (so that a power cut keeps what was said) and fsynced on",
+          "  the volume.", ""]
 if files_note:
     L += [files_note, ""]
 if size_note:

@@ -1,8 +1,11 @@
 //! Deleting a tree of subvolumes whatever stands in the way: depth, flags, quotas, the default.
 //!
 //! Each subvolume, children first, is deleted by id (SNAP_DESTROY_V2 with SPEC_BY_ID): one
-//! ioctl, no path walked, the fast path that every ordinary tree takes. When that fails for
-//! any reason but "already gone", the subvolume is deleted *by handle* instead:
+//! ioctl, no path walked, the fast path that every ordinary tree takes, after a check that it
+//! is still held where the walk found it. The walk is the caller's when it has one
+//! ([`Eraser::delete_walked`]: the plan's walk of `root`, so a rollback walks the old root
+//! once); the tree is walked again only when something in it changed since. When deleting by
+//! id fails for any reason but "already gone", the subvolume is deleted *by handle* instead:
 //!
 //! - its directory is opened one component at a time from the top of the tree (O_NOFOLLOW |
 //!   O_DIRECTORY), following ROOT_BACKREF items (which subvolume and directory hold it) and
@@ -30,7 +33,7 @@
 //! Only subvolumes inside the tree are ever touched: every handle walk starts at the top of
 //! the tree, checked by id, and ends at a subvolume whose id is checked again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -154,7 +157,7 @@ impl Eraser<'_> {
     /// nested in it, children first, then commit. Returns how many nested subvolumes were
     /// deleted. If anything is left, the error is a [`Leftovers`] naming it.
     pub fn delete_tree(&self, top: u64, top_path: &Path) -> Result<usize> {
-        self.delete(top, top_path, true)
+        self.delete(top, top_path, true, 0)
     }
 
     /// Delete the tree under `name` (in the top-level volume), after checking that `name` is
@@ -164,22 +167,98 @@ impl Eraser<'_> {
         self.delete_tree(id, Path::new(name))
     }
 
-    /// Delete everything nested in `top` but not `top` itself, then commit.
-    pub fn delete_nested(&self, top: u64, top_path: &Path) -> Result<usize> {
-        self.delete(top, top_path, false)
+    /// As [`Eraser::delete_expected`], with the tree's subvolumes as an earlier walk found
+    /// them (`nested`, children first, with paths under `walked_at`): the tree is not walked
+    /// again. Each one is still checked to be held where the walk found it before it is
+    /// deleted by id; at the first that is not, or that cannot be deleted by id (something
+    /// nested in it since, a flag, a quota, the default), what is left of the tree is walked
+    /// and deleted as by [`Eraser::delete_expected`].
+    pub fn delete_walked(
+        &self,
+        name: &OsStr,
+        id: u64,
+        nested: &[Nested],
+        walked_at: &Path,
+    ) -> Result<usize> {
+        subvolume::expect(self.fs, name, id)?;
+        let top_path = Path::new(name);
+        let rebase = |n: &Nested| Nested {
+            path: match n.path.strip_prefix(walked_at) {
+                Ok(rest) => top_path.join(rest),
+                Err(_) => n.path.clone(),
+            },
+            ..n.clone()
+        };
+        let order = nested.iter().map(rebase).chain([top_of(id, top_path)]);
+        // Which subvolume held each one when the walk ran, and the holders found still in
+        // place in this pass: each is checked once, before the first deletion inside it, as
+        // a fresh walk would have found it. With its own check right before its deletion, a
+        // subvolume is deleted by id only while its whole chain up to `id` is where the walk
+        // found it: one moved out of the tree with what holds it is never deleted.
+        let held_by: HashMap<u64, u64> = nested.iter().map(|n| (n.id, n.parent)).collect();
+        let mut in_place: HashSet<u64> = HashSet::from([id]);
+        let mut deleted = 0;
+        for (i, sub) in order.enumerate() {
+            let holders = if sub.id == id {
+                Ok(())
+            } else {
+                self.holders_in_place(sub.parent, &held_by, &mut in_place)
+            };
+            match holders.and_then(|()| self.delete_by_id(id, &sub)) {
+                Ok(()) => {
+                    deleted += usize::from(sub.id != id);
+                    log_deleted(i, &sub);
+                }
+                Err(e) => {
+                    log::debug!(
+                        "{} (subvolume {}) by id: {e}; walking what is left of {} again",
+                        short(&sub.path),
+                        sub.id,
+                        quoted(top_path)
+                    );
+                    return self.delete(id, top_path, true, deleted);
+                }
+            }
+        }
+        ioctl::sync(self.fs).with_context(|| commit_failed(top_path, id))?;
+        Ok(deleted)
     }
 
-    fn delete(&self, top: u64, top_path: &Path, with_top: bool) -> Result<usize> {
+    /// Check that `holder` and the subvolumes holding it, up to the first one already in
+    /// `in_place`, are each held where the walk found them (`held_by`); add them to it.
+    fn holders_in_place(
+        &self,
+        mut holder: u64,
+        held_by: &HashMap<u64, u64>,
+        in_place: &mut HashSet<u64>,
+    ) -> Result<(), IoctlError> {
+        let moved = IoctlError {
+            ioctl: "a subvolume holding it moved since the walk: not deleted by id",
+            errno: Errno::EAGAIN,
+        };
+        while !in_place.contains(&holder) {
+            let expected = *held_by.get(&holder).ok_or(moved)?;
+            if !matches!(backref(self.fs, holder), Ok((p, ..)) if p == expected) {
+                return Err(moved);
+            }
+            in_place.insert(holder);
+            holder = expected;
+        }
+        Ok(())
+    }
+
+    /// Delete everything nested in `top` but not `top` itself, then commit.
+    pub fn delete_nested(&self, top: u64, top_path: &Path) -> Result<usize> {
+        self.delete(top, top_path, false, 0)
+    }
+
+    /// `deleted`: how many nested subvolumes of the tree were deleted already.
+    fn delete(&self, top: u64, top_path: &Path, with_top: bool, deleted: usize) -> Result<usize> {
         let mut order = subvolume::nested_post_order(self.fs, top, top_path)?;
         if with_top {
-            order.push(Nested {
-                id: top,
-                parent: 0,
-                path: top_path.to_path_buf(),
-                readonly: false,
-            });
+            order.push(top_of(top, top_path));
         }
-        let mut deleted = 0;
+        let mut deleted = deleted;
         let mut failed = Vec::new();
         // Subvolumes that still hold something that could not be deleted.
         let mut blocked: HashSet<u64> = HashSet::new();
@@ -193,13 +272,7 @@ impl Eraser<'_> {
             match self.delete_one(top, top_path, sub) {
                 Ok(Gone::Deleted) => {
                     deleted += usize::from(sub.id != top);
-                    // Name the first few; thousands of lines at every boot would rotate the
-                    // log away.
-                    if i < LOG_EACH {
-                        log::debug!("deleted {} (subvolume {})", short(&sub.path), sub.id);
-                    } else if i == LOG_EACH {
-                        log::debug!("... deleting the rest without a line each");
-                    }
+                    log_deleted(i, sub);
                 }
                 Ok(Gone::AlreadyGone) => {
                     log::debug!("subvolume {} ({}) already gone", sub.id, short(&sub.path));
@@ -227,29 +300,27 @@ impl Eraser<'_> {
             }
             .into());
         }
-        commit.with_context(|| {
-            format!(
-                "cannot commit the deletion of {} (ID {top})",
-                quoted(top_path)
-            )
-        })?;
+        commit.with_context(|| commit_failed(top_path, top))?;
         Ok(deleted)
     }
 
-    fn delete_one(&self, top: u64, top_path: &Path, sub: &Nested) -> Result<Gone, Undeleted> {
-        // By id only while it is still where the walk found it (held by the same subvolume):
-        // one moved elsewhere since is left to the handle walk, which checks it is inside.
+    /// The fast path: delete `sub` by id, only while it is still where the walk found it
+    /// (held by the same subvolume). One moved elsewhere since is left to the handle walk,
+    /// which checks it is inside the tree `top`.
+    fn delete_by_id(&self, top: u64, sub: &Nested) -> Result<(), IoctlError> {
         let in_place =
             sub.id == top || matches!(backref(self.fs, sub.id), Ok((p, ..)) if p == sub.parent);
-        let by_id = if in_place {
-            ioctl::snap_destroy_by_id(self.fs, sub.id)
-        } else {
-            Err(IoctlError {
+        if !in_place {
+            return Err(IoctlError {
                 ioctl: "moved since the walk: not deleted by id",
                 errno: Errno::EAGAIN,
-            })
-        };
-        let first = match by_id {
+            });
+        }
+        ioctl::snap_destroy_by_id(self.fs, sub.id)
+    }
+
+    fn delete_one(&self, top: u64, top_path: &Path, sub: &Nested) -> Result<Gone, Undeleted> {
+        let first = match self.delete_by_id(top, sub) {
             Ok(()) => return Ok(Gone::Deleted),
             // Gone for sure only if nothing links it any more (its root item stays until the
             // kernel's cleaner has dropped it; its back reference goes with the deletion).
@@ -440,6 +511,33 @@ impl Eraser<'_> {
         }
         unreachable!("a walk from a nested subvolume has at least one step")
     }
+}
+
+/// The top of a tree to delete, as the last entry of its post-order.
+fn top_of(id: u64, path: &Path) -> Nested {
+    Nested {
+        id,
+        parent: 0,
+        path: path.to_path_buf(),
+        readonly: false,
+    }
+}
+
+/// Name the first few deletions of a tree (the `i`th); thousands of lines at every boot would
+/// rotate the log away.
+fn log_deleted(i: usize, sub: &Nested) {
+    if i < LOG_EACH {
+        log::debug!("deleted {} (subvolume {})", short(&sub.path), sub.id);
+    } else if i == LOG_EACH {
+        log::debug!("... deleting the rest without a line each");
+    }
+}
+
+fn commit_failed(top_path: &Path, top: u64) -> String {
+    format!(
+        "cannot commit the deletion of {} (ID {top})",
+        quoted(top_path)
+    )
 }
 
 /// Wait, at most `timeout`, until the kernel has dropped every deleted subvolume (what

@@ -283,12 +283,14 @@ fn execute(fs: BorrowedFd<'_>, names: &Names, plan: &Plan, device: &Path) -> Res
                     }
                 }
             }
-            Step::DeleteOld { id, .. } => eraser.delete_expected(&names.temp, *id).map(|nested| {
-                old_went = format!(
-                    "; deleted the old root (ID {id}) and {}",
-                    count(nested, "nested subvolume")
-                )
-            }),
+            Step::DeleteOld { id, nested } => eraser
+                .delete_walked(&names.temp, *id, nested, Path::new(&names.root))
+                .map(|nested| {
+                    old_went = format!(
+                        "; deleted the old root (ID {id}) and {}",
+                        count(nested, "nested subvolume")
+                    )
+                }),
             Step::RemoveLeftover { name, id, .. } => {
                 eraser.delete_expected(name, *id).map(|nested| {
                     log::info!(
@@ -756,7 +758,8 @@ fn prune_old(eraser: &Eraser<'_>, old: &OldRoot) -> Result<()> {
 /// Delete the kept old root `old` with everything nested in it (`prune` and `forget`), and
 /// say so, `done` being the verb ("pruned").
 pub fn delete_old_root(eraser: &Eraser<'_>, old: &OldRoot, done: &str) -> Result<()> {
-    let nested = eraser.delete_expected(old.path().as_os_str(), old.id)?;
+    let path = old.path();
+    let nested = eraser.delete_walked(path.as_os_str(), old.id, &old.nested, &path)?;
     log::info!(
         "{done} the old root {} (ID {}, created {}) with {}",
         quoted(&old.path()),

@@ -396,6 +396,44 @@ fn privileged_undeletable_subvolume_does_not_stop_the_rest() {
     assert_erased(&disk, &old);
 }
 
+/// The deletion that follows the plan's walk (`Eraser::delete_walked`, what `run` and the
+/// pruning use) when the tree changed since the walk: a subvolume moved out of `root` is not
+/// deleted with it (it is no longer held where the walk found it), and one created in `root`
+/// since is (the tree is walked again).
+#[test]
+fn privileged_deletion_after_a_stale_walk_keeps_what_moved_out() {
+    use btrfs_rollback::erase::Eraser;
+    use btrfs_rollback::subvolume::{self, TOP_LEVEL};
+    use std::ffi::OsStr;
+    use std::os::fd::{AsFd, OwnedFd};
+
+    let disk = layout!("stalewalk");
+    let m = disk.mount();
+    let top: OwnedFd = fs::File::open(&m.path).unwrap().into();
+    let fs = top.as_fd();
+    let root = m.id("root");
+    let walked = subvolume::nested_post_order(fs, root, Path::new("root")).unwrap();
+    assert_eq!(walked.len(), 6, "{walked:?}");
+    // Since the walk: b (with c in it) moved to persist, a new subvolume in root.
+    fs::rename(m.join("root/var/lib/machines/a/b"), m.join("persist/b")).unwrap();
+    m.subvol("root/tmp/new");
+    let (b, c) = (m.id("persist/b"), m.id("persist/b/c"));
+    let eraser = Eraser {
+        fs,
+        fallback_default: TOP_LEVEL,
+    };
+    let deleted = eraser
+        .delete_walked(OsStr::new("root"), root, &walked, Path::new("root"))
+        .unwrap();
+    // machines, a, srv, srv/child and new.
+    assert_eq!(deleted, 5);
+    let subs = m.subvolumes();
+    assert!(!subs.values().any(|id| *id == root), "{subs:?}");
+    assert_eq!(subs.get(Path::new("persist/b")), Some(&b), "{subs:?}");
+    assert_eq!(subs.get(Path::new("persist/b/c")), Some(&c), "{subs:?}");
+    assert!(!subs.keys().any(|p| p.starts_with("root")), "{subs:?}");
+}
+
 /// SIGKILL a run during its deletion of the old root, SIGKILL the next run during its
 /// cleanup of what the first left, then run once more: nothing of the old roots is left.
 #[test]
