@@ -95,14 +95,14 @@ Examples:
   btrfs-rollback list                          the old roots, by name
   btrfs-rollback restore --dry-run 2026-11-27_10-30-01   what it would do
   btrfs-rollback restore 2026-11-27_10-30-01   boot that one next time")]
-    Restore(RestoreArgs),
+    Restore(OldRootArgs),
     /// Delete the kept old root old_roots/NAME with everything nested in it (the deletion
     /// `run` prunes old roots with); --dry-run shows what would go.
     #[command(after_help = "\
 Examples:
   btrfs-rollback forget --dry-run 2026-11-27_10-30-01   what would go
   btrfs-rollback forget 2026-11-27_10-30-01")]
-    Forget(ForgetArgs),
+    Forget(OldRootArgs),
     /// Print the end of the log file (rollback.log, and rollback.log.old before it) from the
     /// top-level volume, mounted read-only.
     #[command(after_help = "\
@@ -220,7 +220,7 @@ struct DiffArgs {
     name: Option<OsString>,
 }
 
-/// TARGET and `--log` of `restore` and `forget`, the commands that change an old root.
+/// The arguments of `restore` and `forget`, the commands that change one old root.
 #[derive(Debug, Args)]
 struct OldRootArgs {
     #[command(flatten)]
@@ -228,30 +228,10 @@ struct OldRootArgs {
     /// Log file to append to, as for `run`.
     #[arg(long, value_name = "PATH", default_value = "rollback.log")]
     log: PathBuf,
-}
-
-#[derive(Debug, Args)]
-struct RestoreArgs {
-    #[command(flatten)]
-    common: OldRootArgs,
-    /// The old root to restore, a name in old_roots/ (as `list` shows it).
+    /// The old root, a name in old_roots/ as `list` shows it ("old_roots/NAME" is the same).
     name: OsString,
-    /// Say what the restore would do and change nothing (read-only).
-    #[arg(long)]
-    dry_run: bool,
-    /// With --dry-run: print it as JSON.
-    #[arg(long, requires = "dry_run")]
-    json: bool,
-}
-
-#[derive(Debug, Args)]
-struct ForgetArgs {
-    #[command(flatten)]
-    common: OldRootArgs,
-    /// The old root to delete, a name in old_roots/ (as `list` shows it; "old_roots/NAME"
-    /// is the same).
-    name: OsString,
-    /// Print what would be deleted (every subvolume, by path and id) and change nothing.
+    /// Say what would be done, every subvolume it touches by path and id, and change nothing
+    /// (read-only).
     #[arg(long)]
     dry_run: bool,
     /// With --dry-run: print it as JSON.
@@ -335,8 +315,7 @@ impl Command {
             Command::Run(a) => &a.target,
             Command::List(a) => &a.target,
             Command::Diff(a) => &a.target,
-            Command::Restore(a) => &a.common.target,
-            Command::Forget(a) => &a.common.target,
+            Command::Restore(a) | Command::Forget(a) => &a.target,
             Command::Log(a) => &a.target,
         }
     }
@@ -347,8 +326,7 @@ impl Command {
             Command::Run(a) => a.json,
             Command::List(a) => a.json,
             Command::Diff(a) => a.json,
-            Command::Restore(a) => a.json,
-            Command::Forget(a) => a.json,
+            Command::Restore(a) | Command::Forget(a) => a.json,
             Command::Log(_) => false,
         }
     }
@@ -358,17 +336,10 @@ impl Command {
         match self {
             Command::List(_) | Command::Diff(_) | Command::Log(_) => Access::Look,
             Command::Run(a) if a.dry_run => Access::DryRun,
-            Command::Restore(a) if a.dry_run => Access::DryRun,
-            Command::Forget(a) if a.dry_run => Access::DryRun,
+            Command::Restore(a) | Command::Forget(a) if a.dry_run => Access::DryRun,
             Command::Run(RunArgs { log, .. })
-            | Command::Restore(RestoreArgs {
-                common: OldRootArgs { log, .. },
-                ..
-            })
-            | Command::Forget(ForgetArgs {
-                common: OldRootArgs { log, .. },
-                ..
-            }) => Access::Change { log },
+            | Command::Restore(OldRootArgs { log, .. })
+            | Command::Forget(OldRootArgs { log, .. }) => Access::Change { log },
         }
     }
 
@@ -376,8 +347,9 @@ impl Command {
     fn check(&self) -> Result<Target> {
         let target = self.target().target()?;
         match self {
-            Command::Restore(a) => check_log(&a.common.log).and(old_root_arg(&a.name).map(drop))?,
-            Command::Forget(a) => check_log(&a.common.log).and(old_root_arg(&a.name).map(drop))?,
+            Command::Restore(a) | Command::Forget(a) => {
+                check_log(&a.log).and(old_root_arg(&a.name).map(drop))?
+            }
             Command::Run(a) => check_log(&a.log)?,
             Command::Log(a) => check_log(&a.log)?,
             Command::Diff(DiffArgs { name: Some(n), .. }) => drop(old_root_arg(n)?),
@@ -418,7 +390,22 @@ impl Command {
                 &old_root_arg(&a.name)?,
             ),
             Command::Log(a) => Ok(logview::show(session.fd(), &a.log, a.lines)?),
-            Command::List(_) | Command::Diff(_) => unreachable!("list and diff mount themselves"),
+            Command::List(a) => Ok(list::list(
+                session,
+                target,
+                &a.retention.retention(),
+                a.json,
+            )?),
+            Command::Diff(a) => {
+                let name = a.name.as_ref().map(old_root_arg).transpose()?;
+                Ok(diff::diff(
+                    session,
+                    target,
+                    name.as_deref(),
+                    &a.exclude,
+                    a.json,
+                )?)
+            }
         }
     }
 }
@@ -426,17 +413,6 @@ impl Command {
 /// Check the command line, open the session and run the command in it.
 fn execute(command: &Command) -> std::result::Result<(), Failure> {
     let target = command.check().map_err(Failure::usage)?;
-    // `list` and `diff` mount the volume themselves, read-only.
-    match command {
-        Command::List(a) => {
-            return Ok(list::list(&target, &a.retention.retention(), a.json)?);
-        }
-        Command::Diff(a) => {
-            let name = a.name.as_ref().map(old_root_arg).transpose()?;
-            return Ok(diff::diff(&target, name.as_deref(), &a.exclude, a.json)?);
-        }
-        _ => {}
-    }
     let session = Session::open(&target, command.access())?;
     let result = command.call(&session, &target);
     session.close(&result);
@@ -575,7 +551,7 @@ mod tests {
         let Command::Restore(args) = cli.unwrap().command else {
             panic!("not restore")
         };
-        assert_eq!(args.common.log, PathBuf::from("x.log"));
+        assert_eq!(args.log, PathBuf::from("x.log"));
     }
 
     /// Every help text fits an 80-column console (issue 12), and each subcommand has examples.

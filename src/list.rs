@@ -14,12 +14,12 @@ use crate::json::Json;
 use crate::names::{quoted, Names};
 use crate::plan::{self, OldRoot, Plan, Retention, State, Verdict};
 use crate::render;
-use crate::session::{self, Target};
+use crate::session::{Session, Target};
 use crate::subvolume::{self, Entry, TOP_LEVEL};
 
 /// `btrfs-rollback list`.
-pub fn list(target: &Target, retention: &Retention, json: bool) -> Result<()> {
-    let listing = Listing::read(target, retention)?;
+pub fn list(session: &Session, target: &Target, retention: &Retention, json: bool) -> Result<()> {
+    let listing = Listing::read(session, target, retention)?;
     let out = if json {
         listing.json().to_string_pretty()
     } else {
@@ -53,17 +53,16 @@ pub struct Listing {
 }
 
 impl Listing {
-    /// Mount the top level read-only and read it.
-    pub fn read(target: &Target, retention: &Retention) -> Result<Listing> {
-        let (top, description) = session::mount(target, true)?;
-        let top_level = top_level(top.fd())?;
-        let state = inspect(&top, &target.names)?;
+    /// Read the top level of `session` (mounted read-only).
+    pub fn read(session: &Session, target: &Target, retention: &Retention) -> Result<Listing> {
+        let top_level = top_level(session.fd())?;
+        let state = inspect(session.top(), &target.names)?;
         let now = crate::clock::now();
         let plan = plan::plan(&target.names, &state, retention, now).map_err(|e| format!("{e:#}"));
         let verdicts = verdicts(&state, plan.as_ref().ok(), retention, now);
         Ok(Listing {
             device: target.device.clone(),
-            description,
+            description: session.described().to_owned(),
             names: target.names.clone(),
             retention: *retention,
             now,

@@ -5,7 +5,10 @@
 //! and written first, so the first lines of a run are never lost. A log that cannot be
 //! written never stops a rollback: it is reported on the other sinks and the run goes on.
 //! `/dev/kmsg` gets informational lines and above only: the kernel rate-limits userspace
-//! writes (10 lines per 5 s by default), so the per-subvolume details go to the file.
+//! writes (10 lines per 5 s by default), so the per-subvolume details go to the file. Under
+//! systemd (a unit whose stderr is the journal, as in NixOS's systemd stage 1) stderr is the
+//! journal already, and `/dev/kmsg` is left alone: journald reads the kernel log too, and
+//! every line would be in `journalctl -b` twice.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -118,7 +121,7 @@ pub fn init(verbose: bool, kmsg: bool) {
             })
             .build();
     let max = stderr.filter().max(LevelFilter::Debug);
-    if kmsg {
+    if kmsg && !stderr_is_the_journal() {
         if let Ok(kmsg) = File::options().write(true).open("/dev/kmsg") {
             SINKS.lock().unwrap_or_else(|e| e.into_inner()).kmsg = Some(kmsg);
         }
@@ -126,6 +129,24 @@ pub fn init(verbose: bool, kmsg: bool) {
     if log::set_boxed_logger(Box::new(Logger { stderr })).is_ok() {
         log::set_max_level(max);
     }
+}
+
+/// Whether stderr is a stream to systemd's journal: `$JOURNAL_STREAM` ("DEVICE:INODE", which
+/// systemd sets for a service whose stdout or stderr it connects to the journal) names it.
+fn stderr_is_the_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr().as_fd()) {
+        Ok(st) => names_stream(&value.to_string_lossy(), st.st_dev, st.st_ino),
+        Err(_) => false,
+    }
+}
+
+/// Whether a `$JOURNAL_STREAM` value names the file with this device and inode number.
+fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
+    let parse = |(d, i): (&str, &str)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?));
+    value.split_once(':').and_then(parse) == Some((dev, ino))
 }
 
 /// The log file while it is attached. Dropping it flushes the file to disk and closes it
@@ -314,6 +335,16 @@ mod tests {
         let line = file_line(1_795_774_145, Level::Info, 42, "deleted \"a\nb\"");
         assert_eq!(line, "2026-11-27T10:09:05Z [42] INFO  deleted \"a b\"\n");
         assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn journal_stream_is_matched_by_device_and_inode() {
+        assert!(names_stream("8:1234", 8, 1234));
+        assert!(!names_stream("8:1234", 8, 1235));
+        assert!(!names_stream("9:1234", 8, 1234));
+        for bad in ["", "8", "8:", ":1234", "8:1234:5", "x:1234", "-8:1234"] {
+            assert!(!names_stream(bad, 8, 1234), "{bad:?}");
+        }
     }
 
     #[test]

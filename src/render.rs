@@ -178,7 +178,7 @@ pub fn old_root_json(o: &OldRoot, verdict: Verdict, now: i64) -> Json {
 /// One old root on its own (`forget`, `restore`), as an `OldRoot` the way `list` without
 /// retention options shows it: `verdict` is its rank by last use (or `not_ours`), `prune` false.
 /// `old_roots` are all the old roots (the rank is among them).
-pub fn lone_old_root_json(old_roots: &[OldRoot], old: &OldRoot, now: i64) -> Json {
+fn lone_old_root_json(old_roots: &[OldRoot], old: &OldRoot, now: i64) -> Json {
     let verdict = judge(&[], old_roots, &Retention::default(), now)
         .into_iter()
         .find(|(o, _)| o.id == old.id)

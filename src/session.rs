@@ -1,6 +1,6 @@
 //! One command's hold on the filesystem: where it is ([`Target`]), the mount of its top-level
 //! volume, the lock that keeps two commands from working on it at once, and the log file.
-//! Every subcommand opens one [`Session`] (or, read-only, [`mount`]) and nothing else mounts.
+//! Every subcommand runs in one [`Session`] and nothing else mounts.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -50,7 +50,7 @@ pub struct Session {
 
 /// Wait for the device, check it, and mount its top-level volume (read-only if asked).
 /// Returns the mount and a description of the device for messages.
-pub fn mount(target: &Target, readonly: bool) -> Result<(TopLevel, String)> {
+fn mount(target: &Target, readonly: bool) -> Result<(TopLevel, String)> {
     device::wait_for(&target.device, target.wait)?;
     let described = device::check(&target.device)?;
     let top = TopLevel::mount(&target.device, &target.mountpoint, readonly)?;

@@ -83,7 +83,7 @@ use crate::json::Json;
 use crate::names::{self, quoted, Names};
 use crate::plan::{Slot, OLD_ROOTS};
 use crate::render::{self, count};
-use crate::session::{self, Target};
+use crate::session::{Session, Target};
 use crate::subvolume::{self, Entry, Nested};
 
 /// The inode number of a subvolume's root directory.
@@ -95,8 +95,15 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
 
-/// `btrfs-rollback diff [NAME]`: `root` (or the old root `old_roots/NAME`) against the blank.
-pub fn diff(target: &Target, name: Option<&OsStr>, exclude: &[String], json: bool) -> Result<()> {
+/// `btrfs-rollback diff [NAME]`: `root` (or the old root `old_roots/NAME`) against the blank,
+/// in `session` (mounted read-only).
+pub fn diff(
+    session: &Session,
+    target: &Target,
+    name: Option<&OsStr>,
+    exclude: &[String],
+    json: bool,
+) -> Result<()> {
     let patterns = exclude
         .iter()
         .map(|p| Pattern::new(p))
@@ -104,14 +111,14 @@ pub fn diff(target: &Target, name: Option<&OsStr>, exclude: &[String], json: boo
     if let Some(name) = name {
         names::check_component("NAME", name)?;
     }
-    let (top, described) = session::mount(target, true)?;
+    let (fs, described) = (session.fd(), session.described());
     let names = &target.names;
     let subject = match name {
-        Some(name) => old_root(top.fd(), name)?,
+        Some(name) => old_root(fs, name)?,
         None => PathBuf::from(&names.root),
     };
     let start = Instant::now();
-    let report = compare(top.fd(), names, &subject, &patterns).with_context(|| {
+    let report = compare(fs, names, &subject, &patterns).with_context(|| {
         format!(
             "cannot compare {} with {} on {described}",
             quoted(&subject),
@@ -126,7 +133,7 @@ pub fn diff(target: &Target, name: Option<&OsStr>, exclude: &[String], json: boo
     );
     let out = if json {
         report
-            .json(&target.device, &described, names, name)
+            .json(&target.device, described, names, name)
             .to_string_pretty()
     } else {
         report.text()
