@@ -189,22 +189,11 @@ impl Eraser<'_> {
             },
             ..n.clone()
         };
+        let mut walked = Walked::new(id, nested);
         let order = nested.iter().map(rebase).chain([top_of(id, top_path)]);
-        // Which subvolume held each one when the walk ran, and the holders found still in
-        // place in this pass: each is checked once, before the first deletion inside it, as
-        // a fresh walk would have found it. With its own check right before its deletion, a
-        // subvolume is deleted by id only while its whole chain up to `id` is where the walk
-        // found it: one moved out of the tree with what holds it is never deleted.
-        let held_by: HashMap<u64, u64> = nested.iter().map(|n| (n.id, n.parent)).collect();
-        let mut in_place: HashSet<u64> = HashSet::from([id]);
         let mut deleted = 0;
         for (i, sub) in order.enumerate() {
-            let holders = if sub.id == id {
-                Ok(())
-            } else {
-                self.holders_in_place(sub.parent, &held_by, &mut in_place)
-            };
-            match holders.and_then(|()| self.delete_by_id(id, &sub)) {
+            match self.delete_by_id(&mut walked, &sub) {
                 Ok(()) => {
                     deleted += usize::from(sub.id != id);
                     log_deleted(i, &sub);
@@ -224,29 +213,6 @@ impl Eraser<'_> {
         Ok(deleted)
     }
 
-    /// Check that `holder` and the subvolumes holding it, up to the first one already in
-    /// `in_place`, are each held where the walk found them (`held_by`); add them to it.
-    fn holders_in_place(
-        &self,
-        mut holder: u64,
-        held_by: &HashMap<u64, u64>,
-        in_place: &mut HashSet<u64>,
-    ) -> Result<(), IoctlError> {
-        let moved = IoctlError {
-            ioctl: "a subvolume holding it moved since the walk: not deleted by id",
-            errno: Errno::EAGAIN,
-        };
-        while !in_place.contains(&holder) {
-            let expected = *held_by.get(&holder).ok_or(moved)?;
-            if !matches!(backref(self.fs, holder), Ok((p, ..)) if p == expected) {
-                return Err(moved);
-            }
-            in_place.insert(holder);
-            holder = expected;
-        }
-        Ok(())
-    }
-
     /// Delete everything nested in `top` but not `top` itself, then commit.
     pub fn delete_nested(&self, top: u64, top_path: &Path) -> Result<usize> {
         self.delete(top, top_path, false, 0)
@@ -258,6 +224,7 @@ impl Eraser<'_> {
         if with_top {
             order.push(top_of(top, top_path));
         }
+        let mut walked = Walked::new(top, &order);
         let mut deleted = deleted;
         let mut failed = Vec::new();
         // Subvolumes that still hold something that could not be deleted.
@@ -269,7 +236,7 @@ impl Eraser<'_> {
                 blocked.insert(sub.parent);
                 continue;
             }
-            match self.delete_one(top, top_path, sub) {
+            match self.delete_one(&mut walked, top_path, sub) {
                 Ok(Gone::Deleted) => {
                     deleted += usize::from(sub.id != top);
                     log_deleted(i, sub);
@@ -304,23 +271,56 @@ impl Eraser<'_> {
         Ok(deleted)
     }
 
-    /// The fast path: delete `sub` by id, only while it is still where the walk found it
-    /// (held by the same subvolume). One moved elsewhere since is left to the handle walk,
-    /// which checks it is inside the tree `top`.
-    fn delete_by_id(&self, top: u64, sub: &Nested) -> Result<(), IoctlError> {
-        let in_place =
-            sub.id == top || matches!(backref(self.fs, sub.id), Ok((p, ..)) if p == sub.parent);
-        if !in_place {
-            return Err(IoctlError {
-                ioctl: "moved since the walk: not deleted by id",
+    /// The fast path: delete `sub` by id, only while it and every subvolume holding it are
+    /// where the walk found them ([`Walked`]). One moved elsewhere since is left to the handle
+    /// walk, which checks it is inside the tree.
+    fn delete_by_id(&self, walked: &mut Walked, sub: &Nested) -> Result<(), IoctlError> {
+        if sub.id != walked.top {
+            let moved = |ioctl| IoctlError {
+                ioctl,
                 errno: Errno::EAGAIN,
-            });
+            };
+            if !self.holders_in_place(walked, sub.parent) {
+                return Err(moved(
+                    "a subvolume holding it moved since the walk: not deleted by id",
+                ));
+            }
+            if !self.held_by(sub.id, sub.parent) {
+                return Err(moved("moved since the walk: not deleted by id"));
+            }
         }
         ioctl::snap_destroy_by_id(self.fs, sub.id)
     }
 
-    fn delete_one(&self, top: u64, top_path: &Path, sub: &Nested) -> Result<Gone, Undeleted> {
-        let first = match self.delete_by_id(top, sub) {
+    /// Whether `holder` and the subvolumes holding it, up to the first one already found in
+    /// place, are each held where the walk found them; they are found in place from then on.
+    fn holders_in_place(&self, walked: &mut Walked, mut holder: u64) -> bool {
+        while !walked.in_place.contains(&holder) {
+            let Some(&expected) = walked.held_by.get(&holder) else {
+                return false;
+            };
+            if !self.held_by(holder, expected) {
+                return false;
+            }
+            walked.in_place.insert(holder);
+            holder = expected;
+        }
+        true
+    }
+
+    /// Whether subvolume `id` is held by subvolume `parent` now (its ROOT_BACKREF).
+    fn held_by(&self, id: u64, parent: u64) -> bool {
+        matches!(backref(self.fs, id), Ok((p, ..)) if p == parent)
+    }
+
+    fn delete_one(
+        &self,
+        walked: &mut Walked,
+        top_path: &Path,
+        sub: &Nested,
+    ) -> Result<Gone, Undeleted> {
+        let top = walked.top;
+        let first = match self.delete_by_id(walked, sub) {
             Ok(()) => return Ok(Gone::Deleted),
             // Gone for sure only if nothing links it any more (its root item stays until the
             // kernel's cleaner has dropped it; its back reference goes with the deletion).
@@ -510,6 +510,27 @@ impl Eraser<'_> {
             );
         }
         unreachable!("a walk from a nested subvolume has at least one step")
+    }
+}
+
+/// A tree as a walk found it, for deleting it by id: which subvolume held each one, and the
+/// holders found still in place since. Each holder is checked once, before the first deletion
+/// inside it (as a fresh walk would have found it), and each subvolume right before its own
+/// deletion: so a subvolume is deleted by id only while its whole chain up to the top is where
+/// the walk found it, and one moved out of the tree with what holds it is never deleted.
+struct Walked {
+    top: u64,
+    held_by: HashMap<u64, u64>,
+    in_place: HashSet<u64>,
+}
+
+impl Walked {
+    fn new(top: u64, nested: &[Nested]) -> Walked {
+        Walked {
+            top,
+            held_by: nested.iter().map(|n| (n.id, n.parent)).collect(),
+            in_place: HashSet::from([top]),
+        }
     }
 }
 
