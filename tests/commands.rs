@@ -8,66 +8,32 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use common::*;
 
-/// The old roots kept, by name, with their ids (btrfs-progs' view).
-fn old_roots(disk: &Disk) -> Vec<(PathBuf, u64)> {
-    disk.mount()
-        .subvolumes()
-        .into_iter()
-        .filter(|(p, _)| p.starts_with("old_roots") && p.components().count() == 2)
-        .collect()
-}
-
-/// Parse JSON with python3 (an independent parser) and evaluate `expr` on it (`d` is the
-/// document); returns what python prints.
+/// `python_json`'s `repr` of `expr` on the document `text`: what the test compares.
 fn json_eval(text: &[u8], expr: &str) -> String {
-    let script = format!("import json,sys; d = json.load(sys.stdin); print(repr(({expr})))");
-    let mut child = Command::new("python3")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(text).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{expr} on:\n{}\n{}",
-        String::from_utf8_lossy(text),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    python_json(text, &format!("repr(({expr}))"))
 }
 
 fn log_text(disk: &Disk) -> String {
     fs::read_to_string(disk.mount().join("rollback.log")).unwrap_or_default()
 }
 
-/// A disk with one kept old root (the impermanence layout's root, with its nested
-/// subvolumes three deep and a read-only one with a child). Returns the disk and the old
-/// root's name and id.
-fn with_an_old_root(name: &str) -> (Disk, String, u64) {
-    let disk = Disk::new(name);
-    impermanence_layout(&disk);
+/// Keep one old root on a disk with the impermanence layout (its root, with nested
+/// subvolumes three deep and a read-only one with a child). Returns its name and id.
+fn keep_an_old_root(disk: &Disk) -> (String, u64) {
     assert_exit(&disk.run(&["--keep-old-roots", "5"]), 0);
-    let (path, id) = old_roots(&disk).remove(0);
+    let (path, id) = old_roots(disk).remove(0);
     let name = path.file_name().unwrap().to_str().unwrap().to_string();
-    (disk, name, id)
+    (name, id)
 }
 
 #[test]
 fn privileged_forget_deletes_an_old_root_with_everything_nested() {
-    privileged!("privileged_forget_deletes_an_old_root_with_everything_nested");
-    let (disk, name, id) = with_an_old_root("forget");
+    let disk = layout!("forget");
+    let (name, id) = keep_an_old_root(&disk);
     let old = Path::new("old_roots").join(&name);
     let subs = disk.mount().subvolumes();
     let nested: Vec<(PathBuf, u64)> = subs
@@ -79,11 +45,7 @@ fn privileged_forget_deletes_an_old_root_with_everything_nested() {
 
     // A dry run names every subvolume by path and id, and changes nothing.
     let log_before = log_text(&disk);
-    let out = disk
-        .cmd("forget")
-        .args(["--dry-run", &name])
-        .output()
-        .unwrap();
+    let out = disk.output("forget", ["--dry-run", &name]);
     assert_exit(&out, 0);
     let text = stdout(&out);
     assert!(text.contains("dry run, nothing changed"), "{text}");
@@ -92,11 +54,10 @@ fn privileged_forget_deletes_an_old_root_with_everything_nested() {
         assert!(text.contains(&line), "{line} missing from:\n{text}");
     }
     assert!(text.contains("with 6 nested subvolumes"), "{text}");
-    let out = disk
-        .cmd("forget")
-        .args(["--dry-run", "--json", &format!("old_roots/{name}")])
-        .output()
-        .unwrap();
+    let out = disk.output(
+        "forget",
+        ["--dry-run", "--json", &format!("old_roots/{name}")],
+    );
     assert_exit(&out, 0);
     assert_eq!(
         json_eval(
@@ -118,13 +79,8 @@ fn privileged_forget_deletes_an_old_root_with_everything_nested() {
     assert_eq!(log_text(&disk), log_before, "a dry run wrote to the log");
 
     // The real thing: the old root and everything in it go, nothing else.
-    let out = disk.cmd("forget").arg(&name).output().unwrap();
-    assert_exit(&out, 0);
-    assert!(
-        stderr(&out).contains("deleted the old root") && stderr(&out).contains("6 nested"),
-        "{}",
-        stderr(&out)
-    );
+    let out = disk.output("forget", [&name]);
+    assert_says(&out, 0, &["deleted the old root", "6 nested"]);
     let after = disk.mount().subvolumes();
     let expected: std::collections::BTreeMap<PathBuf, u64> = subs
         .into_iter()
@@ -136,15 +92,13 @@ fn privileged_forget_deletes_an_old_root_with_everything_nested() {
         "not in rollback.log"
     );
     // Forgetting it again: there is none.
-    let out = disk.cmd("forget").arg(&name).output().unwrap();
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("there is no"), "{}", stderr(&out));
+    assert_says(&disk.output("forget", [&name]), 1, &["there is no"]);
 }
 
 #[test]
 fn privileged_forget_refuses_what_is_not_an_old_root() {
-    privileged!("privileged_forget_refuses_what_is_not_an_old_root");
-    let (disk, name, _) = with_an_old_root("forgetno");
+    let disk = layout!("forgetno");
+    let (name, _) = keep_an_old_root(&disk);
     {
         let m = disk.mount();
         fs::create_dir(m.join("old_roots/plain-dir")).unwrap();
@@ -161,56 +115,35 @@ fn privileged_forget_refuses_what_is_not_an_old_root() {
         ("root", 1, "\"old_roots/root\""),
         ("", 2, "NAME is empty"),
     ] {
-        let out = disk.cmd("forget").arg(arg).output().unwrap();
+        let out = disk.output("forget", [arg]);
         assert_exit(&out, status);
         assert!(stderr(&out).contains(says), "{arg:?}: {}", stderr(&out));
         if status == 1 {
-            assert!(stderr(&out).contains("not an old root"), "{}", stderr(&out));
-            assert!(stderr(&out).contains("was not changed"), "{}", stderr(&out));
+            assert_says(&out, 1, &["not an old root", "was not changed"]);
         }
     }
     // A blank or root named like the tool's own directory would put them under `forget`.
     for option in ["--blank", "--root"] {
-        let out = disk
-            .cmd("forget")
-            .args([option, "old_roots", "persist"])
-            .output()
-            .unwrap();
-        assert_exit(&out, 2);
-        assert!(
-            stderr(&out).contains("keeps for itself"),
-            "{}",
-            stderr(&out)
-        );
+        let out = disk.output("forget", [option, "old_roots", "persist"]);
+        assert_says(&out, 2, &["keeps for itself"]);
     }
     // An old root in use on this system (the running system's root after a live restore).
     let m = disk.mount();
-    let at = disk.dir.join("in-use");
-    fs::create_dir_all(&at).unwrap();
-    sh(Command::new("mount")
-        .args(["-t", "btrfs", "-o"])
-        .arg(format!("subvol=old_roots/{name}"))
-        .arg(&disk.dev)
-        .arg(&at));
-    let out = disk.cmd("forget").arg(&name).output().unwrap();
-    let _ = Command::new("umount").arg(&at).output();
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("is in use"), "{}", stderr(&out));
+    let in_use = disk.mount_subvol(&format!("old_roots/{name}"), "in-use");
+    let out = disk.output("forget", [&name]);
+    drop(in_use);
+    assert_says(&out, 1, &["is in use"]);
     assert_eq!(m.subvolumes(), subs, "a refusal changed something");
 }
 
 #[test]
 fn privileged_restore_dry_run_changes_nothing() {
-    privileged!("privileged_restore_dry_run_changes_nothing");
-    let (disk, name, id) = with_an_old_root("restoredry");
+    let disk = layout!("restoredry");
+    let (name, id) = keep_an_old_root(&disk);
     let root = disk.mount().id("root");
     let subs = disk.mount().subvolumes();
     let log_before = log_text(&disk);
-    let out = disk
-        .cmd("restore")
-        .args(["--dry-run", &name])
-        .output()
-        .unwrap();
+    let out = disk.output("restore", ["--dry-run", &name]);
     assert_exit(&out, 0);
     let text = stdout(&out);
     assert!(text.contains("dry run, nothing changed"), "{text}");
@@ -221,11 +154,7 @@ fn privileged_restore_dry_run_changes_nothing() {
         "{text}"
     );
     assert!(text.contains("keep the replaced root"), "{text}");
-    let out = disk
-        .cmd("restore")
-        .args(["--dry-run", "--json", &name])
-        .output()
-        .unwrap();
+    let out = disk.output("restore", ["--dry-run", "--json", &name]);
     assert_exit(&out, 0);
     assert_eq!(
         json_eval(
@@ -244,27 +173,19 @@ fn privileged_restore_dry_run_changes_nothing() {
     drop(m);
     assert_eq!(log_text(&disk), log_before, "a dry run wrote to the log");
     // A dry run of something refused is refused the same way.
-    let out = disk
-        .cmd("restore")
-        .args(["--dry-run", "no-such-root"])
-        .output()
-        .unwrap();
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("no old root"), "{}", stderr(&out));
+    let out = disk.output("restore", ["--dry-run", "no-such-root"]);
+    assert_says(&out, 1, &["no old root"]);
 }
 
 #[test]
 fn privileged_log_prints_the_end_of_the_log() {
-    privileged!("privileged_log_prints_the_end_of_the_log");
-    let disk = Disk::new("logview");
-    impermanence_layout(&disk);
+    let disk = layout!("logview");
     // No log yet.
     let out = disk.cmd("log").output().unwrap();
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("no log file"), "{}", stderr(&out));
+    assert_says(&out, 1, &["no log file"]);
     assert_exit(&disk.run(&[]), 0);
     let log = log_text(&disk);
-    let out = disk.cmd("log").args(["--lines", "3"]).output().unwrap();
+    let out = disk.output("log", ["--lines", "3"]);
     assert_exit(&out, 0);
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(stdout(&out), lines[lines.len() - 3..].join("\n") + "\n");
@@ -275,7 +196,7 @@ fn privileged_log_prints_the_end_of_the_log() {
         fs::write(m.join("rollback.log.old"), "old 1\nold 2\n").unwrap();
         fs::write(m.join("rollback.log"), "new 1\n").unwrap();
     }
-    let out = disk.cmd("log").args(["--lines", "2"]).output().unwrap();
+    let out = disk.output("log", ["--lines", "2"]);
     assert_exit(&out, 0);
     assert_eq!(stdout(&out), "old 2\nnew 1\n");
     // --log names another file; a symbolic link is not followed.
@@ -285,38 +206,23 @@ fn privileged_log_prints_the_end_of_the_log() {
         fs::write(m.join("logs/other.log"), "elsewhere\n").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", m.join("link.log")).unwrap();
     }
-    let out = disk
-        .cmd("log")
-        .args(["--log", "logs/other.log"])
-        .output()
-        .unwrap();
+    let out = disk.output("log", ["--log", "logs/other.log"]);
     assert_exit(&out, 0);
     assert_eq!(stdout(&out), "elsewhere\n");
-    let out = disk
-        .cmd("log")
-        .args(["--log", "link.log"])
-        .output()
-        .unwrap();
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    let out = disk.output("log", ["--log", "link.log"]);
+    assert_says(&out, 1, &["symbolic link"]);
 }
 
 #[test]
 fn privileged_errors_with_json_are_documents_with_the_disk_state() {
-    privileged!("privileged_errors_with_json_are_documents_with_the_disk_state");
-    let disk = Disk::new("jsonerr");
-    impermanence_layout(&disk);
+    let disk = layout!("jsonerr");
     let subs = disk.mount().subvolumes();
     let error = "d['error']['exit_status'], d['error']['disk'], len(d['error']['message']) > 0";
     // Refused by the plan: a missing blank.
-    let out = disk
-        .cmd("run")
-        .args(["--dry-run", "--json", "--blank", "no-such-blank"])
-        .output()
-        .unwrap();
+    let out = disk.run(&["--dry-run", "--json", "--blank", "no-such-blank"]);
     assert_exit(&out, 1);
     assert_eq!(json_eval(&out.stdout, error), "(1, 'untouched', True)");
-    assert!(stderr(&out).contains("no-such-blank"), "{}", stderr(&out));
+    assert_says(&out, 1, &["no-such-blank"]);
     // A device that is not there, for every command with --json.
     for args in [
         &["list", "--json"][..],
@@ -342,19 +248,11 @@ fn privileged_errors_with_json_are_documents_with_the_disk_state() {
         );
     }
     // A usage error found after parsing: exit status 2 in the document too.
-    let out = disk
-        .cmd("forget")
-        .args(["--dry-run", "--json", "a/b"])
-        .output()
-        .unwrap();
+    let out = disk.output("forget", ["--dry-run", "--json", "a/b"]);
     assert_exit(&out, 2);
     assert_eq!(json_eval(&out.stdout, error), "(2, 'untouched', True)");
     // Without --json, stdout stays empty.
-    let out = disk
-        .cmd("run")
-        .args(["--blank", "no-such-blank"])
-        .output()
-        .unwrap();
+    let out = disk.run(&["--blank", "no-such-blank"]);
     assert_exit(&out, 1);
     assert!(out.stdout.is_empty(), "{}", stdout(&out));
     assert_eq!(disk.mount().subvolumes(), subs);
@@ -362,9 +260,7 @@ fn privileged_errors_with_json_are_documents_with_the_disk_state() {
 
 #[test]
 fn privileged_errors_reach_stderr_whatever_rust_log_says() {
-    privileged!("privileged_errors_reach_stderr_whatever_rust_log_says");
-    let disk = Disk::new("rustlog");
-    impermanence_layout(&disk);
+    let disk = layout!("rustlog");
     let out = disk
         .cmd("run")
         .args(["--blank", "no-such-blank"])
@@ -384,9 +280,7 @@ fn privileged_errors_reach_stderr_whatever_rust_log_says() {
 
 #[test]
 fn privileged_a_user_who_is_not_root_is_told_root_is_needed() {
-    privileged!("privileged_a_user_who_is_not_root_is_told_root_is_needed");
-    let disk = Disk::new("notroot");
-    impermanence_layout(&disk);
+    let disk = layout!("notroot");
     let dev = disk.dev.to_str().unwrap().to_string();
     let bin = bin();
     for sub in ["list", "run"] {
@@ -408,23 +302,15 @@ fn privileged_a_user_who_is_not_root_is_told_root_is_needed() {
 
 #[test]
 fn privileged_dry_runs_leave_the_kernel_log_alone() {
-    privileged!("privileged_dry_runs_leave_the_kernel_log_alone");
-    let disk = Disk::new("kmsg");
-    impermanence_layout(&disk);
+    let disk = layout!("kmsg");
     // A blank name no other test uses, to find this test's lines in the kernel log.
     let probe = format!("kmsg-probe-{}", std::process::id());
     let in_kmsg = || {
         let out = sh(&mut Command::new("dmesg"));
         out.contains(&probe)
     };
-    let out = disk
-        .cmd("run")
-        .args(["--dry-run", "--blank", &probe])
-        .output()
-        .unwrap();
-    assert_exit(&out, 1);
-    let out = disk.cmd("list").args(["--blank", &probe]).output().unwrap();
-    assert_exit(&out, 0);
+    assert_exit(&disk.run(&["--dry-run", "--blank", &probe]), 1);
+    assert_exit(&disk.output("list", ["--blank", &probe]), 0);
     assert!(!in_kmsg(), "a dry run or list wrote to the kernel log");
     // The control: a real run (refused: there is no such blank) does write there.
     let out = disk.run(&["--blank", &probe]);

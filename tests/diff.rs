@@ -43,10 +43,7 @@ fn blank_layout(disk: &Disk) {
     fs::create_dir_all(m.join("root/usr/share/doc")).unwrap();
     fs::write(m.join("root/usr/share/doc/readme"), "docs").unwrap();
     fs::create_dir_all(m.join("root/var/lib")).unwrap();
-    sh(Command::new("btrfs")
-        .args(["subvolume", "snapshot", "-r"])
-        .arg(m.join("root"))
-        .arg(m.join("root-blank")));
+    m.snapshot("root", "root-blank", true);
     m.subvol("persist");
     fs::create_dir_all(m.join("persist/etc")).unwrap();
     fs::write(m.join("persist/etc/kept"), "persisted").unwrap();
@@ -131,18 +128,11 @@ const EXPECTED: &str = "\
 12 new, 7 changed, 3 metadata only, 4 gone, 2 subvolumes
 ";
 
-fn diff(disk: &Disk, extra: &[&str]) -> Output {
-    let out = disk.cmd("diff").args(extra).output().unwrap();
-    assert!(
-        !is_mounted(&disk.work_mountpoint()),
-        "diff left {} mounted",
-        disk.work_mountpoint().display()
-    );
-    out
-}
+/// What `diff` prints when root is the same as the blank.
+const NOTHING: &str = "0 new, 0 changed, 0 metadata only, 0 gone, 0 subvolumes\n";
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn diff(disk: &Disk, extra: &[&str]) -> Output {
+    disk.output("diff", extra)
 }
 
 /// What `diff` must never change: subvolumes, the log, the trees of root and the blank.
@@ -156,32 +146,38 @@ fn snapshot_state(disk: &Disk) -> (BTreeMap<PathBuf, u64>, Option<u64>, Vec<Stri
     (m.subvolumes(), log, trees)
 }
 
-#[test]
-fn privileged_diff_reports_what_a_rollback_erases() {
-    privileged!("privileged_diff_reports_what_a_rollback_erases");
-    let disk = Disk::new("diff");
-    blank_layout(&disk);
-
-    // Nothing changed yet: nothing to report.
-    let out = diff(&disk, &[]);
+/// `diff` exits 0 and prints `expected`.
+fn assert_diff(disk: &Disk, extra: &[&str], expected: &str) -> Output {
+    let out = diff(disk, extra);
     assert_exit(&out, 0);
-    assert_eq!(
-        stdout(&out),
-        "0 new, 0 changed, 0 metadata only, 0 gone, 0 subvolumes\n"
-    );
+    assert_eq!(stdout(&out), expected, "stderr:\n{}", stderr(&out));
+    out
+}
 
-    // First boot: root is the original, the blank a snapshot of it.
+/// With root a snapshot of the blank: `diff` finds nothing; after `change_root`, it reports
+/// `EXPECTED` by the fast way (not comparing every file) and changes nothing.
+fn assert_nothing_then_every_change(disk: &Disk) {
+    assert_diff(disk, &[], NOTHING);
     change_root(&disk.mount());
-    let before = snapshot_state(&disk);
-    let out = diff(&disk, &[]);
-    assert_exit(&out, 0);
-    assert_eq!(stdout(&out), EXPECTED, "stderr:\n{}", stderr(&out));
+    let before = snapshot_state(disk);
+    let out = assert_diff(disk, &[], EXPECTED);
     assert!(
         !stderr(&out).contains("comparing every file"),
         "{}",
         stderr(&out)
     );
-    assert_eq!(snapshot_state(&disk), before, "diff changed something");
+    assert_eq!(snapshot_state(disk), before, "diff changed something");
+}
+
+#[test]
+fn privileged_diff_reports_what_a_rollback_erases() {
+    privileged!();
+    let disk = Disk::new("diff");
+    blank_layout(&disk);
+
+    // Nothing changed yet: nothing to report. Then the first boot: root is the original, the
+    // blank a snapshot of it.
+    assert_nothing_then_every_change(&disk);
 
     // Excludes: a directory covers what is in it; `*` within a name, `**` across names;
     // patterns without a leading `/` match at any depth.
@@ -232,13 +228,8 @@ fn privileged_diff_reports_what_a_rollback_erases() {
         "{text}"
     );
     // Everything excluded: nothing listed, and said so.
-    let out = diff(&disk, &["--exclude", "*"]);
-    assert_exit(&out, 0);
-    assert_eq!(
-        stdout(&out),
-        "0 new, 0 changed, 0 metadata only, 0 gone, 0 subvolumes\n\
-         28 paths excluded by --exclude \"*\"\n"
-    );
+    let all_out = format!("{NOTHING}28 paths excluded by --exclude \"*\"\n");
+    assert_diff(&disk, &["--exclude", "*"], &all_out);
 
     // JSON: parses, and says the same.
     let out = diff(&disk, &["--json"]);
@@ -328,52 +319,27 @@ fn privileged_diff_reports_what_a_rollback_erases() {
             .arg(m.join("root-blank/."))
             .arg(m.join("copy")));
     }
-    let out = diff(&disk, &["--blank", "copy"]);
-    assert_exit(&out, 0);
-    assert_eq!(stdout(&out), EXPECTED, "stderr:\n{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("not snapshots of one another"),
-        "{}",
-        stderr(&out)
-    );
+    let out = assert_diff(&disk, &["--blank", "copy"], EXPECTED);
+    assert_says(&out, 0, &["not snapshots of one another"]);
 
     // After a rollback root is a snapshot of the blank: nothing, then the same changes again.
     assert_exit(&disk.run(&[]), 0);
-    let out = diff(&disk, &[]);
-    assert_exit(&out, 0);
-    assert_eq!(
-        stdout(&out),
-        "0 new, 0 changed, 0 metadata only, 0 gone, 0 subvolumes\n"
-    );
-    change_root(&disk.mount());
-    let before = snapshot_state(&disk);
-    let out = diff(&disk, &[]);
-    assert_exit(&out, 0);
-    assert_eq!(stdout(&out), EXPECTED, "stderr:\n{}", stderr(&out));
-    assert!(
-        !stderr(&out).contains("comparing every file"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(snapshot_state(&disk), before, "diff changed something");
+    assert_nothing_then_every_change(&disk);
 }
 
 #[test]
 fn privileged_diff_sees_a_running_system() {
-    privileged!("privileged_diff_sees_a_running_system");
+    privileged!();
     let disk = Disk::new("diff-live");
     blank_layout(&disk);
     // Root stays mounted read-write, as `/` of a running system, while diff looks.
     let m = disk.mount();
     fs::write(m.join("root/etc/live"), "not committed yet").unwrap();
     fs::write(m.join("root/etc/modify"), "MODIFY from the blank\n").unwrap();
-    let out = diff(&disk, &[]);
-    assert_exit(&out, 0);
-    assert_eq!(
-        stdout(&out),
+    assert_diff(
+        &disk,
+        &[],
         "+ /etc/live\n~ /etc/modify\n1 new, 1 changed, 0 metadata only, 0 gone, 0 subvolumes\n",
-        "stderr:\n{}",
-        stderr(&out)
     );
     assert_eq!(
         fs::read(m.join("root/etc/live")).unwrap(),
@@ -383,7 +349,7 @@ fn privileged_diff_sees_a_running_system() {
 
 #[test]
 fn privileged_diff_without_blank_or_root_is_a_clear_error() {
-    privileged!("privileged_diff_without_blank_or_root_is_a_clear_error");
+    privileged!();
     let disk = Disk::new("diff-missing");
     blank_layout(&disk);
     let state = || {
@@ -393,46 +359,25 @@ fn privileged_diff_without_blank_or_root_is_a_clear_error() {
     };
     let before = state();
     let out = diff(&disk, &["--blank", "no-blank"]);
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(
-        err.contains("\"no-blank\" does not exist") && err.contains(&*disk.dev.to_string_lossy()),
-        "{err}"
-    );
+    let dev = disk.dev.to_string_lossy();
+    assert_says(&out, 1, &["\"no-blank\" does not exist", &dev]);
     assert!(out.stdout.is_empty());
     let out = diff(&disk, &["--root", "no-root"]);
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(err.contains("\"no-root\" does not exist"), "{err}");
+    assert_says(&out, 1, &["\"no-root\" does not exist"]);
     // NAME must be an old root: the error names the path it looked at.
     let out = diff(&disk, &["nosuch"]);
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(
-        err.contains("\"old_roots/nosuch\" is not an old root"),
-        "{err}"
-    );
+    assert_says(&out, 1, &["\"old_roots/nosuch\" is not an old root"]);
     fs::create_dir(disk.mount().join("old_roots")).unwrap();
     let out = diff(&disk, &["nosuch"]);
-    assert_exit(&out, 1);
-    assert!(
-        stderr(&out).contains("\"old_roots/nosuch\" is not an old root: it does not exist"),
-        "{}",
-        stderr(&out)
-    );
+    let says = "\"old_roots/nosuch\" is not an old root: it does not exist";
+    assert_says(&out, 1, &[says]);
     fs::create_dir(disk.mount().join("old_roots/plain")).unwrap();
-    let out = diff(&disk, &["plain"]);
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("not a subvolume"), "{}", stderr(&out));
+    assert_says(&diff(&disk, &["plain"]), 1, &["not a subvolume"]);
     // A NAME that is a path is a usage error, as for restore and forget.
-    let out = diff(&disk, &["../root"]);
-    assert_exit(&out, 2);
-    assert!(stderr(&out).contains("NAME"), "{}", stderr(&out));
+    assert_says(&diff(&disk, &["../root"]), 2, &["NAME"]);
     // An empty pattern is a usage error that names the option.
     for empty in ["", "/"] {
-        let out = diff(&disk, &["--exclude", empty]);
-        assert_exit(&out, 2);
-        assert!(stderr(&out).contains("--exclude"), "{}", stderr(&out));
+        assert_says(&diff(&disk, &["--exclude", empty]), 2, &["--exclude"]);
     }
     // The real blank deleted.
     {
@@ -443,18 +388,13 @@ fn privileged_diff_without_blank_or_root_is_a_clear_error() {
             &m.join("root-blank"),
         ]);
     }
-    let out = diff(&disk, &[]);
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(err.contains("\"root-blank\" does not exist"), "{err}");
+    assert_says(&diff(&disk, &[]), 1, &["\"root-blank\" does not exist"]);
     // Not a subvolume.
     {
         let m = disk.mount();
         fs::create_dir(m.join("plain")).unwrap();
     }
-    let out = diff(&disk, &["--blank", "plain"]);
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("not a subvolume"), "{}", stderr(&out));
+    assert_says(&diff(&disk, &["--blank", "plain"]), 1, &["not a subvolume"]);
     let after = state();
     assert_eq!(after.0.len() + 1, before.0.len(), "{after:?}");
     assert_eq!(after.1, before.1);
@@ -462,7 +402,7 @@ fn privileged_diff_without_blank_or_root_is_a_clear_error() {
 
 #[test]
 fn privileged_diff_of_200000_files_reports_only_the_changed() {
-    privileged!("privileged_diff_of_200000_files_reports_only_the_changed");
+    privileged!();
     let disk = Disk::new("diff-200k");
     {
         let m = disk.mount();
@@ -475,10 +415,7 @@ fn privileged_diff_of_200000_files_reports_only_the_changed() {
                 fs::write(dir.join(format!("f{f:04}")), format!("{d} {f}\n")).unwrap();
             }
         }
-        sh(Command::new("btrfs")
-            .args(["subvolume", "snapshot", "-r"])
-            .arg(m.join("root"))
-            .arg(m.join("root-blank")));
+        m.snapshot("root", "root-blank", true);
         eprintln!(
             "created 200,000 files and the blank in {:.1} s",
             start.elapsed().as_secs_f64()
@@ -491,10 +428,7 @@ fn privileged_diff_of_200000_files_reports_only_the_changed() {
         start.elapsed().as_secs_f64()
     );
     assert_exit(&out, 0);
-    assert_eq!(
-        stdout(&out),
-        "0 new, 0 changed, 0 metadata only, 0 gone, 0 subvolumes\n"
-    );
+    assert_eq!(stdout(&out), NOTHING);
     {
         let m = disk.mount();
         fs::write(m.join("root/data/d000/f0000"), "0 X\n").unwrap();
@@ -531,7 +465,7 @@ fn privileged_diff_of_200000_files_reports_only_the_changed() {
 
 #[test]
 fn privileged_diff_of_a_blank_changed_after_root_was_made() {
-    privileged!("privileged_diff_of_a_blank_changed_after_root_was_made");
+    privileged!();
     let disk = Disk::new("diff-late-blank");
     blank_layout(&disk);
     assert_exit(&disk.run(&[]), 0);
@@ -541,24 +475,14 @@ fn privileged_diff_of_a_blank_changed_after_root_was_made() {
         fs::write(m.join("root-blank/etc/late"), "added to the blank").unwrap();
         m.set_ro("root-blank", true);
     }
-    let out = diff(&disk, &[]);
-    assert_exit(&out, 0);
-    assert_eq!(
-        stdout(&out),
-        "- /etc/late\n0 new, 0 changed, 0 metadata only, 1 gone, 0 subvolumes\n",
-        "stderr:\n{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("was changed after"),
-        "{}",
-        stderr(&out)
-    );
+    let late = "- /etc/late\n0 new, 0 changed, 0 metadata only, 1 gone, 0 subvolumes\n";
+    let out = assert_diff(&disk, &[], late);
+    assert_says(&out, 0, &["was changed after"]);
 }
 
 #[test]
 fn privileged_diff_of_an_old_root_after_later_runs_takes_the_fast_way() {
-    privileged!("privileged_diff_of_an_old_root_after_later_runs_takes_the_fast_way");
+    privileged!();
     let disk = Disk::new("diff-old-after-runs");
     blank_layout(&disk);
     fs::write(disk.mount().join("root/etc/first"), "lost at the first run").unwrap();
@@ -597,7 +521,7 @@ fn privileged_diff_of_an_old_root_after_later_runs_takes_the_fast_way() {
 
 #[test]
 fn privileged_diff_of_a_file_with_many_links_in_one_directory() {
-    privileged!("privileged_diff_of_a_file_with_many_links_in_one_directory");
+    privileged!();
     let disk = Disk::new("diff-links");
     {
         let m = disk.mount();
@@ -610,10 +534,7 @@ fn privileged_diff_of_a_file_with_many_links_in_one_directory() {
         for i in 1..20 {
             fs::hard_link(&first, m.join("root/many").join(format!("{i:0>200}"))).unwrap();
         }
-        sh(Command::new("btrfs")
-            .args(["subvolume", "snapshot", "-r"])
-            .arg(m.join("root"))
-            .arg(m.join("root-blank")));
+        m.snapshot("root", "root-blank", true);
     }
     fs::write(
         disk.mount().join("root/many").join(format!("{:0>200}", 7)),

@@ -8,10 +8,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
 
 use common::*;
 
@@ -71,11 +70,55 @@ fn assert_erased(disk: &Disk, old: &BTreeSet<u64>) {
     );
 }
 
+/// What a successful run promises (`Before::assert_rolled_back`), and nothing of the old root
+/// reachable (`assert_erased`).
+fn assert_rolled_back_and_erased(disk: &Disk, before: &Before, old: &BTreeSet<u64>) {
+    before.assert_rolled_back(disk, "root", "root-blank");
+    assert_erased(disk, old);
+}
+
 /// A secret in `root` itself and in every directory given (relative to the top level).
 fn plant_secret(m: &Mounted, dirs: &[&str]) {
     for dir in ["root/etc"].iter().chain(dirs) {
         fs::write(m.join(dir).join("secret"), SECRET).unwrap();
     }
+}
+
+/// A world-writable `root/var/tmp`, where any local user can make subvolumes.
+fn world_writable_tmp(m: &Mounted) -> PathBuf {
+    let tmp = m.join("root/var/tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    sh(Command::new("chmod").arg("1777").arg(&tmp));
+    tmp
+}
+
+/// What any local user can do: in a world-writable directory of `root`, 18 directories of 250
+/// bytes (deeper than the kernel can name), then a subvolume `deepsub` holding the secret, and
+/// if `inner`, a subvolume in it with the secret too. With a secret in `root` itself. Returns
+/// the ids of `root` and of every subvolume in it.
+fn deep_subvolume_of_a_user(m: &Mounted, inner: bool) -> BTreeSet<u64> {
+    let tmp = world_writable_tmp(m);
+    plant_secret(m, &[]);
+    let mut old = ids_under(m, "root");
+    let long = "u".repeat(250);
+    let (create_inner, inner_id) = if inner {
+        (
+            format!("btrfs -q subvolume create deepsub/inner; echo {SECRET} > deepsub/inner/s;"),
+            "; btrfs inspect-internal rootid deepsub/inner",
+        )
+    } else {
+        (String::new(), "")
+    };
+    let ids = as_nobody(
+        &tmp,
+        &format!(
+            "set -e; for i in $(seq 1 18); do mkdir {long}; cd {long}; done; \
+             btrfs -q subvolume create deepsub; echo {SECRET} > deepsub/secret; {create_inner} \
+             btrfs inspect-internal rootid deepsub{inner_id}"
+        ),
+    );
+    old.extend(ids.split_whitespace().map(|i| i.parse::<u64>().unwrap()));
+    old
 }
 
 /// Any local user can make a nested subvolume deeper than the kernel can name (18 directories
@@ -84,35 +127,9 @@ fn plant_secret(m: &Mounted, dirs: &[&str]) {
 #[test]
 fn privileged_deep_path_made_by_a_user_is_erased() {
     let (disk, before) = fixture!("deep-user");
-    let old = {
-        let m = disk.mount();
-        fs::create_dir_all(m.join("root/var/tmp")).unwrap();
-        sh(Command::new("chmod")
-            .arg("1777")
-            .arg(m.join("root/var/tmp")));
-        plant_secret(&m, &[]);
-        let old = ids_under(&m, "root");
-        let long = "u".repeat(250);
-        let ids = as_nobody(
-            &m.join("root/var/tmp"),
-            &format!(
-                "set -e; for i in $(seq 1 18); do mkdir {long}; cd {long}; done; \
-                 btrfs -q subvolume create deepsub; echo {SECRET} > deepsub/secret; \
-                 btrfs -q subvolume create deepsub/inner; echo {SECRET} > deepsub/inner/s; \
-                 btrfs inspect-internal rootid deepsub; \
-                 btrfs inspect-internal rootid deepsub/inner"
-            ),
-        );
-        let mut old = old;
-        old.extend(ids.split_whitespace().map(|i| i.parse::<u64>().unwrap()));
-        old
-    };
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("too deep to delete by id, by handle"), "{err}");
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    assert_erased(&disk, &old);
+    let old = deep_subvolume_of_a_user(&disk.mount(), true);
+    assert_says(&disk.run(&[]), 0, &["too deep to delete by id, by handle"]);
+    assert_rolled_back_and_erased(&disk, &before, &old);
 }
 
 /// `chattr +i` on a nested subvolume's top directory and on `root`'s own, `chattr +a` on a
@@ -146,19 +163,12 @@ fn privileged_immutable_and_append_only_flags_are_cleared() {
         chattr("+i", "root");
         ids_under(&m, "root")
     };
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(
-        err.contains("cleared the immutable/append-only flags of \"root\""),
-        "{err}"
-    );
-    assert!(
-        err.contains("\"root.btrfs-rollback-tmp/var/lib/machines/a\""),
-        "{err}"
-    );
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    assert_erased(&disk, &old);
+    let says = [
+        "cleared the immutable/append-only flags of \"root\"",
+        "\"root.btrfs-rollback-tmp/var/lib/machines/a\"",
+    ];
+    assert_says(&disk.run(&[]), 0, &says);
+    assert_rolled_back_and_erased(&disk, &before, &old);
 }
 
 /// `btrfs subvolume set-default` on a nested subvolume used to make every run refuse. The
@@ -176,18 +186,9 @@ fn privileged_default_nested_in_root_follows_the_fresh_root() {
         ]);
         ids_under(&m, "root")
     };
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("the default follows \"root\""), "{err}");
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    assert_erased(&disk, &old);
-    let m = disk.mount();
-    assert_eq!(
-        m.default_id(),
-        m.id("root"),
-        "the default is not the fresh root"
-    );
+    assert_says(&disk.run(&[]), 0, &["the default follows \"root\""]);
+    assert_rolled_back_and_erased(&disk, &before, &old);
+    assert_default_is_root(&disk);
 }
 
 /// A qgroup limit on `root`, filled by a user (a nested subvolume inside it): deleting the
@@ -207,13 +208,10 @@ fn privileged_qgroup_limit_on_root_is_lifted() {
                 m.join(sub).as_os_str(),
             ]);
         }
-        fs::create_dir_all(m.join("root/var/tmp")).unwrap();
-        sh(Command::new("chmod")
-            .arg("1777")
-            .arg(m.join("root/var/tmp")));
+        let tmp = world_writable_tmp(&m);
         plant_secret(&m, &[]);
         as_nobody(
-            &m.join("root/var/tmp"),
+            &tmp,
             &format!(
                 "btrfs -q subvolume create nested && echo {SECRET} > nested/secret && \
                  dd if=/dev/zero of=nested/fill bs=1M count=100 status=none; \
@@ -222,13 +220,8 @@ fn privileged_qgroup_limit_on_root_is_lifted() {
         );
         ids_under(&m, "root")
     };
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("EDQUOT"), "{err}");
-    assert!(err.contains("lifted the quota limits"), "{err}");
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    assert_erased(&disk, &old);
+    assert_says(&disk.run(&[]), 0, &["EDQUOT", "lifted the quota limits"]);
+    assert_rolled_back_and_erased(&disk, &before, &old);
     let m = disk.mount();
     let show = btrfs([
         "qgroup".as_ref(),
@@ -246,8 +239,15 @@ fn privileged_qgroup_limit_on_root_is_lifted() {
 }
 
 /// Fill the data, then the metadata (empty files with large xattrs) of the filesystem, from
-/// `root`. Returns how many files it took.
-fn fill_filesystem(dir: &Path) -> usize {
+/// `dir`, and sync, so that the run starts from a full filesystem on the disk.
+fn fill_filesystem(dir: &Path) {
+    let n = fill_with_files(dir);
+    assert!(n > 100, "the metadata filled after {n} files only");
+    sh(&mut Command::new("sync"));
+}
+
+/// `fill_filesystem`'s filling; returns how many files it took.
+fn fill_with_files(dir: &Path) -> usize {
     use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
     let mut f = fs::File::create(dir.join("fill")).unwrap();
@@ -302,30 +302,22 @@ fn privileged_full_filesystem_still_rolls_back() {
                 "root.btrfs-rollback-tmp/nested",
             ],
         );
-        let n = fill_filesystem(&m.join("root/var/tmp"));
-        assert!(n > 100, "the metadata filled after {n} files only");
-        sh(&mut Command::new("sync"));
+        fill_filesystem(&m.join("root/var/tmp"));
         let mut ids = ids_under(&m, "root");
         ids.extend(ids_under(&m, "root.btrfs-rollback-tmp"));
         ids
     };
     let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    eprintln!("{err}");
-    assert!(err.contains("ENOSPC"), "{err}");
-    assert!(err.contains("making room"), "{err}");
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    assert_erased(&disk, &old);
+    eprintln!("{}", stderr(&out));
+    assert_says(&out, 0, &["ENOSPC", "making room"]);
+    assert_rolled_back_and_erased(&disk, &before, &old);
     let m = disk.mount();
     let log = fs::read_to_string(m.join("rollback.log")).unwrap();
     assert!(log.contains("the filesystem is full"), "{log}");
     assert!(log.contains("done: \"root\" is a fresh snapshot"), "{log}");
     drop(m);
     // The next boot is an ordinary one.
-    let before = Before::layout(&disk);
-    assert_exit(&disk.run(&[]), 0);
-    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_a_run_rolls_back(&disk);
 }
 
 /// Turns the swap files below a directory off when dropped, so that a failing test does not
@@ -372,14 +364,12 @@ fn privileged_undeletable_subvolume_does_not_stop_the_rest() {
         sh(Command::new("swapon").arg(&file));
         (Swap(disk.dir.clone()), m)
     };
-    let out = disk.run(&[]);
-    assert_exit(&out, 3);
-    let err = stderr(&out);
-    assert!(
-        err.contains("\"root.btrfs-rollback-tmp/swap\"") && err.contains("EPERM"),
-        "{err}"
-    );
-    assert!(err.contains("is in place and committed"), "{err}");
+    let says = [
+        "\"root.btrfs-rollback-tmp/swap\"",
+        "EPERM",
+        "is in place and committed",
+    ];
+    assert_says(&disk.run(&[]), 3, &says);
     {
         let m = disk.mount();
         let subs = m.subvolumes();
@@ -390,10 +380,8 @@ fn privileged_undeletable_subvolume_does_not_stop_the_rest() {
         assert_eq!(m.tree("root"), before.blank_tree, "root is not fresh");
     }
     drop(active);
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    assert_erased(&disk, &old);
+    assert_exit(&disk.run(&[]), 0);
+    assert_rolled_back_and_erased(&disk, &before, &old);
 }
 
 /// The deletion that follows the plan's walk (`Eraser::delete_walked`, what `run` and the
@@ -456,19 +444,6 @@ fn privileged_double_kill_leaves_nothing_after_the_next_run() {
     assert_exit(&disk.run(&[]), 0);
     let full = start.elapsed();
 
-    let kill_after = |delay: Duration| -> bool {
-        let mut child = disk
-            .cmd("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        sleep(delay);
-        let _ = child.kill();
-        let killed = child.wait().unwrap().code().is_none();
-        let _ = Command::new("umount").arg(disk.work_mountpoint()).output();
-        killed
-    };
     let mut doubles = 0;
     let mut aside_left = 0;
     let mut all_old = BTreeSet::new();
@@ -482,7 +457,7 @@ fn privileged_double_kill_leaves_nothing_after_the_next_run() {
         all_old.extend(old.iter().copied());
         // The first kill after the swap, during the deletion.
         let first = full.mul_f64(0.2 + 0.4 * fraction);
-        kill_after(first);
+        disk.kill_run_after(first);
         let left = {
             let m = disk.mount();
             let now: BTreeSet<u64> = m.subvolumes().into_values().collect();
@@ -494,7 +469,7 @@ fn privileged_double_kill_leaves_nothing_after_the_next_run() {
         }
         // The second run has a leftover to clean up; kill it early in that cleanup.
         let second = full.mul_f64(0.15 + 0.4 * fraction);
-        if kill_after(second) {
+        if disk.kill_run_after(second) {
             doubles += 1;
         }
         {
@@ -512,10 +487,8 @@ fn privileged_double_kill_leaves_nothing_after_the_next_run() {
             aside_left += usize::from(asides > 0);
         }
         // The documented number of runs: one more clears everything.
-        let out = disk.run(&[]);
-        assert_exit(&out, 0);
-        before.assert_rolled_back(&disk, "root", "root-blank");
-        assert_erased(&disk, &all_old);
+        assert_exit(&disk.run(&[]), 0);
+        assert_rolled_back_and_erased(&disk, &before, &all_old);
     }
     eprintln!("{round} rounds: {doubles} double kills, {aside_left} left a set-aside leftover");
     assert!(doubles > 0, "no run was killed twice in a row");
@@ -534,19 +507,33 @@ fn privileged_full_filesystem_from_a_nested_subvolume_keeps_root_throughout() {
         let m = disk.mount();
         m.subvol("root/var/tmp");
         plant_secret(&m, &["root/var/tmp"]);
-        let n = fill_filesystem(&m.join("root/var/tmp"));
-        assert!(n > 100, "the metadata filled after {n} files only");
-        sh(&mut Command::new("sync"));
+        fill_filesystem(&m.join("root/var/tmp"));
         ids_under(&m, "root")
     };
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("ENOSPC"), "{err}");
-    assert!(err.contains("the swap worked after making room"), "{err}");
+    let says = ["ENOSPC", "the swap worked after making room"];
+    let err = assert_says(&disk.run(&[]), 0, &says);
     assert!(!err.contains("NO \"root\""), "{err}");
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    assert_erased(&disk, &old);
+    assert_rolled_back_and_erased(&disk, &before, &old);
+}
+
+/// Fill the filesystem from `persist/fill`; returns how many files that directory holds.
+fn fill_from_persist(m: &Mounted) -> usize {
+    fs::create_dir(m.join("persist/fill")).unwrap();
+    fill_filesystem(&m.join("persist/fill"));
+    fs::read_dir(m.join("persist/fill")).unwrap().count()
+}
+
+/// `persist` as `fill_from_persist` left it: as many files in `persist/fill`, its key intact.
+fn assert_persist_kept(m: &Mounted, files: usize) {
+    assert_eq!(
+        fs::read_dir(m.join("persist/fill")).unwrap().count(),
+        files,
+        "persist changed"
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("persist/etc/ssh/key")).unwrap(),
+        "secret\n"
+    );
 }
 
 /// A filesystem filled from outside `root` (`persist`): deleting the old root first would not
@@ -557,32 +544,15 @@ fn privileged_full_filesystem_from_outside_root_never_leaves_no_root() {
     let disk = layout!("full-outside");
     let (root_id, files) = {
         let m = disk.mount();
-        fs::create_dir(m.join("persist/fill")).unwrap();
-        let n = fill_filesystem(&m.join("persist/fill"));
-        assert!(n > 100, "the metadata filled after {n} files only");
-        sh(&mut Command::new("sync"));
-        (
-            m.id("root"),
-            fs::read_dir(m.join("persist/fill")).unwrap().count(),
-        )
+        (m.id("root"), fill_from_persist(&m))
     };
     let out = disk.run(&[]);
-    let err = stderr(&out);
-    eprintln!("{err}");
-    assert_exit(&out, 1);
-    assert!(err.contains("the space is held outside"), "{err}");
+    eprintln!("{}", stderr(&out));
+    let err = assert_says(&out, 1, &["the space is held outside"]);
     assert!(!err.contains("NO \"root\""), "{err}");
     let m = disk.mount();
     assert_eq!(m.id("root"), root_id, "root is not the old one");
-    assert_eq!(
-        fs::read_dir(m.join("persist/fill")).unwrap().count(),
-        files,
-        "persist changed"
-    );
-    assert_eq!(
-        fs::read_to_string(m.join("persist/etc/ssh/key")).unwrap(),
-        "secret\n"
-    );
+    assert_persist_kept(&m, files);
 }
 
 /// Subvolumes below `root`, by path, with their ids (btrfs-progs as the oracle).
@@ -600,9 +570,7 @@ fn nested_of_root(m: &Mounted) -> Vec<(std::path::PathBuf, u64)> {
 /// room), no window without a `root`, nothing moved to `old_roots/`, `persist` unchanged.
 #[test]
 fn privileged_full_from_persist_with_a_busy_root_leaves_root_whole() {
-    privileged!();
-    let disk = Disk::sized("full-persist", "300M", &["mkfs.btrfs", "-q", "-f"]);
-    impermanence_layout(&disk);
+    let disk = layout!("full-persist", "300M");
     let (root_id, tree, deep, nested, files) = {
         let m = disk.mount();
         fs::create_dir_all(m.join("root/usr/share")).unwrap();
@@ -610,25 +578,20 @@ fn privileged_full_from_persist_with_a_busy_root_leaves_root_whole() {
             fs::write(m.join(format!("root/usr/share/f{i}")), format!("{i:>1500}")).unwrap();
         }
         sh(&mut Command::new("sync"));
-        fs::create_dir(m.join("persist/fill")).unwrap();
-        let n = fill_filesystem(&m.join("persist/fill"));
-        assert!(n > 100, "the metadata filled after {n} files only");
-        sh(&mut Command::new("sync"));
+        let files = fill_from_persist(&m);
         (
             m.id("root"),
             m.tree("root"),
             m.tree("root/var/lib/machines/a/b/c"),
             nested_of_root(&m),
-            fs::read_dir(m.join("persist/fill")).unwrap().count(),
+            files,
         )
     };
     assert!(nested.len() >= 6, "{nested:?}");
     let out = disk.run(&["--keep-old-roots", "3"]);
-    let err = stderr(&out);
-    eprintln!("{err}");
-    assert_exit(&out, 1);
-    assert!(err.contains("the space is held outside"), "{err}");
-    assert!(err.contains("the rollback did not happen"), "{err}");
+    eprintln!("{}", stderr(&out));
+    let says = ["the space is held outside", "the rollback did not happen"];
+    let err = assert_says(&out, 1, &says);
     assert!(!err.contains("NO \"root\""), "{err}");
     assert!(!err.contains("made room: deleted"), "{err}");
     let m = disk.mount();
@@ -641,25 +604,14 @@ fn privileged_full_from_persist_with_a_busy_root_leaves_root_whole() {
     );
     assert_eq!(m.tree("root/var/lib/machines/a/b/c"), deep);
     assert!(!m.join("old_roots").exists(), "something was kept");
-    assert_eq!(
-        fs::read_dir(m.join("persist/fill")).unwrap().count(),
-        files,
-        "persist changed"
-    );
-    assert_eq!(
-        fs::read_to_string(m.join("persist/etc/ssh/key")).unwrap(),
-        "secret\n"
-    );
+    assert_persist_kept(&m, files);
 }
 
 /// The last resort with retention on: the space is held by `root`'s own files, so the old
 /// root is deleted before its replacement exists and cannot be kept; the final line says so.
 #[test]
 fn privileged_full_by_root_itself_says_the_old_root_went_first() {
-    privileged!();
-    let disk = Disk::sized("full-self", "300M", &["mkfs.btrfs", "-q", "-f"]);
-    impermanence_layout(&disk);
-    let before = Before::layout(&disk);
+    let (disk, before) = fixture!("full-self", "300M");
     let old = {
         let m = disk.mount();
         // The default follows `root`: parked at the blank in the window, then the fresh root.
@@ -671,30 +623,20 @@ fn privileged_full_by_root_itself_says_the_old_root_went_first() {
         ]);
         fs::create_dir_all(m.join("root/var/tmp")).unwrap();
         plant_secret(&m, &["root/var/tmp"]);
-        let n = fill_filesystem(&m.join("root/var/tmp"));
-        assert!(n > 100, "the metadata filled after {n} files only");
-        sh(&mut Command::new("sync"));
+        fill_filesystem(&m.join("root/var/tmp"));
         ids_under(&m, "root")
     };
     let out = disk.run(&["--keep-old-roots", "3"]);
-    let err = stderr(&out);
-    eprintln!("{err}");
-    assert_exit(&out, 0);
+    eprintln!("{}", stderr(&out));
+    let err = assert_says(&out, 0, &["the default is now subvolume"]);
     let done = err
         .lines()
         .find(|l| l.contains("done: "))
         .unwrap_or_else(|| panic!("no done line:\n{err}"));
     assert!(done.contains("DELETED BEFORE its replacement"), "{done}");
     assert!(done.contains("retention could not keep it"), "{done}");
-    assert!(err.contains("the default is now subvolume"), "{err}");
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    assert_erased(&disk, &old);
-    let m = disk.mount();
-    assert_eq!(
-        m.default_id(),
-        m.id("root"),
-        "the default did not follow root"
-    );
+    assert_rolled_back_and_erased(&disk, &before, &old);
+    assert_default_is_root(&disk);
 }
 
 /// `root` missing (a power cut in the last resort's window) on a filesystem still full, the
@@ -702,15 +644,12 @@ fn privileged_full_by_root_itself_says_the_old_root_went_first() {
 /// free it, and creates `root`.
 #[test]
 fn privileged_missing_root_on_a_full_filesystem_is_created() {
-    privileged!();
-    let disk = Disk::sized("full-missing", "300M", &["mkfs.btrfs", "-q", "-f"]);
-    impermanence_layout(&disk);
+    let disk = layout!("full-missing", "300M");
     {
         let m = disk.mount();
         // The old root, swapped out by an interrupted run, holds the space.
         fs::rename(m.join("root"), m.join("root.btrfs-rollback-tmp")).unwrap();
-        let n = fill_filesystem(&m.join("root.btrfs-rollback-tmp"));
-        assert!(n > 100, "the metadata filled after {n} files only");
+        fill_filesystem(&m.join("root.btrfs-rollback-tmp"));
         // Snapshots of the blank inside it until a snapshot is refused too (what the run
         // needs to create `root`).
         let refused = (0..5000).any(|i| {
@@ -727,10 +666,8 @@ fn privileged_missing_root_on_a_full_filesystem_is_created() {
         sh(&mut Command::new("sync"));
     }
     let out = disk.run(&[]);
-    let err = stderr(&out);
-    eprintln!("{err}");
-    assert_exit(&out, 0);
-    assert!(err.contains("making room by deleting leftovers"), "{err}");
+    eprintln!("{}", stderr(&out));
+    assert_says(&out, 0, &["making room by deleting leftovers"]);
     let m = disk.mount();
     let subs = m.subvolumes();
     assert!(subs.contains_key(Path::new("root")), "{subs:?}");
@@ -791,33 +728,15 @@ fn privileged_missing_root_takes_the_default_back_from_the_blank() {
 #[test]
 fn privileged_kept_old_root_with_a_deep_path_is_pruned() {
     let disk = layout!("deep-kept");
-    let old = {
-        let m = disk.mount();
-        fs::create_dir_all(m.join("root/var/tmp")).unwrap();
-        sh(Command::new("chmod")
-            .arg("1777")
-            .arg(m.join("root/var/tmp")));
-        plant_secret(&m, &[]);
-        let mut old = ids_under(&m, "root");
-        let long = "k".repeat(250);
-        let ids = as_nobody(
-            &m.join("root/var/tmp"),
-            &format!(
-                "set -e; for i in $(seq 1 18); do mkdir {long}; cd {long}; done; \
-                 btrfs -q subvolume create deepsub; echo {SECRET} > deepsub/secret; \
-                 btrfs inspect-internal rootid deepsub"
-            ),
-        );
-        old.extend(ids.split_whitespace().map(|i| i.parse::<u64>().unwrap()));
-        old
-    };
+    let old = deep_subvolume_of_a_user(&disk.mount(), false);
     assert_exit(&disk.run(&["--keep-old-roots", "1"]), 0);
     // Kept: one old root under old_roots/, the deep subvolume in it. A boot uses the fresh
     // root (roots that never served are not kept), and the next run prunes the deep one.
     fs::write(disk.mount().join("root/etc/booted"), "yes").unwrap();
-    let out = disk.run(&["--keep-old-roots", "1"]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("pruned the old root"), "{err}");
+    assert_says(
+        &disk.run(&["--keep-old-roots", "1"]),
+        0,
+        &["pruned the old root"],
+    );
     assert_erased(&disk, &old);
 }

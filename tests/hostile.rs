@@ -59,12 +59,21 @@ fn checksums(m: &Mounted, dir: &str) -> String {
 /// Keep one old root (a run with --keep-old-roots) and return its name in old_roots/.
 fn keep_one_old_root(disk: &Disk) -> PathBuf {
     assert_exit(&bounded(disk.cmd("run").args(["--keep-old-roots", "5"])), 0);
-    let subs = disk.mount().subvolumes();
-    let old = subs
-        .keys()
-        .find(|p| p.starts_with("old_roots") && p.components().count() == 2)
+    let (old, _) = old_roots(disk)
+        .into_iter()
+        .next()
         .expect("an old root was kept");
     PathBuf::from(old.file_name().unwrap())
+}
+
+/// The binary's `run` on `disk` with `mountpoint` for its mount (not the disk's own).
+fn run_at(disk: &Disk, mountpoint: &Path) -> Output {
+    bounded(bin_command().args(["run", "--wait", "2"]).args([
+        "--device".as_ref(),
+        disk.dev.as_os_str(),
+        "--mountpoint".as_ref(),
+        mountpoint.as_os_str(),
+    ]))
 }
 
 #[test]
@@ -78,13 +87,11 @@ fn privileged_fifos_at_the_log_and_the_marker_do_not_hang_the_run() {
     let before = Before::layout(&disk);
     let out = bounded(&mut disk.cmd("run"));
     assert!(!is_mounted(&disk.work_mountpoint()));
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(
-        err.contains("was a FIFO, not a log file: moved it aside"),
-        "{err}"
-    );
-    assert!(err.contains("\"btrfs-rollback.restored\" in the top-level volume is a FIFO"));
+    let says = [
+        "was a FIFO, not a log file: moved it aside",
+        "\"btrfs-rollback.restored\" in the top-level volume is a FIFO",
+    ];
+    assert_says(&out, 0, &says);
     before.assert_rolled_back(&disk, "root", "root-blank");
     let m = disk.mount();
     // A fresh log file with this run in it; the FIFO kept aside, as it was.
@@ -140,10 +147,11 @@ fn privileged_symlinks_at_the_log_and_the_marker_are_not_followed() {
 
     // A link at the log file is moved aside, a link at the marker is stale and removed.
     let out = bounded(&mut disk.cmd("run"));
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("was a symbolic link, not a log file"), "{err}");
-    assert!(err.contains("symbolic link (not followed)"), "{err}");
+    let says = [
+        "was a symbolic link, not a log file",
+        "symbolic link (not followed)",
+    ];
+    assert_says(&out, 0, &says);
     before.assert_rolled_back(&disk, "root", "root-blank");
     {
         let m = disk.mount();
@@ -159,10 +167,7 @@ fn privileged_symlinks_at_the_log_and_the_marker_are_not_followed() {
     for log in ["logs/rollback.log", "abslogs/rollback.log"] {
         let before = Before::layout(&disk);
         let out = bounded(disk.cmd("run").args(["--log", log]));
-        assert_exit(&out, 0);
-        let err = stderr(&out);
-        assert!(err.contains("cannot write the log file"), "{err}");
-        assert!(err.contains("symbolic link"), "{err}");
+        assert_says(&out, 0, &["cannot write the log file", "symbolic link"]);
         before.assert_rolled_back(&disk, "root", "root-blank");
         let m = disk.mount();
         assert_eq!(checksums(&m, "persist"), persist_before);
@@ -210,9 +215,7 @@ fn privileged_log_paths_that_climb_out_are_usage_errors() {
             if sub == "restore" {
                 cmd.arg("anything");
             }
-            let out = bounded(&mut cmd);
-            assert_exit(&out, 2);
-            assert!(stderr(&out).contains("contains \"..\""), "{}", stderr(&out));
+            assert_says(&bounded(&mut cmd), 2, &["contains \"..\""]);
         }
     }
     // Nothing was mounted, written or changed: not next to the mountpoint, not on the disk.
@@ -235,11 +238,11 @@ fn privileged_directories_named_like_the_marker_or_the_log_do_not_fail_runs() {
     }
     for _ in 0..2 {
         let before = Before::layout(&disk);
-        let out = bounded(&mut disk.cmd("run"));
-        assert_exit(&out, 0);
-        let err = stderr(&out);
-        assert!(err.contains("is a directory; it is left alone"), "{err}");
-        assert!(err.contains("is a directory, not a log file"), "{err}");
+        let says = [
+            "is a directory; it is left alone",
+            "is a directory, not a log file",
+        ];
+        assert_says(&bounded(&mut disk.cmd("run")), 0, &says);
         before.assert_rolled_back(&disk, "root", "root-blank");
         let m = disk.mount();
         assert_eq!(
@@ -253,39 +256,15 @@ fn privileged_directories_named_like_the_marker_or_the_log_do_not_fail_runs() {
     let name = keep_one_old_root(&disk);
     let subs = disk.mount().subvolumes();
     let out = bounded(disk.cmd("restore").arg(&name));
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(err.contains("cannot write the restore marker"), "{err}");
-    assert!(err.contains("were not changed"), "{err}");
+    assert_says(
+        &out,
+        1,
+        &["cannot write the restore marker", "were not changed"],
+    );
     let m = disk.mount();
     assert_eq!(m.subvolumes(), subs);
     assert!(!m.join("btrfs-rollback.restored.tmp").exists());
     assert!(m.join("btrfs-rollback.restored/inside").exists());
-}
-
-/// A mount of `subvol` of the disk, for as long as it lives (a running system's `/`).
-struct Live {
-    path: PathBuf,
-}
-
-impl Live {
-    fn mount(disk: &Disk, subvol: &str, name: &str) -> Live {
-        let path = disk.dir.join(name);
-        fs::create_dir_all(&path).unwrap();
-        sh(Command::new("mount")
-            .args(["-t", "btrfs", "-o"])
-            .arg(format!("subvol={subvol}"))
-            .arg(&disk.dev)
-            .arg(&path));
-        Live { path }
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).output();
-        let _ = fs::remove_dir(&self.path);
-    }
 }
 
 #[test]
@@ -299,35 +278,28 @@ fn privileged_a_mounted_root_is_refused() {
         ("root", "live root"),
         ("root/var/lib/machines", "live-nested"),
     ] {
-        let live = Live::mount(&disk, subvol, at);
+        let live = disk.mount_subvol(subvol, at);
         let out = bounded(&mut disk.cmd("run"));
-        assert_exit(&out, 1);
-        let err = stderr(&out);
-        assert!(err.contains("is in use on this system"), "{err}");
+        let shows = format!("shows {subvol:?}");
+        let says = ["is in use on this system", &shows, "was not changed"];
+        let err = assert_says(&out, 1, &says);
         assert!(
             err.contains(&format!("{:?}", live.path.to_str().unwrap())),
             "the mount is not named: {err}"
         );
-        assert!(err.contains(&format!("shows {subvol:?}")), "{err}");
-        assert!(err.contains("was not changed"), "{err}");
         assert_eq!(disk.mount().subvolumes(), subs);
         // A dry run changes nothing anyway: it says a run would refuse.
         let out = bounded(disk.cmd("run").arg("--dry-run"));
-        assert_exit(&out, 0);
-        assert!(
-            stderr(&out).contains("a run would refuse"),
-            "{}",
-            stderr(&out)
-        );
+        assert_says(&out, 0, &["a run would refuse"]);
     }
     // A mount of another subvolume (persist) or of the blank is not a live root.
     let name = {
-        let _persist = Live::mount(&disk, "persist", "persist-mounted");
-        let _blank = Live::mount(&disk, "root-blank", "blank-mounted");
+        let _persist = disk.mount_subvol("persist", "persist-mounted");
+        let _blank = disk.mount_subvol("root-blank", "blank-mounted");
         keep_one_old_root(&disk)
     };
     let subs = disk.mount().subvolumes();
-    let live = Live::mount(&disk, "root", "live-again");
+    let live = disk.mount_subvol("root", "live-again");
     let _ = subs;
 
     // --force-mounted goes on: the live root is replaced under the mount.
@@ -353,16 +325,11 @@ fn privileged_a_mounted_root_is_refused() {
 
     // restore deletes nothing, and it is how a running system restores: a mounted root is
     // exchanged under the mount, with a warning that names the mount.
-    let live = Live::mount(&disk, "root", "live-restore");
+    let live = disk.mount_subvol("root", "live-restore");
     let kept_id = disk.mount().id(Path::new("old_roots").join(&name));
     let replaced_id = disk.mount().id("root");
     let out = bounded(disk.cmd("restore").arg(&name));
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(
-        err.contains("live-restore") && err.contains("reboot soon"),
-        "{err}"
-    );
+    assert_says(&out, 0, &["live-restore", "reboot soon"]);
     assert_eq!(disk.mount().id("root"), kept_id);
     // The running system's subvolume is kept whole as an old root.
     assert!(disk
@@ -380,12 +347,7 @@ fn privileged_overlong_root_names_are_refused() {
     disk.mount().subvol(&long);
     let subs = disk.mount().subvolumes();
     let out = bounded(disk.cmd("run").args(["--root", &long]));
-    assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("215 bytes at most"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, 2, &["215 bytes at most"]);
     let out = bounded(disk.cmd("restore").args(["--root", &long, "x"]));
     assert_exit(&out, 2);
     assert_eq!(disk.mount().subvolumes(), subs);
@@ -394,10 +356,7 @@ fn privileged_overlong_root_names_are_refused() {
     let root = "r".repeat(215);
     {
         let m = disk.mount();
-        sh(Command::new("btrfs")
-            .args(["-q", "subvolume", "snapshot"])
-            .arg(m.join("root-blank"))
-            .arg(m.join(&root)));
+        m.snapshot("root-blank", &root, false);
         fs::write(m.join(&root).join("secret"), "x").unwrap();
         m.subvol(format!("{root}.btrfs-rollback-tmp"));
     }
@@ -423,28 +382,15 @@ fn privileged_mountpoint_parents_are_never_created() {
     let disk = layout!("mountpoint");
     let subs = disk.mount().subvolumes();
     let deep = disk.dir.join("a/b/c");
-    let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
-        "--device".as_ref(),
-        disk.dev.as_os_str(),
-        "--mountpoint".as_ref(),
-        deep.as_os_str(),
-    ]));
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(err.contains("neither does its parent directory"), "{err}");
+    let out = run_at(&disk, &deep);
+    assert_says(&out, 1, &["neither does its parent directory"]);
     assert!(!disk.dir.join("a").exists(), "a parent was created");
     assert_eq!(disk.mount().subvolumes(), subs);
 
     // With the parent there, only the last component is made, and removed again.
     fs::create_dir_all(disk.dir.join("a/b")).unwrap();
     let before = Before::layout(&disk);
-    let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
-        "--device".as_ref(),
-        disk.dev.as_os_str(),
-        "--mountpoint".as_ref(),
-        deep.as_os_str(),
-    ]));
-    assert_exit(&out, 0);
+    assert_exit(&run_at(&disk, &deep), 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
     assert!(!is_mounted(&deep));
     assert!(!deep.exists(), "the mountpoint was left behind");
@@ -456,18 +402,8 @@ fn privileged_mountpoint_parents_are_never_created() {
     // A symbolic link as the mountpoint is refused, not followed.
     symlink(disk.dir.join("a/b"), disk.dir.join("link")).unwrap();
     let subs = disk.mount().subvolumes();
-    let out = bounded(bin_command().args(["run", "--wait", "2"]).args([
-        "--device".as_ref(),
-        disk.dev.as_os_str(),
-        "--mountpoint".as_ref(),
-        disk.dir.join("link").as_os_str(),
-    ]));
-    assert_exit(&out, 1);
-    assert!(
-        stderr(&out).contains("is a symbolic link"),
-        "{}",
-        stderr(&out)
-    );
+    let out = run_at(&disk, &disk.dir.join("link"));
+    assert_says(&out, 1, &["is a symbolic link"]);
     assert!(!is_mounted(&disk.dir.join("a/b")));
     assert_eq!(disk.mount().subvolumes(), subs);
 }
@@ -495,10 +431,8 @@ fn privileged_restore_logs_where_it_is_told_and_refuses_a_linked_old_roots() {
             .args(["--log", "restore.log"])
             .arg(&name),
     );
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(err.contains("a symbolic link is not followed"), "{err}");
-    assert!(err.contains("were not changed"), "{err}");
+    let says = ["a symbolic link is not followed", "were not changed"];
+    assert_says(&out, 1, &says);
     {
         let m = disk.mount();
         assert_eq!(m.subvolumes(), subs);
@@ -516,9 +450,7 @@ fn privileged_restore_logs_where_it_is_told_and_refuses_a_linked_old_roots() {
             .args(["--log", "restore.log"])
             .arg(&name),
     );
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("the next run keeps it once"), "{err}");
+    let err = assert_says(&out, 0, &["the next run keeps it once"]);
     assert!(!err.contains("not changed"), "{err}");
     let m = disk.mount();
     assert_eq!(m.id("root"), kept_id);
@@ -563,10 +495,7 @@ fn privileged_a_device_node_at_the_marker_does_not_fail_runs() {
         .arg(disk.mount().join("btrfs-rollback.restored"))
         .args(["c", "1", "3"]));
     let before = Before::layout(&disk);
-    let out = bounded(&mut disk.cmd("run"));
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("ignoring it as stale"), "{err}");
+    assert_says(&bounded(&mut disk.cmd("run")), 0, &["ignoring it as stale"]);
     before.assert_rolled_back(&disk, "root", "root-blank");
     assert!(fs::symlink_metadata(disk.mount().join("btrfs-rollback.restored")).is_err());
 }

@@ -294,10 +294,8 @@ fn the_examples_in_docs_json_md_fit_its_schemas() {
 /// The real documents, on a disk with nested subvolumes, a kept old root and changes.
 #[test]
 fn privileged_every_json_document_fits_docs_json_md() {
-    privileged!("privileged_every_json_document_fits_docs_json_md");
+    let disk = layout!("jsondoc");
     let schema = schema();
-    let disk = Disk::new("jsondoc");
-    impermanence_layout(&disk);
     // Keep this root (with its nested subvolumes) as an old root, then change the new one.
     assert_exit(&disk.run(&["--keep-old-roots", "3"]), 0);
     {
@@ -309,7 +307,7 @@ fn privileged_every_json_document_fits_docs_json_md() {
     }
     let subs = disk.mount().subvolumes();
 
-    let list = schema.document("list", &disk.cmd("list").arg("--json").output().unwrap());
+    let list = schema.document("list", &disk.output("list", ["--json"]));
     assert_eq!(list["version"], 1);
     assert_eq!(list["root"]["path"], "root");
     assert_eq!(list["blank"]["path"], "root-blank");
@@ -351,7 +349,7 @@ fn privileged_every_json_document_fits_docs_json_md() {
     );
     schema.document("run", &disk.run(&["--dry-run", "--json"]));
 
-    let diff = schema.document("diff", &disk.cmd("diff").arg("--json").output().unwrap());
+    let diff = schema.document("diff", &disk.output("diff", ["--json"]));
     assert_eq!(
         diff["root"], list["root"],
         "root differs between diff and list"
@@ -368,7 +366,7 @@ fn privileged_every_json_document_fits_docs_json_md() {
     assert_eq!(machines["change"], "subvolume");
     assert_eq!(machines["nested"][0]["path"], "root/var/lib/machines/inner");
 
-    let out = disk.cmd("diff").args(["--json", &name]).output().unwrap();
+    let out = disk.output("diff", ["--json", &name]);
     let old_diff = schema.document("diff", &out);
     assert_eq!(old_diff["old_root"], name.as_str());
     assert_eq!(old_diff["compared"]["path"], old["path"]);
@@ -386,11 +384,7 @@ fn privileged_every_json_document_fits_docs_json_md() {
         "{old_diff}"
     );
 
-    let out = disk
-        .cmd("diff")
-        .args(["--json", "--exclude", "*"])
-        .output()
-        .unwrap();
+    let out = disk.output("diff", ["--json", "--exclude", "*"]);
     let all_out = schema.document("diff", &out);
     assert_eq!(all_out["entries"], Value::Array(vec![]));
     assert_eq!(all_out["excluded"][0]["pattern"], "*");
@@ -416,55 +410,43 @@ fn without_age(old: &Value) -> Value {
 /// `forget --dry-run`, `restore --dry-run` and errors, on a disk with a kept old root.
 #[test]
 fn privileged_forget_restore_and_error_documents_fit_docs_json_md() {
-    privileged!("privileged_forget_restore_and_error_documents_fit_docs_json_md");
+    let disk = layout!("jsonmore");
     let schema = schema();
-    let disk = Disk::new("jsonmore");
-    impermanence_layout(&disk);
     assert_exit(&disk.run(&["--keep-old-roots", "2"]), 0);
     let subs = disk.mount().subvolumes();
-    let list = schema.document("list", &disk.cmd("list").arg("--json").output().unwrap());
+    let list = schema.document("list", &disk.output("list", ["--json"]));
     let old = &list["old_roots"][0];
     let name = old["name"].as_str().unwrap().to_string();
     assert!(!old["nested"].as_array().unwrap().is_empty(), "{old}");
 
-    let out = disk
-        .cmd("forget")
-        .args(["--dry-run", "--json", &name])
-        .output()
-        .unwrap();
-    let forget = schema.document("forget", &out);
-    assert_eq!(forget["command"], "forget");
-    assert_eq!(
-        forget["root"], list["root"],
-        "root differs between forget and list"
-    );
-    assert_eq!(forget["blank"], list["blank"]);
+    // `forget --dry-run` or `restore --dry-run` of `name`: its document, which describes root
+    // and the blank as list does.
+    let dry_run = |command: &str| {
+        let out = disk.output(command, ["--dry-run", "--json", &name]);
+        let document = schema.document(command, &out);
+        assert_eq!(document["command"], command);
+        assert_eq!(
+            document["root"], list["root"],
+            "root differs between {command} and list"
+        );
+        assert_eq!(document["blank"], list["blank"], "{command}");
+        document
+    };
+    let forget = dry_run("forget");
     assert_eq!(
         without_age(&forget["old_root"]),
         without_age(old),
         "forget describes the old root otherwise than list"
     );
     // Also as old_roots/NAME: the same document.
-    let out = disk
-        .cmd("forget")
-        .args(["--dry-run", "--json", &format!("old_roots/{name}")])
-        .output()
-        .unwrap();
+    let out = disk.output(
+        "forget",
+        ["--dry-run", "--json", &format!("old_roots/{name}")],
+    );
     let again = schema.document("forget", &out);
     assert_eq!(without_age(&again["old_root"]), without_age(old));
 
-    let out = disk
-        .cmd("restore")
-        .args(["--dry-run", "--json", &name])
-        .output()
-        .unwrap();
-    let restore = schema.document("restore", &out);
-    assert_eq!(restore["command"], "restore");
-    assert_eq!(
-        restore["root"], list["root"],
-        "root differs between restore and list"
-    );
-    assert_eq!(restore["blank"], list["blank"]);
+    let restore = dry_run("restore");
     assert_eq!(without_age(&restore["old_root"]), without_age(old));
     assert_eq!(restore["default_id"], list["default_id"]);
     assert_eq!(restore["default_follows"], false);
@@ -481,16 +463,12 @@ fn privileged_forget_restore_and_error_documents_fit_docs_json_md() {
         &["restore", "--dry-run", "--json", "no-such-old-root"],
         &["run", "--dry-run", "--json", "--blank", "no-such-blank"],
     ] {
-        let out = disk.cmd(args[0]).args(&args[1..]).output().unwrap();
+        let out = disk.output(args[0], &args[1..]);
         let error = schema.error(&out);
         assert_eq!(error["error"]["exit_status"], 1, "{args:?}");
         assert_eq!(error["error"]["disk"], "untouched", "{args:?}");
     }
-    let out = disk
-        .cmd("forget")
-        .args(["--dry-run", "--json", "a/b"])
-        .output()
-        .unwrap();
+    let out = disk.output("forget", ["--dry-run", "--json", "a/b"]);
     assert_eq!(schema.error(&out)["error"]["exit_status"], 2);
     let out = bin_command()
         .args([

@@ -41,20 +41,16 @@ fn privileged_set_aside_leftover_is_found_and_deleted() {
 
     let list = disk.cmd("list").output().unwrap();
     assert_exit(&list, 0);
-    let text = String::from_utf8_lossy(&list.stdout);
+    let text = stdout(&list);
     assert!(text.contains(&name), "list does not show {name}:\n{text}");
-    let json = disk.cmd("list").arg("--json").output().unwrap();
-    let json = String::from_utf8_lossy(&json.stdout);
+    let json = stdout(&disk.output("list", ["--json"]));
     assert!(
         json.contains(&format!("\"{name}\"")),
         "list --json does not show {name}:\n{json}"
     );
 
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("is still on the disk"), "{err}");
-    assert!(err.contains(&format!("deleted \"{name}\"")), "{err}");
+    let deleted = format!("deleted \"{name}\"");
+    assert_says(&disk.run(&[]), 0, &["is still on the disk", &deleted]);
     before.assert_rolled_back(&disk, "root", "root-blank");
     assert!(!reachable(&disk, secret), "the secret is still on the disk");
 }
@@ -105,8 +101,7 @@ fn privileged_undeletable_leftover_is_reported_at_every_run() {
         );
         let log = fs::read_to_string(m.join("rollback.log")).unwrap();
         assert!(log.contains(&name), "run {run}: the log does not name it");
-        let list = disk.cmd("list").output().unwrap();
-        assert!(String::from_utf8_lossy(&list.stdout).contains(&name));
+        assert!(stdout(&disk.cmd("list").output().unwrap()).contains(&name));
     }
 
     drop(swap);

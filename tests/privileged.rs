@@ -16,12 +16,9 @@ use common::*;
 #[test]
 fn privileged_rolls_back_an_impermanence_layout() {
     let (disk, before) = fixture!("layout");
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("done: \"root\" is a fresh snapshot"), "{err}");
     // 3-deep nesting plus a read-only subvolume with a child: 4 + 2 nested.
-    assert!(err.contains("6 nested subvolumes"), "{err}");
+    let says = ["done: \"root\" is a fresh snapshot", "6 nested subvolumes"];
+    assert_says(&disk.run(&[]), 0, &says);
     before.assert_rolled_back(&disk, "root", "root-blank");
     before.assert_log_grew(&disk);
     let m = disk.mount();
@@ -35,10 +32,7 @@ fn privileged_rolls_back_an_impermanence_layout() {
     drop(m);
 
     // A second rollback on the fresh root works the same and appends to the log.
-    let before = Before::layout(&disk);
-    assert_exit(&disk.run(&[]), 0);
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    before.assert_log_grew(&disk);
+    assert_a_run_rolls_back(&disk).assert_log_grew(&disk);
 }
 
 #[test]
@@ -50,10 +44,7 @@ fn privileged_odd_names_inside_and_outside_root() {
         let m = disk.mount();
         m.subvol(root);
         fs::write(m.join(root).join("from-blank"), "b").unwrap();
-        sh(Command::new("btrfs")
-            .args(["subvolume", "snapshot", "-r"])
-            .arg(m.join(root))
-            .arg(m.join(blank)));
+        m.snapshot(root, blank, true);
         m.subvol("persist");
         for name in ["with space", "new\nline", "ünïcødé", "-dash", "a b/c d"] {
             if name.contains('/') {
@@ -107,13 +98,7 @@ fn privileged_hundreds_of_nested_and_a_chain_of_100() {
         }
     }
     let before = Before::layout(&disk);
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    assert!(
-        stderr(&out).contains("406 nested subvolumes"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&disk.run(&[]), 0, &["406 nested subvolumes"]);
     before.assert_rolled_back(&disk, "root", "root-blank");
 }
 
@@ -128,10 +113,11 @@ fn privileged_missing_blank_changes_nothing() {
     let disk = layout!("noblank");
     let subs = disk.mount().subvolumes();
     let out = disk.run(&["--blank", "no-such-blank"]);
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(err.contains("\"no-such-blank\" does not exist"), "{err}");
-    assert!(err.contains("was not changed"), "{err}");
+    assert_says(
+        &out,
+        1,
+        &["\"no-such-blank\" does not exist", "was not changed"],
+    );
     assert_unchanged(&disk, &subs);
     // The refusal is in the log file too.
     let log = fs::read_to_string(disk.mount().join("rollback.log")).unwrap();
@@ -151,9 +137,7 @@ fn privileged_blank_that_is_not_a_subvolume_changes_nothing() {
         ("plain-dir", "plain directory"),
         ("blank-link", "symbolic link"),
     ] {
-        let out = disk.run(&["--blank", blank]);
-        assert_exit(&out, 1);
-        assert!(stderr(&out).contains(what), "{}", stderr(&out));
+        assert_says(&disk.run(&["--blank", blank]), 1, &[what]);
         assert_unchanged(&disk, &subs);
     }
 }
@@ -164,8 +148,7 @@ fn privileged_root_that_is_not_a_subvolume_changes_nothing() {
     fs::create_dir(disk.mount().join("plain-root")).unwrap();
     let subs = disk.mount().subvolumes();
     let out = disk.run(&["--root", "plain-root"]);
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("\"plain-root\" is a plain directory"));
+    assert_says(&out, 1, &["\"plain-root\" is a plain directory"]);
     assert_unchanged(&disk, &subs);
     assert!(disk.mount().join("plain-root").is_dir());
 }
@@ -194,9 +177,7 @@ fn privileged_missing_root_is_created_from_the_blank() {
         }
         assert!(!m.join("root").exists());
     }
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    assert!(stderr(&out).contains("was missing"), "{}", stderr(&out));
+    assert_says(&disk.run(&[]), 0, &["was missing"]);
     before.assert_rolled_back(&disk, "root", "root-blank");
 }
 
@@ -209,13 +190,11 @@ fn privileged_missing_device_is_a_clear_error() {
         .args(["--mountpoint", "/nonexistent-mountpoint"])
         .output()
         .unwrap();
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(
-        err.contains("/dev/no-such-disk did not appear within 1 s"),
-        "{err}"
-    );
-    assert!(err.contains("nothing was changed"), "{err}");
+    let says = [
+        "/dev/no-such-disk did not appear within 1 s",
+        "nothing was changed",
+    ];
+    assert_says(&out, 1, &says);
     assert!(start.elapsed() >= Duration::from_secs(1), "did not wait");
     assert!(!Path::new("/nonexistent-mountpoint").exists());
 }
@@ -235,8 +214,7 @@ fn privileged_device_that_appears_late_is_waited_for() {
     sleep(Duration::from_millis(1500));
     symlink(&disk.dev, &link).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_exit(&out, 0);
-    assert!(stderr(&out).contains("appeared after"), "{}", stderr(&out));
+    assert_says(&out, 0, &["appeared after"]);
     before.assert_rolled_back(&disk, "root", "root-blank");
 }
 
@@ -244,11 +222,8 @@ fn privileged_device_that_appears_late_is_waited_for() {
 fn privileged_device_that_is_not_btrfs_is_refused() {
     privileged!();
     let ext4 = Disk::with_mkfs("ext4", &["mkfs.ext4", "-q", "-F"]);
-    let out = ext4.run(&[]);
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    assert!(err.contains("holds no btrfs filesystem"), "{err}");
-    assert!(err.contains(&ext4.dev.display().to_string()), "{err}");
+    let dev = ext4.dev.display().to_string();
+    assert_says(&ext4.run(&[]), 1, &["holds no btrfs filesystem", &dev]);
     let blank = Disk::with_mkfs("zeros", &[]);
     assert_exit(&blank.run(&[]), 1);
     // A regular file is not a block device.
@@ -257,12 +232,7 @@ fn privileged_device_that_is_not_btrfs_is_refused() {
         .arg(&ext4.image)
         .output()
         .unwrap();
-    assert_exit(&out, 1);
-    assert!(
-        stderr(&out).contains("is not a block device"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, 1, &["is not a block device"]);
 }
 
 #[test]
@@ -276,17 +246,8 @@ fn privileged_default_subvolume_follows_root() {
             m.join("root").as_os_str(),
         ]);
     }
-    let before = Before::layout(&disk);
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    before.assert_rolled_back(&disk, "root", "root-blank");
-    let m = disk.mount();
-    assert_eq!(
-        m.default_id(),
-        m.id("root"),
-        "the default did not follow root"
-    );
-    drop(m);
+    assert_a_run_rolls_back(&disk);
+    assert_default_is_root(&disk);
     // A plain mount (no subvol option) now gives the fresh root.
     let plain = disk.dir.join("plain");
     fs::create_dir_all(&plain).unwrap();
@@ -311,9 +272,7 @@ fn privileged_quotas_enabled() {
             m.path.as_os_str(),
         ]);
     }
-    let before = Before::layout(&disk);
-    assert_exit(&disk.run(&[]), 0);
-    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_a_run_rolls_back(&disk);
 }
 
 #[test]
@@ -321,12 +280,10 @@ fn privileged_unwritable_log_does_not_stop_the_rollback() {
     let (disk, before) = fixture!("log");
     // A directory where the log file should be, then a path in a directory that does not exist.
     for log in ["persist", "/nonexistent-dir/rollback.log"] {
-        let out = disk.run(&["--log", log]);
-        assert_exit(&out, 0);
-        assert!(
-            stderr(&out).contains("cannot write the log file"),
-            "{}",
-            stderr(&out)
+        assert_says(
+            &disk.run(&["--log", log]),
+            0,
+            &["cannot write the log file"],
         );
         before.assert_rolled_back(&disk, "root", "root-blank");
     }
@@ -351,7 +308,7 @@ fn privileged_dry_run_and_list_change_nothing() {
     let subs = disk.mount().subvolumes();
     let out = disk.run(&["--dry-run"]);
     assert_exit(&out, 0);
-    let plan = String::from_utf8_lossy(&out.stdout);
+    let plan = stdout(&out);
     for nested in ["root/var/lib/machines/a/b/c", "root/srv/child", "root/srv"] {
         let id = subs[Path::new(nested)];
         assert!(
@@ -361,7 +318,7 @@ fn privileged_dry_run_and_list_change_nothing() {
     }
     let out = disk.cmd("list").output().unwrap();
     assert_exit(&out, 0);
-    let list = String::from_utf8_lossy(&out.stdout);
+    let list = stdout(&out);
     assert!(list.contains("\"persist\""), "{list}");
     assert!(list.contains("blank \"root-blank\""), "{list}");
     assert!(list.contains("`run` would"), "{list}");
@@ -380,9 +337,7 @@ fn privileged_leftover_of_an_interrupted_run_is_removed() {
         m.subvol("root.btrfs-rollback-tmp/x/y");
         m.set_ro("root.btrfs-rollback-tmp/x", true);
     }
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    assert!(stderr(&out).contains("left over from an interrupted run"));
+    assert_says(&disk.run(&[]), 0, &["left over from an interrupted run"]);
     before.assert_rolled_back(&disk, "root", "root-blank");
 }
 
@@ -391,9 +346,7 @@ fn privileged_temporary_name_taken_by_a_file_is_refused() {
     let disk = layout!("tmpfile");
     fs::write(disk.mount().join("root.btrfs-rollback-tmp"), "mine").unwrap();
     let subs = disk.mount().subvolumes();
-    let out = disk.run(&[]);
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("root.btrfs-rollback-tmp"));
+    assert_says(&disk.run(&[]), 1, &["root.btrfs-rollback-tmp"]);
     assert_unchanged(&disk, &subs);
     assert_eq!(
         fs::read_to_string(disk.mount().join("root.btrfs-rollback-tmp")).unwrap(),
@@ -412,8 +365,7 @@ fn privileged_busy_mountpoint_is_refused() {
         .arg(&mp));
     let out = disk.cmd("run").output().unwrap();
     sh(Command::new("umount").arg(&mp));
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("already mounted"), "{}", stderr(&out));
+    assert_says(&out, 1, &["already mounted"]);
     assert_unchanged(&disk, &subs);
 }
 
@@ -460,20 +412,9 @@ fn privileged_sigkill_at_any_instant_keeps_root() {
         } else {
             0.5 + f64::from(round - rounds) / f64::from(4 * rounds)
         };
-        let delay = full.mul_f64(fraction);
-        let mut child = disk
-            .cmd("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        sleep(delay);
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        if status.code().is_none() {
+        if disk.kill_run_after(full.mul_f64(fraction)) {
             killed += 1;
         }
-        let _ = Command::new("umount").arg(disk.work_mountpoint()).output();
         let m = disk.mount();
         let subs = m.subvolumes();
         if !subs.contains_key(Path::new("root")) {
@@ -505,9 +446,7 @@ fn privileged_sigkill_at_any_instant_keeps_root() {
 fn privileged_read_only_old_root_with_children() {
     let disk = layout!("ro-root");
     disk.mount().set_ro("root", true);
-    let before = Before::layout(&disk);
-    assert_exit(&disk.run(&[]), 0);
-    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_a_run_rolls_back(&disk);
 }
 
 #[test]
@@ -524,15 +463,9 @@ fn privileged_leftover_that_is_the_default_subvolume() {
             m.join("root.btrfs-rollback-tmp").as_os_str(),
         ]);
     }
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
+    assert_exit(&disk.run(&[]), 0);
     before.assert_rolled_back(&disk, "root", "root-blank");
-    let m = disk.mount();
-    assert_eq!(
-        m.default_id(),
-        m.id("root"),
-        "the default did not follow root"
-    );
+    assert_default_is_root(&disk);
 }
 
 #[test]
@@ -545,9 +478,7 @@ fn privileged_names_like_our_leftovers_that_are_not_ours_are_kept() {
         fs::write(m.join("root.btrfs-rollback-tmp.999999/keep"), "mine").unwrap();
         fs::create_dir(m.join("root.btrfs-rollback-tmp.1")).unwrap();
     }
-    let before = Before::layout(&disk);
-    assert_exit(&disk.run(&[]), 0);
-    before.assert_rolled_back(&disk, "root", "root-blank");
+    assert_a_run_rolls_back(&disk);
     assert!(disk.mount().join("root.btrfs-rollback-tmp.1").is_dir());
 }
 
@@ -567,10 +498,7 @@ fn privileged_too_deep_to_delete_by_id_is_deleted_by_handle() {
             m.join("root").display()
         )));
     }
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    let err = stderr(&out);
-    assert!(err.contains("by handle"), "{err}");
+    assert_says(&disk.run(&[]), 0, &["by handle"]);
     // `btrfs subvolume list` works again: the deep subvolume is gone.
     before.assert_rolled_back(&disk, "root", "root-blank");
 }

@@ -5,41 +5,19 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// The old roots kept, by name, with their ids (btrfs-progs' view).
-fn old_roots(disk: &Disk) -> Vec<(PathBuf, u64)> {
-    disk.mount()
-        .subvolumes()
-        .into_iter()
-        .filter(|(p, _)| p.starts_with("old_roots") && p.components().count() == 2)
-        .collect()
+/// The JSON document `text` re-dumped by python3 (`python_json`) in a canonical form that the
+/// test can search.
+fn json_canonical(text: &[u8]) -> String {
+    python_json(text, "json.dumps(d, sort_keys=True)")
 }
 
-/// Parse JSON with python3's json module (an independent parser); return it re-dumped in a
-/// canonical form that the test can search.
-fn json_canonical(text: &[u8]) -> String {
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import json,sys; print(json.dumps(json.load(sys.stdin), sort_keys=True))",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(text).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "not JSON:\n{}",
-        String::from_utf8_lossy(text)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// `restore` the old root at `path` (`old_roots/NAME`) by its NAME.
+fn restore(disk: &Disk, path: &Path) -> std::process::Output {
+    disk.output("restore", [path.file_name().unwrap()])
 }
 
 #[test]
@@ -47,12 +25,10 @@ fn privileged_old_roots_are_kept_with_their_nested_subvolumes_and_pruned() {
     let (disk, before) = fixture!("keep");
     let root_id = disk.mount().id("root");
 
-    let out = disk.run(&["--keep-old-roots", "2"]);
-    assert_exit(&out, 0);
-    assert!(
-        stderr(&out).contains("kept the old root"),
-        "{}",
-        stderr(&out)
+    assert_says(
+        &disk.run(&["--keep-old-roots", "2"]),
+        0,
+        &["kept the old root"],
     );
     let kept = old_roots(&disk);
     assert_eq!(kept.len(), 1, "{kept:?}");
@@ -103,9 +79,7 @@ fn privileged_keep_days_zero_is_refused_and_one_keeps_the_newest() {
     let disk = layout!("keepdays");
     // 0 days would prune every old root but the newest: a usage error, nothing changed.
     let subs = disk.mount().subvolumes();
-    let out = disk.run(&["--keep-days", "0"]);
-    assert_exit(&out, 2);
-    assert!(stderr(&out).contains("--keep-days"), "{}", stderr(&out));
+    assert_says(&disk.run(&["--keep-days", "0"]), 2, &["--keep-days"]);
     assert_eq!(disk.mount().subvolumes(), subs);
     for _ in 0..3 {
         fs::write(disk.mount().join("root/etc/junk"), "boot").unwrap();
@@ -120,9 +94,7 @@ fn privileged_old_roots_that_is_a_file_is_refused_with_retention() {
     let disk = layout!("keepfile");
     fs::write(disk.mount().join("old_roots"), "not a directory").unwrap();
     let subs = disk.mount().subvolumes();
-    let out = disk.run(&["--keep-old-roots", "3"]);
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("\"old_roots\""), "{}", stderr(&out));
+    assert_says(&disk.run(&["--keep-old-roots", "3"]), 1, &["\"old_roots\""]);
     assert_eq!(disk.mount().subvolumes(), subs);
 }
 
@@ -138,19 +110,15 @@ fn privileged_restore_brings_an_old_root_back_for_one_boot() {
 
     // Unknown names are refused, nothing changed.
     let subs = disk.mount().subvolumes();
-    let out = disk.cmd("restore").arg("no-such-root").output().unwrap();
-    assert_exit(&out, 1);
-    assert!(stderr(&out).contains("no old root"), "{}", stderr(&out));
-    let out = disk.cmd("restore").arg("../root-blank").output().unwrap();
-    assert_exit(&out, 2);
+    assert_says(
+        &disk.output("restore", ["no-such-root"]),
+        1,
+        &["no old root"],
+    );
+    assert_exit(&disk.output("restore", ["../root-blank"]), 2);
     assert_eq!(disk.mount().subvolumes(), subs);
 
-    let out = disk
-        .cmd("restore")
-        .arg(name.file_name().unwrap())
-        .output()
-        .unwrap();
-    assert_exit(&out, 0);
+    assert_exit(&restore(&disk, &name), 0);
     {
         let m = disk.mount();
         assert_eq!(m.id("root"), first, "root is not the restored one");
@@ -164,9 +132,7 @@ fn privileged_restore_brings_an_old_root_back_for_one_boot() {
         );
     }
     // The next run keeps the restored root once...
-    let out = disk.run(&["--keep-old-roots", "5"]);
-    assert_exit(&out, 0);
-    assert!(stderr(&out).contains("this once"), "{}", stderr(&out));
+    assert_says(&disk.run(&["--keep-old-roots", "5"]), 0, &["this once"]);
     assert_eq!(disk.mount().id("root"), first);
     // ...and the one after rolls back again.
     assert_exit(&disk.run(&["--keep-old-roots", "5"]), 0);
@@ -184,7 +150,7 @@ fn privileged_list_and_dry_run_speak_json() {
         m.subvol("root/new\nline \"quoted\"");
     }
     let subs = disk.mount().subvolumes();
-    let out = disk.cmd("list").arg("--json").output().unwrap();
+    let out = disk.output("list", ["--json"]);
     assert_exit(&out, 0);
     let list = json_canonical(&out.stdout);
     for key in [
@@ -241,12 +207,7 @@ fn privileged_retention_prunes_only_what_it_kept() {
         fs::read_to_string(disk.mount().join("old_roots/my-backup/precious")).unwrap(),
         "mine"
     );
-    let out = disk
-        .cmd("list")
-        .args(["--keep-old-roots", "1"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout(&disk.output("list", ["--keep-old-roots", "1"]));
     assert!(
         text.contains("\"my-backup\"") && text.contains("never pruned: not put here"),
         "{text}"
@@ -272,12 +233,7 @@ fn privileged_a_restored_root_is_not_pruned_first() {
         .find(|(_, id)| *id == first)
         .unwrap();
     assert_eq!(id, first);
-    let out = disk
-        .cmd("restore")
-        .arg(name.file_name().unwrap())
-        .output()
-        .unwrap();
-    assert_exit(&out, 0);
+    assert_exit(&restore(&disk, &name), 0);
     assert_exit(&disk.run(&keep), 0); // kept once: the restored root boots
     fs::write(disk.mount().join("root/etc/junk"), "worked in it").unwrap();
     let out = disk.run(&keep);
@@ -325,12 +281,7 @@ fn privileged_keeping_a_restored_root_still_removes_leftovers() {
     let disk = layout!("restore-leftover");
     assert_exit(&disk.run(&["--keep-old-roots", "3"]), 0);
     let (name, first) = old_roots(&disk).remove(0);
-    let out = disk
-        .cmd("restore")
-        .arg(name.file_name().unwrap())
-        .output()
-        .unwrap();
-    assert_exit(&out, 0);
+    assert_exit(&restore(&disk, &name), 0);
     let leftover = {
         let m = disk.mount();
         m.subvol("stray");
@@ -339,12 +290,10 @@ fn privileged_keeping_a_restored_root_still_removes_leftovers() {
         fs::rename(m.join("stray"), m.join(&name)).unwrap();
         name
     };
-    let out = disk.run(&[]);
-    assert_exit(&out, 0);
-    assert!(stderr(&out).contains("this once"), "{}", stderr(&out));
+    let err = assert_says(&disk.run(&[]), 0, &["this once"]);
     let m = disk.mount();
     assert_eq!(m.id("root"), first);
-    assert!(!m.join(&leftover).exists(), "{}", stderr(&out));
+    assert!(!m.join(&leftover).exists(), "{err}");
 }
 
 /// `list --keep-old-roots N` agrees with `run --dry-run`: the root the next run keeps counts
@@ -354,18 +303,10 @@ fn privileged_list_verdicts_agree_with_the_plan() {
     let disk = layout!("list-verdicts");
     assert_exit(&disk.run(&["--keep-old-roots", "1"]), 0);
     fs::write(disk.mount().join("root/etc/new-file"), "served").unwrap();
-    let out = disk
-        .cmd("list")
-        .args(["--keep-old-roots", "1"])
-        .output()
-        .unwrap();
+    let out = disk.output("list", ["--keep-old-roots", "1"]);
     assert_exit(&out, 0);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout(&out);
     assert!(text.contains("to be pruned"), "{text}");
-    let plan = disk.run(&["--dry-run", "--keep-old-roots", "1"]);
-    assert!(
-        String::from_utf8_lossy(&plan.stdout).contains("prune the old root"),
-        "{}",
-        String::from_utf8_lossy(&plan.stdout)
-    );
+    let plan = stdout(&disk.run(&["--dry-run", "--keep-old-roots", "1"]));
+    assert!(plan.contains("prune the old root"), "{plan}");
 }

@@ -13,8 +13,9 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// Start a privileged test: returns from it (skips) outside CI when a requirement is missing,
 /// and panics under CI=true. Use with `#[macro_use] mod common;`.
@@ -45,22 +46,26 @@ macro_rules! test_name {
 /// The start of most privileged tests: skip (or fail under CI=true) as `privileged!()` does, then
 /// a fresh disk named `label` with the impermanence layout (`impermanence_layout`). Evaluates to
 /// the `Disk`; `Before::layout(&disk)` remembers it for `assert_rolled_back`.
+/// `layout!("label", "300M")` makes the image that size (`Disk::sized`): a small one fills fast.
 #[allow(unused_macros)]
 macro_rules! layout {
-    ($label:expr) => {{
+    ($label:expr) => {
+        layout!($label, crate::common::IMAGE_SIZE)
+    };
+    ($label:expr, $size:expr) => {{
         privileged!();
-        let disk = crate::common::Disk::new($label);
+        let disk = crate::common::Disk::sized($label, $size, crate::common::MKFS_BTRFS);
         crate::common::impermanence_layout(&disk);
         disk
     }};
 }
 
 /// `layout!` and what the disk holds before the rollback (`Before::layout`):
-/// `let (disk, before) = fixture!("label");`.
+/// `let (disk, before) = fixture!("label");` (or `fixture!("label", "300M")`).
 #[allow(unused_macros)]
 macro_rules! fixture {
-    ($label:expr) => {{
-        let disk = layout!($label);
+    ($($arg:expr),+) => {{
+        let disk = layout!($($arg),+);
         let before = crate::common::Before::layout(&disk);
         (disk, before)
     }};
@@ -146,6 +151,10 @@ where
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// How a test image is formatted as btrfs, and its size unless a test asks for another.
+pub const MKFS_BTRFS: &[&str] = &["mkfs.btrfs", "-q", "-f"];
+pub const IMAGE_SIZE: &str = "1G";
+
 /// A sparse image with a btrfs filesystem, attached to a loop device.
 pub struct Disk {
     pub dir: PathBuf,
@@ -156,12 +165,12 @@ pub struct Disk {
 
 impl Disk {
     pub fn new(name: &str) -> Disk {
-        Self::with_mkfs(name, &["mkfs.btrfs", "-q", "-f"])
+        Self::with_mkfs(name, MKFS_BTRFS)
     }
 
     /// An image formatted with another mkfs command (for the "not btrfs" tests), or none.
     pub fn with_mkfs(name: &str, mkfs: &[&str]) -> Disk {
-        Self::sized(name, "1G", mkfs)
+        Self::sized(name, IMAGE_SIZE, mkfs)
     }
 
     /// An image of `size` (truncate's syntax), formatted with `mkfs`: small ones fill fast.
@@ -189,10 +198,20 @@ impl Disk {
     /// A fresh mount of the top-level volume, for building fixtures and for checking.
     pub fn mount(&self) -> Mounted {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = self.dir.join(format!("check-{n}"));
+        self.mount_with("subvolid=5", &format!("check-{n}"))
+    }
+
+    /// A mount of the subvolume `subvol` alone (as a running system's `/`), at `name` in the
+    /// disk's directory, for as long as it lives.
+    pub fn mount_subvol(&self, subvol: &str, name: &str) -> Mounted {
+        self.mount_with(&format!("subvol={subvol}"), name)
+    }
+
+    fn mount_with(&self, option: &str, name: &str) -> Mounted {
+        let path = self.dir.join(name);
         fs::create_dir_all(&path).unwrap();
         sh(Command::new("mount")
-            .args(["-t", "btrfs", "-o", "subvolid=5"])
+            .args(["-t", "btrfs", "-o", option])
             .arg(&self.dev)
             .arg(&path));
         Mounted { path }
@@ -217,14 +236,40 @@ impl Disk {
         c
     }
 
-    pub fn run(&self, extra: &[&str]) -> Output {
-        let out = self.cmd("run").args(extra).output().unwrap();
+    /// Run the binary's `sub` command with `args` on this disk, to its end. Whatever it did, it
+    /// must not leave its mountpoint mounted.
+    pub fn output<I, S>(&self, sub: &str, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self.cmd(sub).args(args).output().unwrap();
         assert!(
             !is_mounted(&self.work_mountpoint()),
-            "the binary left {} mounted",
+            "`{sub}` left {} mounted",
             self.work_mountpoint().display()
         );
         out
+    }
+
+    pub fn run(&self, extra: &[&str]) -> Output {
+        self.output("run", extra)
+    }
+
+    /// Start `run` and SIGKILL it after `delay`, then unmount what it may have left mounted.
+    /// Returns whether the kill landed before the binary finished.
+    pub fn kill_run_after(&self, delay: Duration) -> bool {
+        let mut child = self
+            .cmd("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let killed = child.wait().unwrap().code().is_none();
+        let _ = Command::new("umount").arg(self.work_mountpoint()).output();
+        killed
     }
 }
 
@@ -260,6 +305,15 @@ impl Mounted {
             .into_iter()
             .chain([self.join(rel).as_os_str()]),
         );
+    }
+
+    /// A snapshot of `from` at `to` (both relative to the top level), read-only if `ro`.
+    pub fn snapshot(&self, from: impl AsRef<Path>, to: impl AsRef<Path>, ro: bool) {
+        sh(Command::new("btrfs")
+            .args(["subvolume", "snapshot"])
+            .args(ro.then_some("-r"))
+            .arg(self.join(from))
+            .arg(self.join(to)));
     }
 
     pub fn set_ro(&self, rel: impl AsRef<Path>, ro: bool) {
@@ -413,10 +467,7 @@ pub fn impermanence_layout(disk: &Disk) {
     fs::create_dir_all(m.join("root/etc")).unwrap();
     fs::write(m.join("root/etc/machine-id.blank"), "from the blank\n").unwrap();
     fs::create_dir_all(m.join("root/var/lib")).unwrap();
-    sh(Command::new("btrfs")
-        .args(["subvolume", "snapshot", "-r"])
-        .arg(m.join("root"))
-        .arg(m.join("root-blank")));
+    m.snapshot("root", "root-blank", true);
     m.subvol("persist");
     fs::create_dir_all(m.join("persist/etc/ssh")).unwrap();
     fs::write(m.join("persist/etc/ssh/key"), "secret\n").unwrap();
@@ -526,6 +577,10 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn assert_exit(out: &Output, code: i32) {
     assert_eq!(
         out.status.code(),
@@ -534,6 +589,68 @@ pub fn assert_exit(out: &Output, code: i32) {
         String::from_utf8_lossy(&out.stdout),
         stderr(out)
     );
+}
+
+/// `assert_exit`, then each of `says` is in stderr. Returns stderr, for further checks.
+pub fn assert_says(out: &Output, code: i32, says: &[&str]) -> String {
+    assert_exit(out, code);
+    let err = stderr(out);
+    for s in says {
+        assert!(err.contains(s), "{s:?} is not in stderr:\n{err}");
+    }
+    err
+}
+
+/// The old roots kept in `old_roots/`, by path, with their ids (btrfs-progs' view).
+pub fn old_roots(disk: &Disk) -> Vec<(PathBuf, u64)> {
+    disk.mount()
+        .subvolumes()
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("old_roots") && p.components().count() == 2)
+        .collect()
+}
+
+/// The default subvolume is `root` (it followed `root` through the rollback).
+pub fn assert_default_is_root(disk: &Disk) {
+    let m = disk.mount();
+    assert_eq!(
+        m.default_id(),
+        m.id("root"),
+        "the default subvolume did not follow root"
+    );
+}
+
+/// A run on `disk` as it is now exits 0 and keeps every promise of a rollback of `root` to
+/// `root-blank` (`Before::assert_rolled_back`). Returns what the disk held before the run, for
+/// more checks.
+pub fn assert_a_run_rolls_back(disk: &Disk) -> Before {
+    let before = Before::layout(disk);
+    assert_exit(&disk.run(&[]), 0);
+    before.assert_rolled_back(disk, "root", "root-blank");
+    before
+}
+
+/// Parse JSON with python3's json module (an independent parser) and print `expr` of it (`d`
+/// is the document). Returns what python printed, trimmed.
+pub fn python_json(text: &[u8], expr: &str) -> String {
+    use std::io::Write;
+    let script = format!("import json,sys; d = json.load(sys.stdin); print({expr})");
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{expr} on:\n{}\n{}",
+        String::from_utf8_lossy(text),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Create `n` subvolumes below `dir` (relative to the mount), a few levels deep.
