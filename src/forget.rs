@@ -4,20 +4,24 @@
 //! nested ones; this does not.
 //!
 //! Refused, changing nothing: a name that is not a subvolume directly in `old_roots/`, an old
-//! root that is mounted on this system (the running system's root after a live `restore`),
-//! and one that is or holds the default subvolume. `--dry-run` names what would go, by path
-//! and id, on a read-only mount.
+//! root that is mounted (or anything in it), in this mount namespace (the running system's
+//! root after a live `restore`) or any other (a container, a service with `PrivateMounts=`),
+//! and one that is or holds the default subvolume. Only that old root is read, not the whole
+//! state: another old root that cannot be read does not keep it. `--dry-run` names what would
+//! go, by path and id, on a read-only mount.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::erase::{Eraser, Leftovers};
 use crate::failure::{Disk, Failure};
-use crate::inspect::inspect;
+use crate::inspect::{self, inspect};
 use crate::json::Json;
+use crate::mountinfo::{self, Mount};
 use crate::names::{count, quoted, OLD_ROOTS};
 use crate::plan::OldRoot;
 use crate::render;
@@ -88,25 +92,17 @@ pub fn forget(
 
 /// The old root `old_roots/NAME`, checked, and the subvolume the default moves to if it
 /// had to (it cannot: an old root holding the default is refused).
+///
+/// Reads only what it needs: that old root, the ids of the current root and the blank, and
+/// the default subvolume. Not the whole state (`inspect`): another old root or a leftover
+/// that cannot be read must not keep this one from going.
 fn look(session: &Session, target: &Target, name: &OsStr) -> Result<(OldRoot, u64)> {
     let fs = session.fd();
     let path = Path::new(OLD_ROOTS).join(name);
-    let state = inspect(session.top(), &target.names)?;
-    let Some(old) = state.old_roots.iter().find(|o| o.name == name).cloned() else {
-        let what = match subvolume::open_dir(fs, OLD_ROOTS) {
-            Err(_) => format!("there is no directory {OLD_ROOTS:?} in the top-level volume"),
-            Ok(dir) => match subvolume::entry(std::os::fd::AsFd::as_fd(&dir), name)? {
-                Entry::Missing => format!("there is no {}", quoted(&path)),
-                Entry::Other(what) => format!("{} is {what}", quoted(&path)),
-                Entry::Subvolume { .. } => format!("{} cannot be read", quoted(&path)),
-            },
-        };
-        bail!(
-            "{what}, not an old root: `forget` deletes only subvolumes in {OLD_ROOTS:?} \
-             (`btrfs-rollback list` shows them)"
-        );
-    };
-    if state.root.id() == Some(old.id) || state.blank.id() == Some(old.id) {
+    let old = read_old_root(fs, name)?;
+    let root = slot_id(fs, &target.names.root)?;
+    let blank = slot_id(fs, &target.names.blank)?;
+    if root == Some(old.id) || blank == Some(old.id) {
         bail!(
             "{} (ID {}) is the current root {} or the blank {}",
             quoted(&path),
@@ -115,25 +111,126 @@ fn look(session: &Session, target: &Target, name: &OsStr) -> Result<(OldRoot, u6
             quoted(&target.names.blank)
         );
     }
-    let mounted = session.top().mounts_inside(path.as_os_str())?;
-    if !mounted.is_empty() {
-        bail!(
-            "{} is in use on this system, mounted at {} (the running system's root after a \
-             `restore`?); reboot, then forget it",
-            quoted(&path),
-            mounted.join(", ")
-        );
-    }
-    if state.default_id == old.id || old.nested.iter().any(|n| n.id == state.default_id) {
+    refuse_mounted(session, &old)?;
+    let default_id = subvolume::default_id(fs)?;
+    if default_id == old.id || old.nested.iter().any(|n| n.id == default_id) {
         bail!(
             "{} holds the default subvolume (ID {}); make another subvolume the default first \
              (btrfs subvolume set-default)",
             quoted(&path),
-            state.default_id
+            default_id
         );
     }
-    let fallback_default = state.root.id().unwrap_or(TOP_LEVEL);
-    Ok((old, fallback_default))
+    Ok((old, root.unwrap_or(TOP_LEVEL)))
+}
+
+/// `old_roots/NAME` with everything nested in it; refused if it is not a subvolume there.
+fn read_old_root(fs: BorrowedFd<'_>, name: &OsStr) -> Result<OldRoot> {
+    let path = Path::new(OLD_ROOTS).join(name);
+    let what = match subvolume::open_dir(fs, OLD_ROOTS) {
+        Err(_) => format!("there is no directory {OLD_ROOTS:?} in the top-level volume"),
+        Ok(dir) => match subvolume::entry(dir.as_fd(), name)
+            .with_context(|| format!("cannot read {}", quoted(&path)))?
+        {
+            Entry::Missing => format!("there is no {}", quoted(&path)),
+            Entry::Other(what) => format!("{} is {what}", quoted(&path)),
+            Entry::Subvolume { .. } => {
+                return inspect::old_root(fs, name)
+                    .with_context(|| format!("cannot read the old root {}", quoted(&path)))?
+                    .with_context(|| format!("{} vanished while being read", quoted(&path)))
+            }
+        },
+    };
+    bail!(
+        "{what}, not an old root: `forget` deletes only subvolumes in {OLD_ROOTS:?} \
+         (`btrfs-rollback list` shows them)"
+    )
+}
+
+/// The id of the subvolume `name` in the top level, `None` if it is not one.
+fn slot_id(fs: BorrowedFd<'_>, name: &OsStr) -> Result<Option<u64>> {
+    match subvolume::entry(fs, name)? {
+        Entry::Subvolume { id, .. } => Ok(Some(id)),
+        Entry::Missing | Entry::Other(_) => Ok(None),
+    }
+}
+
+/// Refuse an old root that is mounted, or any subvolume or directory in it, in any mount
+/// namespace: deleting it would pull the files from under whatever uses it (the running
+/// system after a live `restore`, a container, a service with `PrivateMounts=`).
+fn refuse_mounted(session: &Session, old: &OldRoot) -> Result<()> {
+    let path = old.path();
+    let cannot_tell = || format!("cannot tell whether {} is mounted", quoted(&path));
+    let all = mountinfo::read_all().with_context(cannot_tell)?;
+    let here = session.top().path();
+    let here = here
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", here.display()))
+        .with_context(cannot_tell)?;
+    // Our own namespace comes first and holds our own mount of the top level, which tells
+    // this filesystem's device number (the same in every namespace).
+    let dev = mountinfo::top_level_dev(&all.namespaces[0].mounts, &here)
+        .with_context(|| {
+            format!(
+                "cannot find the top-level mount at {} in /proc/self/mountinfo",
+                here.display()
+            )
+        })
+        .with_context(cannot_tell)?;
+    log::debug!(
+        "read the mounts of {} mount namespaces; {} could not be read (access denied?) and \
+         are not checked",
+        all.namespaces.len(),
+        all.unreadable
+    );
+    let ids: Vec<u64> = std::iter::once(old.id)
+        .chain(old.nested.iter().map(|n| n.id))
+        .collect();
+    let mut found = Vec::new();
+    for ns in &all.namespaces {
+        for m in mountinfo::mounts_of(&ns.mounts, dev, path.as_os_str(), &ids) {
+            found.push(in_use(old, ns.pid, m));
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 5;
+    let more = found.len().saturating_sub(SHOWN);
+    found.truncate(SHOWN);
+    if more > 0 {
+        found.push(format!("and {more} more"));
+    }
+    bail!(
+        "{} (ID {}) is in use: {}; unmount it there or stop what uses it (after a live \
+         `restore`, reboot), then forget it",
+        quoted(&path),
+        old.id,
+        found.join("; ")
+    )
+}
+
+/// One mount of (something in) `old`, for the refusal: which subvolume, where, in whose
+/// mount namespace (`pid` `None`: ours).
+fn in_use(old: &OldRoot, pid: Option<u32>, m: &Mount) -> String {
+    let shows = m.root.strip_prefix("/").unwrap_or(&m.root);
+    // Without `subvolid=` (very old kernels): the deepest subvolume whose path holds it.
+    let id = m.subvolid.unwrap_or_else(|| {
+        old.nested
+            .iter()
+            .filter(|n| shows.starts_with(&n.path))
+            .max_by_key(|n| n.path.as_os_str().len())
+            .map_or(old.id, |n| n.id)
+    });
+    let whose = match pid {
+        None => "on this system (in this command's mount namespace)".to_string(),
+        Some(pid) => format!("in the mount namespace of PID {pid}"),
+    };
+    format!(
+        "subvolume {id} ({}) is mounted at {} {whose}",
+        quoted(shows),
+        quoted(&m.mount_point)
+    )
 }
 
 /// `forget NAME --dry-run --json`: the `forget` document of docs/json.md, the old root as

@@ -38,7 +38,7 @@ pub fn inspect(top: &TopLevel, names: &Names) -> Result<State> {
             ),
         }
     }
-    let (old_roots_dir, old_roots) = old_roots(fs, &slot)?;
+    let (old_roots_dir, old_roots) = old_roots(fs)?;
     let restored = read_marker(fs)?;
     Ok(State {
         root: slot(Path::new(&names.root))?,
@@ -78,10 +78,7 @@ pub fn read_slot(fs: BorrowedFd<'_>, path: &Path, nested: Option<Vec<Nested>>) -
 }
 
 /// What `old_roots/` is, and the subvolumes in it.
-fn old_roots(
-    fs: BorrowedFd<'_>,
-    slot: &dyn Fn(&Path) -> Result<Slot>,
-) -> Result<(OldRootsDir, Vec<OldRoot>)> {
+fn old_roots(fs: BorrowedFd<'_>) -> Result<(OldRootsDir, Vec<OldRoot>)> {
     use nix::sys::stat::{fstatat, SFlag};
     let st = match fstatat(fs, OLD_ROOTS, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
@@ -97,25 +94,32 @@ fn old_roots(
         if name == "." || name == ".." {
             continue;
         }
-        let path = Path::new(OLD_ROOTS).join(&name);
-        let s = slot(&path)?;
-        if let Entry::Subvolume { id, .. } = s.entry {
-            let fd = subvolume::expect(fs, &path, id)?;
-            let last_change = ioctl::get_subvol_info(fd.as_fd())
-                .with_context(|| format!("cannot read the ctransid of {}", quoted(&path)))?
-                .ctransid;
-            roots.push(OldRoot {
-                name,
-                id,
-                created: s.created,
-                nested: s.nested,
-                retired: retired_mark(fd.as_fd(), &path),
-                last_change,
-            });
-        }
+        roots.extend(old_root(fs, &name)?);
     }
     roots.sort_by_key(|r| r.id);
     Ok((OldRootsDir::Usable, roots))
+}
+
+/// The subvolume `old_roots/NAME` as an old root; `None` if it is not a subvolume. Read
+/// alone by `forget`, so that another old root it cannot read does not stand in its way.
+pub fn old_root(fs: BorrowedFd<'_>, name: &OsStr) -> Result<Option<OldRoot>> {
+    let path = Path::new(OLD_ROOTS).join(name);
+    let s = read_slot(fs, &path, None)?;
+    let Entry::Subvolume { id, .. } = s.entry else {
+        return Ok(None);
+    };
+    let fd = subvolume::expect(fs, &path, id)?;
+    let last_change = ioctl::get_subvol_info(fd.as_fd())
+        .with_context(|| format!("cannot read the ctransid of {}", quoted(&path)))?
+        .ctransid;
+    Ok(Some(OldRoot {
+        name: name.to_os_string(),
+        id,
+        created: s.created,
+        nested: s.nested,
+        retired: retired_mark(fd.as_fd(), &path),
+        last_change,
+    }))
 }
 
 /// The time in an old root's mark (`plan::RETIRED_XATTR`), `None` without a readable one.
