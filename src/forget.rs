@@ -21,7 +21,7 @@ use crate::erase::{Eraser, Leftovers};
 use crate::failure::{Disk, Failure};
 use crate::inspect::{self, inspect};
 use crate::json::Json;
-use crate::mountinfo::{self, Mount};
+use crate::mountinfo::Mount;
 use crate::names::{count, quoted, OLD_ROOTS};
 use crate::plan::OldRoot;
 use crate::render;
@@ -160,38 +160,16 @@ fn slot_id(fs: BorrowedFd<'_>, name: &OsStr) -> Result<Option<u64>> {
 /// system after a live `restore`, a container, a service with `PrivateMounts=`).
 fn refuse_mounted(session: &Session, old: &OldRoot) -> Result<()> {
     let path = old.path();
-    let cannot_tell = || format!("cannot tell whether {} is mounted", quoted(&path));
-    let all = mountinfo::read_all().with_context(cannot_tell)?;
-    let here = session.top().path();
-    let here = here
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", here.display()))
-        .with_context(cannot_tell)?;
-    // Our own namespace comes first and holds our own mount of the top level, which tells
-    // this filesystem's device number (the same in every namespace).
-    let dev = mountinfo::top_level_dev(&all.namespaces[0].mounts, &here)
-        .with_context(|| {
-            format!(
-                "cannot find the top-level mount at {} in /proc/self/mountinfo",
-                here.display()
-            )
-        })
-        .with_context(cannot_tell)?;
-    log::debug!(
-        "read the mounts of {} mount namespaces; {} could not be read (access denied?) and \
-         are not checked",
-        all.namespaces.len(),
-        all.unreadable
-    );
     let ids: Vec<u64> = std::iter::once(old.id)
         .chain(old.nested.iter().map(|n| n.id))
         .collect();
-    let mut found = Vec::new();
-    for ns in &all.namespaces {
-        for m in mountinfo::mounts_of(&ns.mounts, dev, path.as_os_str(), &ids) {
-            found.push(in_use(old, ns.pid, m));
-        }
-    }
+    let mut found: Vec<String> = session
+        .top()
+        .mounts_of(path.as_os_str(), &ids)
+        .with_context(|| format!("cannot tell whether {} is mounted", quoted(&path)))?
+        .iter()
+        .map(|(pid, m)| in_use(old, *pid, m))
+        .collect();
     if found.is_empty() {
         return Ok(());
     }

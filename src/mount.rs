@@ -1,5 +1,6 @@
 //! Mounting the top-level volume (subvolid=5) for the duration of one command.
 
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -7,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::mountinfo;
+use crate::mountinfo::{self, Mount};
 use crate::names::quoted;
 use crate::subvolume::{self, TOP_LEVEL};
 
@@ -80,26 +81,60 @@ impl TopLevel {
         &self.mountpoint
     }
 
-    /// Where `name` (a subvolume in the top level) or anything inside it is mounted on this
-    /// system, as "MOUNTPOINT (shows NAME/...)" descriptions; empty if nowhere. Mounts of this
-    /// filesystem are recognised by the device number of this top-level mount.
-    pub fn mounts_inside(&self, name: &std::ffi::OsStr) -> Result<Vec<String>> {
-        let mounts = mountinfo::read()?;
+    /// The mounts, in every mount namespace on this system, that show the top-level directory
+    /// `name` or anything inside it, or one of the subvolumes `ids` by id: each with the PID
+    /// of a process in its namespace (`None`: this command's own). Mounts of this filesystem
+    /// are recognised by the device number of this top-level mount.
+    pub fn mounts_of(&self, name: &OsStr, ids: &[u64]) -> Result<Vec<(Option<u32>, Mount)>> {
+        let all = mountinfo::read_all()?;
         let here = self
             .mountpoint
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", self.mountpoint.display()))?;
-        let dev = mountinfo::top_level_dev(&mounts, &here).with_context(|| {
-            format!(
-                "cannot find the top-level mount at {} in /proc/self/mountinfo",
-                here.display()
-            )
-        })?;
-        Ok(mountinfo::mounts_inside(&mounts, dev, name)
+        // Our own namespace comes first and holds our own mount of the top level, which tells
+        // this filesystem's device number (the same in every namespace).
+        let dev =
+            mountinfo::top_level_dev(&all.namespaces[0].mounts, &here).with_context(|| {
+                format!(
+                    "cannot find the top-level mount at {} in /proc/self/mountinfo",
+                    here.display()
+                )
+            })?;
+        log::debug!(
+            "read the mounts of {} mount namespaces; {} could not be read (access denied?) and \
+             are not checked",
+            all.namespaces.len(),
+            all.unreadable
+        );
+        Ok(all
+            .namespaces
             .iter()
-            .map(|m| {
+            .flat_map(|ns| {
+                mountinfo::mounts_of(&ns.mounts, dev, name, ids)
+                    .into_iter()
+                    .map(move |m| (ns.pid, m.clone()))
+            })
+            .collect())
+    }
+
+    /// Where `name` (a subvolume in the top level) or anything inside it is mounted, in any
+    /// mount namespace, as "MOUNTPOINT (shows NAME/...)[ in the mount namespace of PID N]"
+    /// descriptions; empty if nowhere.
+    pub fn mounts_inside(&self, name: &OsStr) -> Result<Vec<String>> {
+        Ok(self
+            .mounts_of(name, &[])?
+            .iter()
+            .map(|(pid, m)| {
                 let shows = m.root.strip_prefix("/").unwrap_or(&m.root);
-                format!("{} (shows {})", quoted(&m.mount_point), quoted(shows))
+                let whose = match pid {
+                    None => String::new(),
+                    Some(pid) => format!(" in the mount namespace of PID {pid}"),
+                };
+                format!(
+                    "{} (shows {}){whose}",
+                    quoted(&m.mount_point),
+                    quoted(shows)
+                )
             })
             .collect())
     }
@@ -107,7 +142,7 @@ impl TopLevel {
     /// Refuse to go on if `root` or anything inside it is mounted on this system (a running
     /// system's `/`): changing it would delete files under a running system. With `force`,
     /// only warn. `doing` says what would be done to it ("roll back", "replace").
-    pub fn check_not_in_use(&self, root: &std::ffi::OsStr, force: bool, doing: &str) -> Result<()> {
+    pub fn check_not_in_use(&self, root: &OsStr, force: bool, doing: &str) -> Result<()> {
         let mounted = self.mounts_inside(root).with_context(|| {
             format!(
                 "cannot tell whether {} is mounted on this system; pass --force-mounted to {doing} \

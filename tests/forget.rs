@@ -8,9 +8,8 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -31,63 +30,6 @@ fn with_an_old_root(label: &str, mkfs: &[&str]) -> (Disk, String, u64) {
 }
 
 const MKFS: &[&str] = &["mkfs.btrfs", "-q", "-f"];
-
-/// A process in a mount namespace of its own (`unshare -m`, private propagation, so nothing
-/// it mounts shows here) that runs `mounts` and then sleeps. Killed when dropped, also when
-/// the test panics, which takes its namespace and mounts with it.
-struct Holder {
-    child: Child,
-}
-
-impl Holder {
-    fn start(mounts: &str) -> Holder {
-        // `exec`: the PID the refusal names is the one we hold.
-        let script = format!("set -e\n{mounts}\necho ready\nexec sleep 600\n");
-        let mut child = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("unshare (util-linux)");
-        let mut line = String::new();
-        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
-        if line.trim() != "ready" {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the process in another mount namespace did not mount:\n{mounts}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Holder { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Its mount points, from its own mountinfo (not through the code under test).
-    fn mount_points(&self) -> String {
-        fs::read_to_string(format!("/proc/{}/mountinfo", self.pid())).unwrap()
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `mount -t btrfs -o OPTIONS DEVICE DIR` for a holder's script, `dir` created here first.
-fn mount_line(options: &str, dev: &Path, dir: &Path) -> String {
-    fs::create_dir_all(dir).unwrap();
-    format!(
-        "mount -t btrfs -o '{options}' '{}' '{}'",
-        dev.display(),
-        dir.display()
-    )
-}
 
 #[test]
 fn privileged_forget_refuses_an_old_root_mounted_only_in_another_mount_namespace() {

@@ -267,6 +267,31 @@ fn privileged_directories_named_like_the_marker_or_the_log_do_not_fail_runs() {
     assert!(m.join("btrfs-rollback.restored/inside").exists());
 }
 
+/// `root` mounted only in another mount namespace (a container's, a service's with
+/// `PrivateMounts=`) is in use all the same: `run` refuses and names the PID whose namespace
+/// has it; once that namespace is gone, it rolls back.
+#[test]
+fn privileged_root_mounted_only_in_another_mount_namespace_is_refused() {
+    let disk = layout!("livens");
+    let subs = disk.mount().subvolumes();
+    let at = disk.dir.join("ns-root");
+    let holder = Holder::start(&mount_line("subvol=root", &disk.dev, &at));
+    assert!(holder.mount_points().contains(at.to_str().unwrap()));
+    assert!(!is_mounted(&at), "{} is mounted here too", at.display());
+    let out = bounded(&mut disk.cmd("run"));
+    let pid = format!("in the mount namespace of PID {}", holder.pid());
+    let says = [
+        "is in use on this system",
+        "shows \"root\"",
+        &pid,
+        "was not changed",
+    ];
+    assert_says(&out, 1, &says);
+    assert_eq!(disk.mount().subvolumes(), subs);
+    drop(holder);
+    assert_a_run_rolls_back(&disk);
+}
+
 #[test]
 fn privileged_a_mounted_root_is_refused() {
     let disk = layout!("live");
