@@ -81,12 +81,7 @@ fn privileged_forget_deletes_an_old_root_with_everything_nested() {
     // The real thing: the old root and everything in it go, nothing else.
     let out = disk.output("forget", [&name]);
     assert_says(&out, 0, &["deleted the old root", "6 nested"]);
-    let after = disk.mount().subvolumes();
-    let expected: std::collections::BTreeMap<PathBuf, u64> = subs
-        .into_iter()
-        .filter(|(p, _)| !p.starts_with(&old))
-        .collect();
-    assert_eq!(after, expected);
+    assert_only_gone(&disk, &subs, &old);
     assert!(
         log_text(&disk).contains("deleted the old root"),
         "not in rollback.log"

@@ -88,11 +88,7 @@ fn privileged_forget_refuses_an_old_root_mounted_only_in_another_mount_namespace
     drop(holder);
     let out = disk.cmd("forget").arg(&name).output().unwrap();
     assert_exit(&out, 0);
-    let expected: std::collections::BTreeMap<PathBuf, u64> = subs
-        .into_iter()
-        .filter(|(p, _)| !p.starts_with(&old))
-        .collect();
-    assert_eq!(disk.mount().subvolumes(), expected);
+    assert_only_gone(&disk, &subs, &old);
 }
 
 #[test]
@@ -128,11 +124,7 @@ fn privileged_forget_is_not_refused_by_other_mounts_in_another_mount_namespace()
 
     let out = disk.cmd("forget").arg(&name).output().unwrap();
     assert_exit(&out, 0);
-    let expected: std::collections::BTreeMap<PathBuf, u64> = subs
-        .into_iter()
-        .filter(|(p, _)| !p.starts_with(&old))
-        .collect();
-    assert_eq!(disk.mount().subvolumes(), expected);
+    assert_only_gone(&disk, &subs, &old);
     // What the other namespace mounted is still there.
     let theirs = holder.mount_points();
     assert!(
@@ -218,12 +210,7 @@ fn privileged_forget_is_not_refused_by_an_unreadable_old_root_elsewhere() {
     assert_exit(&out, 1);
     let out = disk.cmd("forget").arg(&name).output().unwrap();
     assert_exit(&out, 0);
-    let after = disk.mount().subvolumes();
-    let expected: std::collections::BTreeMap<PathBuf, u64> = subs
-        .into_iter()
-        .filter(|(p, _)| !p.starts_with(&old))
-        .collect();
-    assert_eq!(after, expected);
+    assert_only_gone(&disk, &subs, &old);
     // The damaged one itself cannot be read, so it is refused, untouched.
     let out = disk.cmd("forget").arg("damaged").output().unwrap();
     assert_exit(&out, 1);
@@ -232,5 +219,5 @@ fn privileged_forget_is_not_refused_by_an_unreadable_old_root_elsewhere() {
         err.contains("old_roots/damaged") && err.contains("was not changed"),
         "{err}"
     );
-    assert_eq!(disk.mount().subvolumes(), expected);
+    assert_only_gone(&disk, &subs, &old);
 }

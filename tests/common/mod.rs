@@ -736,3 +736,14 @@ pub fn mount_line(options: &str, dev: &Path, dir: &Path) -> String {
         dir.display()
     )
 }
+
+/// The subvolumes are those of `before` but the old root at `old` and what was nested in it
+/// (after `forget`): nothing else went, nothing came.
+pub fn assert_only_gone(disk: &Disk, before: &BTreeMap<PathBuf, u64>, old: &Path) {
+    let expected: BTreeMap<PathBuf, u64> = before
+        .iter()
+        .filter(|(p, _)| !p.starts_with(old))
+        .map(|(p, id)| (p.clone(), *id))
+        .collect();
+    assert_eq!(disk.mount().subvolumes(), expected);
+}
