@@ -230,8 +230,7 @@ struct OldRootArgs {
     log: PathBuf,
     /// The old root, a name in old_roots/ as `list` shows it ("old_roots/NAME" is the same).
     name: OsString,
-    /// Say what would be done, every subvolume it touches by path and id, and change nothing
-    /// (read-only).
+    /// Say what would be done, and change nothing (read-only).
     #[arg(long)]
     dry_run: bool,
     /// With --dry-run: print it as JSON.
@@ -423,7 +422,10 @@ fn execute(command: &Command) -> std::result::Result<(), Failure> {
 /// command changes nothing), and with --json as a document on stdout.
 fn report(failure: &Failure, json: bool) {
     let message = failure.to_string();
-    eprintln!("btrfs-rollback: error: {message}");
+    eprintln!(
+        "{}btrfs-rollback: error: {message}",
+        logging::prefix(log::Level::Error)
+    );
     logging::to_kmsg(log::Level::Error, &message);
     if json {
         print!("{}", failure.to_json().to_string_pretty());

@@ -113,6 +113,34 @@ impl fmt::Display for Leftovers {
 
 impl std::error::Error for Leftovers {}
 
+/// The context of an error of [`Eraser::delete_walked`] that is not a [`Leftovers`] (which
+/// counts for itself): how many nested subvolumes of the tree were deleted before it.
+#[derive(Debug, Clone, Copy)]
+pub struct DeletedBefore(pub usize);
+
+impl DeletedBefore {
+    fn add(e: anyhow::Error, deleted: usize) -> anyhow::Error {
+        if deleted == 0 || e.downcast_ref::<Leftovers>().is_some() {
+            return e;
+        }
+        e.context(DeletedBefore(deleted))
+    }
+
+    /// How many nested subvolumes a failed deletion had deleted, as far as `e` says.
+    pub fn of(e: &anyhow::Error) -> usize {
+        e.downcast_ref::<Leftovers>()
+            .map(|l| l.deleted)
+            .or_else(|| e.downcast_ref::<DeletedBefore>().map(|d| d.0))
+            .unwrap_or(0)
+    }
+}
+
+impl fmt::Display for DeletedBefore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "after deleting {}", count(self.0, "nested subvolume"))
+    }
+}
+
 /// A path for a message: whole if short, its start and end if longer than a line.
 pub fn short(path: &Path) -> String {
     let bytes = path.as_os_str().as_bytes();
@@ -205,11 +233,15 @@ impl Eraser<'_> {
                         sub.id,
                         quoted(top_path)
                     );
-                    return self.delete(id, top_path, true, deleted);
+                    return self
+                        .delete(id, top_path, true, deleted)
+                        .map_err(|e| DeletedBefore::add(e, deleted));
                 }
             }
         }
-        ioctl::sync(self.fs).with_context(|| commit_failed(top_path, id))?;
+        ioctl::sync(self.fs)
+            .with_context(|| commit_failed(top_path, id))
+            .map_err(|e| DeletedBefore::add(e, deleted))?;
         Ok(deleted)
     }
 
@@ -292,20 +324,8 @@ impl Eraser<'_> {
         ioctl::snap_destroy_by_id(self.fs, sub.id)
     }
 
-    /// Whether `holder` and the subvolumes holding it, up to the first one already found in
-    /// place, are each held where the walk found them; they are found in place from then on.
-    fn holders_in_place(&self, walked: &mut Walked, mut holder: u64) -> bool {
-        while !walked.in_place.contains(&holder) {
-            let Some(&expected) = walked.held_by.get(&holder) else {
-                return false;
-            };
-            if !self.held_by(holder, expected) {
-                return false;
-            }
-            walked.in_place.insert(holder);
-            holder = expected;
-        }
-        true
+    fn holders_in_place(&self, walked: &mut Walked, holder: u64) -> bool {
+        walked.holders_in_place(holder, |id, parent| self.held_by(id, parent))
     }
 
     /// Whether subvolume `id` is held by subvolume `parent` now (its ROOT_BACKREF).
@@ -514,10 +534,12 @@ impl Eraser<'_> {
 }
 
 /// A tree as a walk found it, for deleting it by id: which subvolume held each one, and the
-/// holders found still in place since. Each holder is checked once, before the first deletion
-/// inside it (as a fresh walk would have found it), and each subvolume right before its own
-/// deletion: so a subvolume is deleted by id only while its whole chain up to the top is where
-/// the walk found it, and one moved out of the tree with what holds it is never deleted.
+/// holders found still in place since. Each holder is checked once, with the whole chain above
+/// it, before the first deletion inside it (what a fresh walk at that moment would have
+/// found), and each subvolume right before its own deletion: so a subvolume moved out of the
+/// tree, alone or with what holds it, between the walk and the deletion is never deleted by
+/// id. A move while the deletion runs (another process with the top level mounted, which
+/// nothing has in stage 1) can still race it, as it could race any check.
 struct Walked {
     top: u64,
     held_by: HashMap<u64, u64>,
@@ -531,6 +553,37 @@ impl Walked {
             held_by: nested.iter().map(|n| (n.id, n.parent)).collect(),
             in_place: HashSet::from([top]),
         }
+    }
+
+    /// Whether `holder` and the subvolumes holding it, up to the first one already found in
+    /// place, are each held where the walk found them (`held(id, parent)` says whether `id`
+    /// is held by `parent` now). Only a whole chain found in place is remembered as such: a
+    /// holder whose own holder moved is checked again, and refused again, next time.
+    fn holders_in_place(&mut self, holder: u64, held: impl Fn(u64, u64) -> bool) -> bool {
+        let Some(chain) = self.unchecked_chain(holder) else {
+            return false;
+        };
+        if !chain.iter().all(|&(id, parent)| held(id, parent)) {
+            return false;
+        }
+        self.in_place.extend(chain.iter().map(|&(id, _)| id));
+        true
+    }
+
+    /// `holder` and the subvolumes holding it, each with the one the walk found holding it,
+    /// up to the first one already found in place; `None` if the chain does not get there (a
+    /// subvolume the walk did not find, or a loop, which a walk cannot give).
+    fn unchecked_chain(&self, mut holder: u64) -> Option<Vec<(u64, u64)>> {
+        let mut chain = Vec::new();
+        while !self.in_place.contains(&holder) {
+            let parent = *self.held_by.get(&holder)?;
+            if chain.len() >= self.held_by.len() {
+                return None;
+            }
+            chain.push((holder, parent));
+            holder = parent;
+        }
+        Some(chain)
     }
 }
 
@@ -718,6 +771,55 @@ fn dir_components(fs: BorrowedFd<'_>, tree: u64, mut dirid: u64) -> Result<Vec<O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nested(id: u64, parent: u64) -> Nested {
+        Nested {
+            id,
+            parent,
+            path: PathBuf::from(format!("t/{id}")),
+            readonly: false,
+        }
+    }
+
+    /// T (1) holds A (2) holds H (3) holds C1 (4) and C2 (5); then A moves out of T.
+    #[test]
+    fn the_count_deleted_before_an_error_is_kept() {
+        let plain = anyhow::anyhow!("walk failed");
+        assert_eq!(DeletedBefore::of(&DeletedBefore::add(plain, 7)), 7);
+        let e = DeletedBefore::add(anyhow::anyhow!("commit failed"), 3);
+        assert!(format!("{e:#}").starts_with("after deleting 3 nested subvolumes: "));
+        let left = Leftovers {
+            top: PathBuf::from("t"),
+            top_id: 1,
+            deleted: 9,
+            failed: Vec::new(),
+            holding: 0,
+        };
+        // A Leftovers counts for itself (it was given the earlier deletions).
+        assert_eq!(DeletedBefore::of(&DeletedBefore::add(left.into(), 4)), 9);
+        assert_eq!(DeletedBefore::of(&anyhow::anyhow!("nothing deleted")), 0);
+    }
+
+    #[test]
+    fn a_holder_whose_holder_moved_is_never_found_in_place() {
+        let order = [nested(4, 3), nested(5, 3), nested(3, 2), nested(2, 1)];
+        let mut walked = Walked::new(1, &order);
+        let moved_a = |id: u64, parent: u64| !(id == 2 && parent == 1);
+        // C1's holders: H is where it was, A is not: refused, and H is not remembered...
+        assert!(!walked.holders_in_place(3, moved_a));
+        assert!(!walked.in_place.contains(&3));
+        // ... so C2's holders are refused too.
+        assert!(!walked.holders_in_place(3, moved_a));
+        // Nothing moved: found in place once, then remembered (no more lookups).
+        let mut walked = Walked::new(1, &order);
+        assert!(walked.holders_in_place(3, |_, _| true));
+        assert!(walked.holders_in_place(3, |_, _| panic!("looked up again")));
+        assert!(walked.holders_in_place(2, |_, _| panic!("looked up again")));
+        // A holder the walk did not find, and a loop, are never in place.
+        assert!(!walked.holders_in_place(99, |_, _| true));
+        let mut looped = Walked::new(1, &[nested(6, 7), nested(7, 6)]);
+        assert!(!looped.holders_in_place(6, |_, _| true));
+    }
 
     #[test]
     fn long_paths_are_shortened_in_messages() {

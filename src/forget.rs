@@ -17,7 +17,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::erase::{Eraser, Leftovers};
+use crate::erase::{DeletedBefore, Eraser};
 use crate::failure::{Disk, Failure};
 use crate::inspect::{self, inspect};
 use crate::json::Json;
@@ -79,7 +79,7 @@ pub fn forget(
     // Once deleting has begun, a failure never says "not changed": flags, qgroup limits or
     // nested subvolumes may already be gone even when no count says so.
     rollback::delete_old_root(&eraser, &old, "deleted").map_err(|e| {
-        let deleted = e.downcast_ref::<Leftovers>().map_or(0, |l| l.deleted);
+        let deleted = DeletedBefore::of(&e);
         Failure::new(Disk::OldRootPartlyDeleted, e).state(format!(
             "{} on {} may be partly deleted ({} of its nested subvolumes deleted); \
              `btrfs-rollback forget` again deletes the rest",

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -57,7 +58,11 @@ impl Log for Logger {
             self.stderr.log(record);
         } else if record.level() == Level::Error {
             // RUST_LOG=off or the like never hides an error.
-            eprintln!("btrfs-rollback: error: {}", record.args());
+            eprintln!(
+                "{}btrfs-rollback: error: {}",
+                prefix(Level::Error),
+                record.args()
+            );
         }
         if record.level() > Level::Debug {
             return;
@@ -111,23 +116,50 @@ pub fn init(verbose: bool, kmsg: bool) {
     let stderr =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
             .format(|buf, record| match record.level() {
-                Level::Info => writeln!(buf, "btrfs-rollback: {}", record.args()),
+                Level::Info => writeln!(
+                    buf,
+                    "{}btrfs-rollback: {}",
+                    prefix(Level::Info),
+                    record.args()
+                ),
                 level => writeln!(
                     buf,
-                    "btrfs-rollback: {}: {}",
+                    "{}btrfs-rollback: {}: {}",
+                    prefix(level),
                     level.as_str().to_lowercase(),
                     record.args()
                 ),
             })
             .build();
     let max = stderr.filter().max(LevelFilter::Debug);
-    if kmsg && !stderr_is_the_journal() {
+    let journal = stderr_is_the_journal();
+    JOURNAL.store(journal, Ordering::Relaxed);
+    if kmsg && !journal {
         if let Ok(kmsg) = File::options().write(true).open("/dev/kmsg") {
             SINKS.lock().unwrap_or_else(|e| e.into_inner()).kmsg = Some(kmsg);
         }
     }
     if log::set_boxed_logger(Box::new(Logger { stderr })).is_ok() {
         log::set_max_level(max);
+    }
+}
+
+/// Whether stderr is systemd's journal (set once by [`init`]).
+static JOURNAL: AtomicBool = AtomicBool::new(false);
+
+/// What a line on stderr starts with at `level`: its syslog priority ("<3>" for an error)
+/// when stderr is the journal, which takes it as the line's priority (and strips it, also
+/// from what it shows on the console), so that `journalctl -p warning` shows warnings and
+/// errors; nothing otherwise.
+pub fn prefix(level: Level) -> &'static str {
+    if !JOURNAL.load(Ordering::Relaxed) {
+        return "";
+    }
+    match level {
+        Level::Error => "<3>",
+        Level::Warn => "<4>",
+        Level::Info => "<6>",
+        Level::Debug | Level::Trace => "<7>",
     }
 }
 

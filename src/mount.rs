@@ -100,12 +100,19 @@ impl TopLevel {
                     here.display()
                 )
             })?;
-        log::debug!(
-            "read the mounts of {} mount namespaces; {} could not be read (access denied?) and \
-             are not checked",
-            all.namespaces.len(),
-            all.unreadable
-        );
+        if all.unreadable > 0 {
+            log::warn!(
+                "{} of the mount namespaces on this system could not be read (access denied?): \
+                 a mount of {} only there is not seen",
+                all.unreadable,
+                quoted(name)
+            );
+        } else {
+            log::debug!(
+                "read the mounts of {} mount namespaces",
+                all.namespaces.len()
+            );
+        }
         Ok(all
             .namespaces
             .iter()
@@ -143,13 +150,24 @@ impl TopLevel {
     /// system's `/`): changing it would delete files under a running system. With `force`,
     /// only warn. `doing` says what would be done to it ("roll back", "replace").
     pub fn check_not_in_use(&self, root: &OsStr, force: bool, doing: &str) -> Result<()> {
-        let mounted = self.mounts_inside(root).with_context(|| {
-            format!(
-                "cannot tell whether {} is mounted on this system; pass --force-mounted to {doing} \
-                 without knowing",
-                quoted(root)
-            )
-        })?;
+        let mounted = match self.mounts_inside(root) {
+            Ok(mounted) => mounted,
+            Err(e) if force => {
+                log::warn!(
+                    "cannot tell whether {} is mounted on this system ({e:#}); going on because \
+                     of --force-mounted",
+                    quoted(root)
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "cannot tell whether {} is mounted on this system; pass --force-mounted to \
+                     {doing} without knowing",
+                    quoted(root)
+                )))
+            }
+        };
         if mounted.is_empty() {
             return Ok(());
         }

@@ -44,21 +44,27 @@ pub struct Mount {
     pub subvolid: Option<u64>,
 }
 
-/// Parse one line; `None` if it is not a well-formed mountinfo line.
-pub fn parse_line(line: &str) -> Option<Mount> {
-    let mut fields = line.split(' ');
-    let id = fields.next()?.parse().ok()?;
+/// Parse one line; `None` if it is not a well-formed mountinfo line. Bytes, not text: only
+/// space, tab, newline and backslash are escaped, and paths need not be UTF-8.
+pub fn parse_line(line: &[u8]) -> Option<Mount> {
+    fn text(field: &[u8]) -> Option<&str> {
+        std::str::from_utf8(field).ok()
+    }
+    let mut fields = line.split(|&b| b == b' ');
+    let id = text(fields.next()?)?.parse().ok()?;
     let _parent = fields.next()?;
-    let (major, minor) = fields.next()?.split_once(':')?;
+    let (major, minor) = text(fields.next()?)?.split_once(':')?;
     let dev = (major.parse().ok()?, minor.parse().ok()?);
     let root = PathBuf::from(unescape(fields.next()?));
     let mount_point = PathBuf::from(unescape(fields.next()?));
     let _options = fields.next()?;
     // Optional fields, up to the separator.
-    fields.by_ref().find(|f| *f == "-")?;
-    let fstype = fields.next()?.to_string();
+    fields.by_ref().find(|f| *f == b"-")?;
+    let fstype = String::from_utf8_lossy(fields.next()?).into_owned();
     let _source = fields.next();
-    let subvolid = fields.next().and_then(subvolid);
+    let subvolid = fields
+        .next()
+        .and_then(|f| subvolid(&String::from_utf8_lossy(f)));
     Some(Mount {
         id,
         dev,
@@ -79,8 +85,7 @@ pub fn subvolid(super_options: &str) -> Option<u64> {
 
 /// Undo mountinfo's octal escapes (`\040` is a space). Bytes, not text: names need not be
 /// UTF-8.
-pub fn unescape(s: &str) -> OsString {
-    let b = s.as_bytes();
+pub fn unescape(b: &[u8]) -> OsString {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -99,9 +104,9 @@ pub fn unescape(s: &str) -> OsString {
     OsString::from_vec(out)
 }
 
-/// Parse the whole text; malformed lines are skipped.
-pub fn parse(text: &str) -> Vec<Mount> {
-    text.lines().filter_map(parse_line).collect()
+/// Parse the whole file; malformed lines are skipped.
+pub fn parse(text: &[u8]) -> Vec<Mount> {
+    text.split(|&b| b == b'\n').filter_map(parse_line).collect()
 }
 
 /// The mounts of this process's mount namespace.
@@ -136,20 +141,35 @@ pub fn read_all() -> Result<AllNamespaces> {
 
 /// [`read_all`] from the proc filesystem at `proc`. Each namespace is read once, through
 /// the first process found in it (another one of it if that one cannot be read). Our own
-/// namespace must be readable; a process that exits meanwhile is skipped, and one that
-/// denies access is counted in `unreadable`.
+/// namespace's mounts must be readable; a process that exits meanwhile is skipped, and one
+/// that denies access is counted in `unreadable`. If our own namespace cannot be told apart
+/// (no `/proc/self/ns/mnt`: a kernel without namespaces, say), only it is read, with a
+/// warning: as before namespaces were looked at, never less.
 pub fn read_all_in(proc: &Path) -> Result<AllNamespaces> {
     let own = proc.join("self");
-    let inode =
-        ns_inode(&own)?.with_context(|| format!("cannot read {}", own.join("ns/mnt").display()))?;
     let mounts = read_in(&own.join("mountinfo"))?;
+    let inode = match ns_inode(&own) {
+        Ok(Some(inode)) => Some(inode),
+        Ok(None) => None,
+        Err(e) => {
+            log::debug!("{e:#}");
+            None
+        }
+    };
     let mut all = AllNamespaces {
         namespaces: vec![Namespace {
-            inode,
+            inode: inode.unwrap_or(0),
             pid: None,
             mounts,
         }],
         unreadable: 0,
+    };
+    let Some(inode) = inode else {
+        log::warn!(
+            "cannot read {}: only this command's own mount namespace is checked for mounts",
+            own.join("ns/mnt").display()
+        );
+        return Ok(all);
     };
     let mut read = HashSet::from([inode]);
     let mut failed = HashSet::new();
@@ -166,7 +186,7 @@ pub fn read_all_in(proc: &Path) -> Result<AllNamespaces> {
         if read.contains(&inode) {
             continue;
         }
-        match std::fs::read_to_string(dir.join("mountinfo")) {
+        match std::fs::read(dir.join("mountinfo")) {
             Ok(text) => {
                 read.insert(inode);
                 all.namespaces.push(Namespace {
@@ -212,7 +232,7 @@ fn pids(proc: &Path) -> Result<Vec<u32>> {
 }
 
 fn read_in(path: &Path) -> Result<Vec<Mount>> {
-    let text = std::fs::read_to_string(path)
+    let text = std::fs::read(path)
         .with_context(|| format!("cannot read {} (is /proc mounted?)", path.display()))?;
     Ok(parse(&text))
 }
@@ -282,7 +302,7 @@ garbage line
 
     #[test]
     fn parses_fields_and_optional_fields() {
-        let m = parse(SAMPLE);
+        let m = parse(SAMPLE.as_bytes());
         assert_eq!(m.len(), 10, "{m:?}");
         let live = &m[2];
         assert_eq!(live.id, 73);
@@ -294,24 +314,37 @@ garbage line
         assert_eq!(m[4].subvolid, Some(260), "subvolid without subvol");
         assert_eq!(m[6].subvolid, None, "no subvolid (very old kernels)");
         assert_eq!(m[0].subvolid, None, "not btrfs");
-        assert!(parse_line("").is_none());
-        assert!(parse_line("1 2 0:3 / /x rw no-separator").is_none());
+        assert!(parse_line(b"").is_none());
+        assert!(parse_line(b"1 2 0:3 / /x rw no-separator").is_none());
+    }
+
+    /// Mount points need not be UTF-8 (only space, tab, newline and backslash are escaped):
+    /// such a line is read, and so is the rest of the file.
+    #[test]
+    fn reads_mount_points_that_are_not_utf8() {
+        let mut text = b"1 0 0:41 / /run/top rw - btrfs /dev/dm-0 rw,subvolid=5\n".to_vec();
+        text.extend_from_slice(b"2 1 0:41 /root /m\xff\xfe rw - btrfs /dev/dm-0 rw,subvolid=256\n");
+        let m = parse(&text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].mount_point.as_os_str().as_bytes(), b"/m\xff\xfe");
+        assert_eq!(m[1].subvolid, Some(256));
+        assert_eq!(mounts_inside(&m, (0, 41), OsStr::new("root")).len(), 1);
     }
 
     #[test]
     fn unescapes_octal() {
-        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape("/mnt/x"), "/mnt/x");
-        assert_eq!(unescape("/a\\134b"), "/a\\b");
-        assert_eq!(unescape("/new\\012line\\011tab"), "/new\nline\ttab");
+        assert_eq!(unescape(b"/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape(b"/mnt/x"), "/mnt/x");
+        assert_eq!(unescape(b"/a\\134b"), "/a\\b");
+        assert_eq!(unescape(b"/new\\012line\\011tab"), "/new\nline\ttab");
         // Not an escape: kept as written.
-        assert_eq!(unescape("/a\\09b\\"), "/a\\09b\\");
-        assert_eq!(unescape("/\\303\\251"), OsStr::from_bytes("/é".as_bytes()));
+        assert_eq!(unescape(b"/a\\09b\\"), "/a\\09b\\");
+        assert_eq!(unescape(b"/\\303\\251"), OsStr::from_bytes("/é".as_bytes()));
     }
 
     #[test]
     fn finds_mounts_of_root_and_inside_it_on_the_same_filesystem_only() {
-        let m = parse(SAMPLE);
+        let m = parse(SAMPLE.as_bytes());
         let dev = top_level_dev(&m, Path::new("/run/top")).unwrap();
         assert_eq!(dev, (0, 41));
         let ids = |name: &str| -> Vec<u64> {
@@ -350,7 +383,8 @@ garbage line
 7 1 0:41 /old_roots/a/var /no-subvolid rw - btrfs /dev/dm-0 rw
 8 1 0:41 /moved/elsewhere /by-id rw - btrfs /dev/dm-0 rw,subvolid=301
 9 1 0:41 /old_roots/a /tmpfs rw - tmpfs tmpfs rw,subvolid=300
-",
+"
+            .as_bytes(),
         );
         let ids: Vec<u64> = mounts_of(&m, (0, 41), OsStr::new("old_roots/a"), &[300, 301, 302])
             .iter()
@@ -436,5 +470,20 @@ garbage line
         proc.process("self", Some("own"), None);
         let e = read_all_in(&proc.0).unwrap_err();
         assert!(format!("{e:#}").contains("self/mountinfo"), "{e:#}");
+        // Mounts but no namespace link (no namespaces in the kernel): our own mounts only.
+        let proc = FakeProc::new("read-all-no-ns");
+        proc.process(
+            "self",
+            None,
+            Some("1 1 0:41 / /own rw - btrfs /dev/dm-0 rw\n"),
+        );
+        proc.process(
+            "7",
+            Some("other"),
+            Some("2 1 0:41 / /other rw - btrfs /dev/dm-0 rw\n"),
+        );
+        let all = read_all_in(&proc.0).unwrap();
+        assert_eq!(all.namespaces.len(), 1);
+        assert_eq!(all.namespaces[0].mounts.len(), 1);
     }
 }

@@ -312,3 +312,54 @@ fn privileged_dry_runs_leave_the_kernel_log_alone() {
     assert_exit(&out, 1);
     assert!(in_kmsg(), "a real run wrote nothing to the kernel log");
 }
+
+/// Under systemd (stderr is the journal: `$JOURNAL_STREAM` names it) a run leaves the kernel
+/// log alone, since journald reads that too and every line would be in the journal twice, and
+/// starts each stderr line with its syslog priority for the journal ("<3>" an error). The
+/// control: a `$JOURNAL_STREAM` that names another file changes nothing.
+#[test]
+fn privileged_stderr_to_the_journal_is_the_only_copy_and_carries_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let disk = layout!("journal");
+    let run_with_stream = |probe: &str, names_stderr: bool| {
+        let path = disk.dir.join(format!("{probe}.stderr"));
+        let file = fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let stream = if names_stderr {
+            format!("{}:{}", meta.dev(), meta.ino())
+        } else {
+            format!("{}:{}", meta.dev(), meta.ino() + 1)
+        };
+        let out = disk
+            .cmd("run")
+            .args(["--blank", probe])
+            .env("JOURNAL_STREAM", stream)
+            .env_remove("RUST_LOG")
+            .stderr(file)
+            .output()
+            .unwrap();
+        assert_exit(&out, 1);
+        let in_kmsg = sh(&mut Command::new("dmesg")).contains(probe);
+        (fs::read_to_string(&path).unwrap(), in_kmsg)
+    };
+    let journal = format!("journal-probe-{}", std::process::id());
+    let (err, in_kmsg) = run_with_stream(&journal, true);
+    assert!(
+        !in_kmsg,
+        "stderr is the journal, yet the run wrote to the kernel log:\n{err}"
+    );
+    assert!(err.contains("<6>btrfs-rollback: rolling back"), "{err}");
+    assert!(err.contains("<3>btrfs-rollback: error: "), "{err}");
+    assert!(err.lines().all(|l| l.starts_with('<')), "{err}");
+    let other = format!("other-probe-{}", std::process::id());
+    let (err, in_kmsg) = run_with_stream(&other, false);
+    assert!(
+        in_kmsg,
+        "a run whose stderr is not the journal skipped the kernel log:\n{err}"
+    );
+    assert!(
+        err.contains("\nbtrfs-rollback: error: ") || err.starts_with("btrfs-rollback: error: "),
+        "{err}"
+    );
+    assert!(!err.contains("<3>"), "{err}");
+}
