@@ -3,10 +3,9 @@
 #
 #   tests/vm/render-hook.sh OUT_FILE
 #
-# Evaluates (nix-instantiate --eval, nothing is built) a NixOS system with the scripted stage 1,
-# LUKS as "cryptroot", fileSystems."/" on /dev/mapper/cryptroot (subvol=root) and the module
-# with its defaults, against the nixpkgs tree scripts/nixpkgs.sh prints, as
-# tests/vm/systemd/render-unit.sh does for the unit. Writes boot.initrd.postResumeCommands
+# Evaluates tests/vm/system.nix (the NixOS system tests/vm/systemd/render-unit.sh evaluates for
+# the unit) with the scripted stage 1 and the module's defaults, against the nixpkgs tree
+# scripts/nixpkgs.sh prints. Writes boot.initrd.postResumeCommands
 # (the module's snippet: the invocation of btrfs-rollback and what it prints when that fails)
 # to OUT_FILE; /init sources it where NixOS's stage-1 init runs it. Nothing of the command line
 # is written twice: a change to the module's invocation or defaults reaches the VM test.
@@ -21,23 +20,14 @@ out=${1:?usage: render-hook.sh OUT_FILE}
 
 expr=$(cat <<EOF
 let
-  system = import "$nixpkgs/nixos" {
-    system = "x86_64-linux";
-    configuration = { lib, pkgs, ... }: {
-      imports = [ $repo/nix/module.nix ];
-      boot.loader.grub.enable = false;
-      boot.initrd.systemd.enable = false;
-      boot.initrd.luks.devices.cryptroot.device = "/dev/vda";
-      fileSystems."/" = { device = "/dev/mapper/cryptroot"; fsType = "btrfs"; options = [ "subvol=root" ]; };
-      boot.initrd.btrfsRollback.enable = true;
-      boot.initrd.btrfsRollback.package = pkgs.writeShellScriptBin "btrfs-rollback" "echo stub";
-      system.stateVersion = "24.05";
-    };
+  s = import $here/system.nix {
+    nixpkgs = "$nixpkgs";
+    module = $repo/nix/module.nix;
+    systemdStage1 = false;
   };
-  c = system.config;
 in {
-  hook = c.boot.initrd.postResumeCommands;
-  failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+  hook = s.config.boot.initrd.postResumeCommands;
+  inherit (s) failedAssertions;
 }
 EOF
 )

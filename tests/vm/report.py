@@ -104,30 +104,23 @@ def judge(values, checks):
     def v(key):
         return values.get(key, "")
 
+    def differ(p, expected):
+        """What is not as expected in phase p: expected lists (key, value, word), and the word
+        of each key whose value differs ({} in it: the value found) is returned, in order."""
+        return [word.format(v(f"{p}.{key}")) for key, want, word in expected if v(f"{p}.{key}") != want]
+
     def fresh(p):
-        why = []
-        if v(f"{p}.top_mounted") != "1":
-            why.append("top-level-not-mountable")
-        if v(f"{p}.root_is_subvol") != "1":
-            why.append("root-not-a-subvolume")
-        if v(f"{p}.root_mounted") != "1":
-            why.append("root-not-mountable")
-        if v(f"{p}.root_ro") != "ro=false":
-            why.append(f"root-{v(f'{p}.root_ro')}")
-        if v(f"{p}.root_blank_marker") != "1":
-            why.append("no-blank-marker")
-        if v(f"{p}.root_stale_marker") != "0":
-            why.append("stale-content")
+        why = differ(p, [("top_mounted", "1", "top-level-not-mountable"),
+                         ("root_is_subvol", "1", "root-not-a-subvolume"),
+                         ("root_mounted", "1", "root-not-mountable"),
+                         ("root_ro", "ro=false", "root-{}"),
+                         ("root_blank_marker", "1", "no-blank-marker"),
+                         ("root_stale_marker", "0", "stale-content")])
         if not v(f"{p}.root_tree") or v(f"{p}.root_tree") != v(f"{p}.blank_tree"):
             why.append("root-differs-from-blank")
-        if v(f"{p}.nested") != "0":
-            why.append(f"nested={v(f'{p}.nested')}")
-        if v(f"{p}.top_subvols") != TOP_LEVEL:
-            why.append(f"top-subvolumes={v(f'{p}.top_subvols')}")
+        why += differ(p, [("nested", "0", "nested={}"), ("top_subvols", TOP_LEVEL, "top-subvolumes={}")])
         why += [f"leftover:{e}" for e in v(f"{p}.top_entries").split(",") if e and e not in TOP_ENTRIES]
-        if v(f"{p}.persist") != PERSIST:
-            why.append("persist-changed")
-        return why
+        return why + differ(p, [("persist", PERSIST, "persist-changed")])
 
     def valid_root(p):
         return (v(f"{p}.root_is_subvol") == "1" and v(f"{p}.root_mounted") == "1"
@@ -174,15 +167,10 @@ def judge(values, checks):
             else:
                 bad.append("not-in-kernel-log")
         elif name == "untouched":
-            why = []
-            if v(f"{p}.root_mounted") != "1":
-                why.append("root-not-mountable")
-            if v(f"{p}.root_stale_marker") != "1":
-                why.append("root-content-changed")
-            if v(f"{p}.nested") != "5":
-                why.append(f"nested={v(f'{p}.nested')}(want-5)")
-            if v(f"{p}.blank_exists") != "0":
-                why.append("blank-still-there(test-bug)")
+            why = differ(p, [("root_mounted", "1", "root-not-mountable"),
+                             ("root_stale_marker", "1", "root-content-changed"),
+                             ("nested", "5", "nested={}(want-5)"),
+                             ("blank_exists", "0", "blank-still-there(test-bug)")])
             if why:
                 bad += why
             else:
@@ -233,19 +221,23 @@ def judge(values, checks):
     return bad, good
 
 
-def main():
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    values, bad = load(sys.argv[1])
-    if bad:
-        print(" " + " ".join(bad))
-        return 1
-    bad, good = judge(values, sys.argv[2:])
+def say(bad, good):
+    """The verdict line of report.py and systemd/judge.py, and their exit status: what failed
+    (space-separated words) when anything did, else the summary of what passed."""
     if bad:
         print(" " + " ".join(bad))
         return 1
     print(" " + "; ".join(good))
     return 0
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    values, bad = load(sys.argv[1])
+    if bad:
+        return say(bad, [])
+    return say(*judge(values, sys.argv[2:]))
 
 
 if __name__ == "__main__":

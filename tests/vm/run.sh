@@ -2,16 +2,11 @@
 # Stage-1 boot test of btrfs-rollback: QEMU (TCG), Debian's kernel, LUKS2, an
 # initramfs whose /init does what NixOS's scripted stage 1 does, and power cuts.
 #
-#   tests/vm/run.sh --stage1 systemd [ARGS...]   the systemd stage-1 suite instead:
-#                    tests/vm/systemd/run.sh ARGS... (see its --help)
-#   tests/vm/run.sh [--stage1 scripted] [--power-cuts N] [--refine M] [--nested N] [--jobs J] [--keep] [--skip-power-cuts]
+#   tests/vm/run.sh [--stage1 scripted] [OPTIONS]
+#   tests/vm/run.sh --stage1 systemd [OPTIONS]   the systemd stage-1 suite instead
+#                                                (tests/vm/systemd/run.sh)
 #
-#   --power-cuts N   number of SIGKILL instants over the rollback (default 24)
-#   --refine M       then M more between the last cut that found the old root and
-#                    the first that found the fresh one (default 6)
-#   --nested N       nested subvolumes under root for the power-cut image (default 300)
-#   --jobs J         VMs run at the same time (default: number of cores, at most 2)
-#   --keep           keep every disk image (default: only those of failed scenarios)
+# Both suites take the same options (parse_options in tests/vm/lib.sh; --help lists them).
 #
 # Environment:
 #   BTRFS_ROLLBACK_BIN=path   put this program in the initramfs instead of
@@ -27,43 +22,12 @@
 # non-zero on any failure.
 set -uo pipefail
 
-# --stage1 systemd|scripted, anywhere on the command line
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --stage1)
-            case "${2:-}" in
-                systemd) shift 2; exec "$(dirname "$0")/systemd/run.sh" "${args[@]}" "$@" ;;
-                scripted) shift 2 ;;
-                *) echo "--stage1 takes systemd or scripted" >&2; exit 2 ;;
-            esac ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
-set -- "${args[@]}"
-
-CUTS=24
-REFINE=6
-NESTED=300
-KEEP=0
-SKIP_CUTS=0
-JOBS=$(nproc 2>/dev/null || echo 1)
-[ "$JOBS" -gt 2 ] && JOBS=2
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --power-cuts) CUTS=$2; shift ;;
-        --refine) REFINE=$2; shift ;;
-        --nested) NESTED=$2; shift ;;
-        --jobs|-j) JOBS=$2; shift ;;
-        --keep) KEEP=1 ;;
-        --skip-power-cuts) SKIP_CUTS=1 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-    shift
-done
-
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/vm/lib.sh
+. "$HERE/lib.sh"
+SUITE=scripted CUTS=24 REFINE=6 MIN_CUTS=0
+parse_options "$@"
+
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=$REPO/target/vm-cache
 WORK=$REPO/target/vm
@@ -71,8 +35,8 @@ LOGS=$WORK/logs
 IMGS=$WORK/images
 RES=$WORK/results
 T0=$(date +%s)
-# shellcheck source=tests/vm/lib.sh
-. "$HERE/lib.sh"
+# The lines /init prints on the console just before starting btrfs-rollback and just after.
+START_RE='^RB-START' FINISH_RE='^RB-END' START_WAIT=200 START_NAME=start ROLLBACK_NAME=binary
 
 # ---------------------------------------------------------------- host tools
 ensure_tools() {
@@ -89,14 +53,7 @@ ensure_tools() {
     if ! BB=$(command -v busybox) || ! is_static "$BB"; then
         need+=(busybox-static)
     fi
-    if [ ${#need[@]} -gt 0 ]; then
-        log "installing host tools: ${need[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y --no-install-recommends "${need[@]}" >"$WORK/apt.log" 2>&1 ||
-            { apt-get update >>"$WORK/apt.log" 2>&1 &&
-              apt-get install -y --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1; } ||
-            fatal "apt-get install ${need[*]} failed (see $WORK/apt.log)"
-    fi
+    apt_install "${need[@]}"
     BB=$(command -v busybox)
     is_static "$BB" || fatal "$BB is not static (install busybox-static)"
 }
@@ -203,18 +160,11 @@ build_initramfs() {
 # ---------------------------------------------------------------- the module's hook
 # /init runs the module's own postResumeCommands snippet (tests/vm/render-hook.sh), so the
 # command line is the module's. Without a nixpkgs to render it from, the suite cannot run:
-# outside CI it says why and skips; with CI=true that is a failure.
+# outside CI it says why and skips; with CI=true that is a failure (cannot_run).
 render_hook() {
     local why
-    if ! why=$("$HERE/render-hook.sh" "$WORK/btrfs-rollback-hook" 2>&1 >/dev/null); then
-        if [ "${CI:-}" = true ]; then
-            echo "FAIL scripted stage-1 suite cannot run: rendering the module's hook failed: $why"
-            echo "0 passed, 1 failed"
-            exit 2
-        fi
-        echo "SKIP scripted stage-1 suite: rendering the module's hook failed: $why (with CI=true this is a failure)"
-        exit 0
-    fi
+    why=$("$HERE/render-hook.sh" "$WORK/btrfs-rollback-hook" 2>&1 >/dev/null) ||
+        cannot_run "rendering the module's hook failed: $why"
 }
 
 # ---------------------------------------------------------------- VM helpers
@@ -231,15 +181,11 @@ qemu_args() { # img serial-log kernel-args...: sets QARGS
 }
 
 boot() { # img serial-log kernel-args...: a whole boot, up to power-off
-    local img=$1 serial=$2
+    local img=$1 serial=$2 QARGS
     shift 2
     rm -f "$serial"
-    local QARGS
     qemu_args "$img" "$serial" "$@"
-    timeout -s KILL 600 qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$serial.qemu" 2>&1 &
-    local pid=$!
-    echo $pid >>"$WORK/pids"
-    wait $pid
+    vm_boot "$serial"
 }
 
 # ---------------------------------------------------------------- scenarios
@@ -259,15 +205,16 @@ sc_setup() { # name layout image
 }
 
 sc_rollback() {
-    local img=$IMGS/rollback.img l=$LOGS/rollback.log v=$LOGS/verify.log s=$(date +%s)
+    local img=$IMGS/rollback.img l=$LOGS/rollback.log v=$LOGS/verify.log s=$(date +%s) why=
     cp --sparse=always "$IMGS/base-normal.img" "$img"
     boot "$img" "$l" rb.scenario=run
-    if verdict "$l" rc:0 fresh:post logged:post kmsg:post; then pass rollback "(${SAID# }; $(($(date +%s) - s))s)"
-    else fail rollback "(${SAID# }; see $l)"; fi
-    s=$(date +%s)
+    verdict "$l" rc:0 fresh:post logged:post kmsg:post || why=${SAID# }
+    conclude rollback "" "$why" "${SAID# }; $(($(date +%s) - s))s" "$l"
+    s=$(date +%s) why=
     boot "$img" "$v" rb.scenario=report
-    if verdict "$v" fresh:post logged:post; then pass verify "(next boot:$SAID; $(($(date +%s) - s))s)"
-    else fail verify "(${SAID# }; see $v)"; fi
+    verdict "$v" fresh:post logged:post || why=${SAID# }
+    # the image of both boots goes with the second
+    conclude verify "$img" "$why" "next boot:$SAID; $(($(date +%s) - s))s" "$v"
 }
 
 sc_missing_blank() {
@@ -282,8 +229,7 @@ sc_missing_blank() {
     # and the module's own words after it (its hook's failure message)
     clean "$l" | grep -q '^btrfs-rollback: ROOT NOT ROLLED BACK (exit status 1): ' ||
         why+=" no-ROOT-NOT-ROLLED-BACK-message-from-the-module's-hook"
-    if [ -z "$why" ]; then pass missing-blank "(rc 1, root untouched; console: \"$msg\"; $(($(date +%s) - s))s)"
-    else fail missing-blank "($why; see $l)"; fi
+    conclude missing-blank "$img" "$why" "rc 1, root untouched; console: \"$msg\"; $(($(date +%s) - s))s" "$l"
 }
 
 sc_late() {
@@ -293,137 +239,67 @@ sc_late() {
     clean "$l" | grep -q '^RB-START dev_present=0' || why+=" device-was-already-there(test-bug)"
     clean "$l" | grep -q '^RB-LATE-UNLOCKED' || why+=" late-unlock-failed"
     verdict "$l" rc:0 fresh:post || why+="$SAID"
-    if [ -z "$why" ]; then pass late-device "(binary waited for /dev/mapper/cryptroot unlocked 3s later; $(($(date +%s) - s))s)"
-    else fail late-device "($why; see $l)"; fi
+    conclude late-device "$img" "$why" "binary waited for /dev/mapper/cryptroot unlocked 3s later; $(($(date +%s) - s))s" "$l"
 }
 
 sc_negative() {
-    local img=$IMGS/negative.img l=$LOGS/negative-control.log s=$(date +%s)
+    local img=$IMGS/negative.img l=$LOGS/negative-control.log s=$(date +%s) said='' why=
     cp --sparse=always "$IMGS/base-normal.img" "$img"
     boot "$img" "$l" rb.scenario=report
     if ! verdict "$l" mounted:post; then
-        fail negative-control "(verify boot did not get as far as mounting root:$SAID; see $l)"
+        why="verify boot did not get as far as mounting root:$SAID"
     elif verdict "$l" fresh:post; then
-        fail negative-control "(verify without a rollback said root is fresh: the checks are blind; see $l)"
+        why="verify without a rollback said root is fresh: the checks are blind"
     else
-        pass negative-control "(verify without a rollback failed as it must:$SAID; $(($(date +%s) - s))s)"
+        said="verify without a rollback failed as it must:$SAID; $(($(date +%s) - s))s"
     fi
+    conclude negative-control "$img" "$why" "$said" "$l"
 }
 
 # An uncut rollback of the big image: how long it takes, from the marker /init
 # prints just before starting btrfs-rollback to the one it prints after.
 sc_cut_baseline() {
-    local img=$IMGS/cut-baseline.img l=$LOGS/cut-baseline.log s=$(date +%s) why= pid t1 t2
+    local img=$IMGS/cut-baseline.img l=$LOGS/cut-baseline.log s=$(date +%s) QARGS why=
     cp --sparse=always "$IMGS/base-big.img" "$img"
     rm -f "$l"
-    local QARGS
     qemu_args "$img" "$l" rb.scenario=run
-    qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
-    pid=$!
-    echo $pid >>"$WORK/pids"
-    touch "$l"
-    wait_line "$l" '^RB-START' $pid 200 && t1=$(now)
-    wait_line "$l" '^RB-END' $pid 600 && t2=$(now)
-    ( sleep 300; kill -9 $pid 2>/dev/null ) &
-    local guard=$!
-    wait $pid
-    kill $guard 2>/dev/null
-    [ -n "${t1:-}" ] && [ -n "${t2:-}" ] || why+=" markers-not-seen"
+    time_rollback "$l" || why+=" markers-not-seen"
     verdict "$l" rc:0 fresh:post || why+="$SAID"
-    if [ -z "$why" ]; then
-        secs "$t2 - $t1" >"$WORK/cut-duration"
-        pass cut-baseline "(uncut rollback of root with $((NESTED + 5)) nested subvolumes: $(cat "$WORK/cut-duration")s from start to exit; boot $(($(date +%s) - s))s)"
-    else
-        fail cut-baseline "($why; see $l)"
-    fi
+    [ -n "$why" ] || echo "$DURATION" >"$WORK/cut-duration"
+    conclude cut-baseline "$img" "$why" "uncut rollback of root with $((NESTED + 5)) nested subvolumes: ${DURATION}s from start to exit; boot $(($(date +%s) - s))s" "$l"
 }
 
 sc_cut() { # index delay
-    local i=$1 d=$2 name img l c pid state why= t1
+    local i=$1 d=$2 name img l c QARGS why=
     name=$(printf 'power-cut-%02d' "$i")
     exec 2>>"$LOGS/$name.stderr" # bash's "Killed" notices
     img=$IMGS/$name.img l=$LOGS/$name.log c=$LOGS/$name-after.log
     cp --sparse=always "$IMGS/base-big.img" "$img"
     rm -f "$l"
-    local QARGS
     qemu_args "$img" "$l" rb.scenario=run
-    qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
-    pid=$!
-    echo $pid >>"$WORK/pids"
-    touch "$l"
-    if wait_line "$l" '^RB-START' $pid 200; then
-        t1=$(now)
-        sleep "$d"
-        kill -9 $pid 2>/dev/null
-        state="cut $(secs "$(now) - $t1")s after start"
-        clean "$l" | grep -q '^RB-END' && state+=" (after the binary had exited)"
-    else
-        kill -9 $pid 2>/dev/null
-        state="no start marker"
-        why+=" the-cut-boot-never-started-the-binary"
-    fi
-    wait $pid 2>/dev/null
+    cut_power "$l" "$d" || why+=" the-cut-boot-never-started-the-binary"
     boot "$img" "$c" rb.scenario=checkrun
     where_cut "$name" "$c" "$d"
-    state+="$WHERE" why+="$NOROOT_WHY"
+    STATE+="$WHERE" why+="$NOROOT_WHY"
     verdict "$c" rc:0 || why+=" next-rollback:$SAID"
     verdict "$c" fresh:post || why+=" not-converged:$SAID"
-    if [ -z "$why" ]; then pass "$name" "(delay ${d}s: $state; next rollback converged)"
-    else fail "$name" "(delay ${d}s: $state;$why; see $c)"; fi
-    if [ -z "$why" ] && [ "$KEEP" = 0 ]; then rm -f "$img"; fi
+    conclude "$name" "$img" "${why:+delay ${d}s: $STATE;$why}" "delay ${d}s: $STATE; next rollback converged" "$c"
+}
+
+normal_scenarios() {
+    spawn sc_rollback
+    spawn sc_missing_blank
+    spawn sc_late
+    spawn sc_negative
 }
 
 # ---------------------------------------------------------------- main
-mkdir -p "$WORK" "$CACHE"
-: >"$WORK/pids"
-# On ^C or kill: stop the VMs this run started (by pid; timeout(1) puts them
-# in their own process groups).
-cleanup() {
-    local p
-    for p in $(cat "$WORK/pids" 2>/dev/null); do kill -TERM "$p" 2>/dev/null; done
-}
-trap 'cleanup; exit 130' INT TERM
-rm -rf "$LOGS" "$IMGS" "$RES" "$WORK/cut-duration" # a stale duration would run cuts without a baseline
-mkdir -p "$LOGS" "$IMGS" "$RES"
+begin_run
 ensure_tools
 build_binary
 log "rendering the scripted stage 1's rollback hook from nix/module.nix"
 render_hook
 fetch_kernel
 build_initramfs
-log "running VMs, $JOBS at a time; serial logs in $LOGS"
-
-big_pid=
-if [ "$SKIP_CUTS" = 0 ]; then
-    spawn sc_setup setup-big big "$IMGS/base-big.img"
-    big_pid=$!
-fi
-spawn sc_setup setup normal "$IMGS/base-normal.img"
-wait $!
-if grep -qs '^PASS' "$RES/setup"; then
-    spawn sc_rollback
-    spawn sc_missing_blank
-    spawn sc_late
-    spawn sc_negative
-fi
-if [ -n "$big_pid" ]; then
-    wait "$big_pid"
-    grep -qs '^PASS' "$RES/setup-big" && spawn sc_cut_baseline
-fi
-wait
-if [ "$SKIP_CUTS" = 0 ] && [ -s "$WORK/cut-duration" ]; then
-    power_cuts "$(cat "$WORK/cut-duration")"
-    echo "$TRIED $NOROOT" >"$WORK/power-cut-count"
-fi
-
-if [ "$KEEP" = 0 ]; then
-    # keep the images of failed scenarios (and the bases) for debugging
-    for f in rollback:rollback missing-blank:missing-blank late-device:late negative-control:negative cut-baseline:cut-baseline; do
-        grep -qs '^PASS' "$RES/${f%%:*}" && rm -f "$IMGS/${f#*:}.img"
-    done
-fi
-passed=$(cat "$RES"/* 2>/dev/null | grep -c '^PASS')
-failed=$(cat "$RES"/* 2>/dev/null | grep -c '^FAIL')
-log "done"
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ] && [ "$passed" -gt 0 ]
+run_scenarios
+summary

@@ -4,9 +4,9 @@
 #
 #   tests/vm/systemd/render-unit.sh OUT_DIR [--on-failure continue|stop] [--device PATH]
 #
-# Evaluates (nix-instantiate --eval, nothing is built) a NixOS system with
-# boot.initrd.systemd.enable = true, the module, and fileSystems."/" on the same device, against
-# the nixpkgs tree scripts/nixpkgs.sh prints. Writes:
+# Evaluates tests/vm/system.nix (the NixOS system tests/vm/render-hook.sh evaluates for the
+# scripted hook) with boot.initrd.systemd.enable = true and fileSystems."/" on the module's
+# device, against the nixpkgs tree scripts/nixpkgs.sh prints. Writes:
 #
 #   OUT_DIR/tree/etc/systemd/system/btrfs-rollback.service          the unit text, unchanged
 #   OUT_DIR/tree/etc/systemd/system/<unit>.wants|requires/...       its wantedBy / requiredBy
@@ -43,24 +43,19 @@ done
 
 expr=$(cat <<EOF
 let
-  system = import "$nixpkgs/nixos" {
-    system = "x86_64-linux";
-    configuration = { lib, pkgs, ... }: {
-      imports = [ $repo/nix/module.nix ];
-      boot.loader.grub.enable = false;
-      boot.initrd.systemd.enable = true;
+  s = import $here/../system.nix {
+    nixpkgs = "$nixpkgs";
+    module = $repo/nix/module.nix;
+    systemdStage1 = true;
+    device = "$device";
+    settings = {
       boot.initrd.systemd.emergencyAccess = true;
-      boot.initrd.luks.devices.cryptroot.device = "/dev/vda";
-      fileSystems."/" = { device = "$device"; fsType = "btrfs"; options = [ "subvol=root" ]; };
-      boot.initrd.btrfsRollback.enable = true;
       boot.initrd.btrfsRollback.device = "$device";
       boot.initrd.btrfsRollback.onFailure = "$on_failure";
-      boot.initrd.btrfsRollback.package = pkgs.writeShellScriptBin "btrfs-rollback" "echo stub";
-      system.stateVersion = "24.05";
     };
   };
-  c = system.config;
-  lib = system.pkgs.lib;
+  c = s.config;
+  lib = s.pkgs.lib;
   unit = c.boot.initrd.systemd.units."btrfs-rollback.service";
   svc = c.boot.initrd.systemd.services.btrfs-rollback;
 in {
@@ -83,9 +78,9 @@ in {
   contents = lib.mapAttrs (_: v: v.text) (lib.filterAttrs
     (n: v: lib.hasInfix "btrfs-rollback" n && (v.text or null) != null)
     c.boot.initrd.systemd.contents);
-  runtimeShell = system.pkgs.runtimeShell;
+  runtimeShell = s.pkgs.runtimeShell;
   package = toString c.boot.initrd.btrfsRollback.package;
-  failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+  inherit (s) failedAssertions;
 }
 EOF
 )

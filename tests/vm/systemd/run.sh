@@ -3,15 +3,10 @@
 # kernel and systemd 257 in a dracut initrd, LUKS2 opened by systemd-cryptsetup from crypttab, a
 # swap device for resume, and btrfs-rollback.service rendered from nix/module.nix.
 #
-#   tests/vm/run.sh --stage1 systemd [--power-cuts N] [--refine M] [--nested N] [--jobs J] [--keep] [--skip-power-cuts|--only-power-cuts]
+#   tests/vm/run.sh --stage1 systemd [OPTIONS]   (or tests/vm/systemd/run.sh [OPTIONS])
 #
-#   --power-cuts N   SIGKILL instants over the rollback (default 10)
-#   --refine M       then M more between the last cut that found the old root and the first
-#                    that found the fresh one (default 2)
-#   --nested N       nested subvolumes under root for the power-cut image (default 300)
-#   --jobs J         VMs run at the same time (default: number of cores, at most 2)
-#   --keep           keep every disk image
-#   --only-power-cuts  only setup-big, cut-baseline and the power cuts
+# The same options as the scripted suite (parse_options in tests/vm/lib.sh; --help lists
+# them); fewer than 10 power cuts in all is a failure here.
 #
 # Environment: BTRFS_ROLLBACK_BIN=path (a program to test instead of the crate's build, put at
 # the unit's ExecStart path), DEBIAN_MIRROR (for the trixie chroot), RB_VM_WORK (the directory
@@ -22,31 +17,13 @@
 # exits non-zero on any failure.
 set -uo pipefail
 
-CUTS=10
-REFINE=2
-NESTED=300
-KEEP=0
-SKIP_CUTS=0
-ONLY_CUTS=0
-JOBS=$(nproc 2>/dev/null || echo 1)
-[ "$JOBS" -gt 2 ] && JOBS=2
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --power-cuts) CUTS=$2; shift ;;
-        --refine) REFINE=$2; shift ;;
-        --nested) NESTED=$2; shift ;;
-        --jobs|-j) JOBS=$2; shift ;;
-        --keep) KEEP=1 ;;
-        --skip-power-cuts) SKIP_CUTS=1 ;;
-        --only-power-cuts) ONLY_CUTS=1 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-    shift
-done
-
 HERE=$(cd "$(dirname "$0")" && pwd)
 VMDIR=$(cd "$HERE/.." && pwd)
+# shellcheck source=tests/vm/lib.sh
+. "$VMDIR/lib.sh"
+SUITE=systemd CUTS=10 REFINE=2 MIN_CUTS=10
+parse_options "$@"
+
 REPO=$(cd "$HERE/../../.." && pwd)
 CACHE=$REPO/target/vm-cache/systemd
 WORK=${RB_VM_WORK:-$REPO/target/vm-systemd}
@@ -54,8 +31,10 @@ LOGS=$WORK/logs
 IMGS=$WORK/images
 RES=$WORK/results
 T0=$(date +%s)
-# shellcheck source=tests/vm/lib.sh
-. "$VMDIR/lib.sh"
+# The Starting/Finished lines systemd prints on the console for the unit (systemd.show_status=1;
+# the unit name is in color).
+START_RE='Starting .*btrfs-rollback\.service' FINISH_RE='Finished .*btrfs-rollback\.service'
+START_WAIT=400 START_NAME=Starting ROLLBACK_NAME=unit
 
 # The btrfs file system's UUID (mkfs.btrfs -U in the setup boot), for the by-uuid scenario, and
 # one that no device has, for the device that never appears.
@@ -72,14 +51,7 @@ ensure_tools() {
     command -v debootstrap >/dev/null || need+=(debootstrap)
     command -v mkswap >/dev/null || need+=(util-linux)
     command -v python3 >/dev/null || need+=(python3)
-    if [ ${#need[@]} -gt 0 ]; then
-        log "installing host tools: ${need[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y --no-install-recommends "${need[@]}" >"$WORK/apt.log" 2>&1 ||
-            { apt-get update >>"$WORK/apt.log" 2>&1 &&
-              apt-get install -y --no-install-recommends "${need[@]}" >>"$WORK/apt.log" 2>&1; } ||
-            fatal "apt-get install ${need[*]} failed (see $WORK/apt.log)"
-    fi
+    apt_install "${need[@]}"
 }
 
 # One initrd per variant of the unit: the dracut base, then an overlay archive (the kernel
@@ -143,15 +115,11 @@ qemu_args() { # initrd img swap log kernel-args...: sets QARGS
 }
 
 boot() { # initrd img log kernel-args...: a whole boot, up to power-off
-    local initrd=$1 img=$2 l=$3
+    local initrd=$1 img=$2 l=$3 QARGS
     shift 3
     rm -f "$l" "$l.report" "$l.journal"
-    local QARGS
     qemu_args "$initrd" "$img" "$IMGS/swap.img" "$l" "$@"
-    timeout -s KILL 600 qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
-    local pid=$!
-    echo $pid >>"$WORK/pids"
-    wait $pid
+    vm_boot "$l"
 }
 
 # judge LOG CHECKS...: the journal checks of judge.py; sets WHY to what failed
@@ -185,12 +153,7 @@ rollback_ok() {
     verdict "$l.report" fresh:post logged:post reached:final sysroot:fresh || why+="$SAID"
     local said=$SAID
     judge "$l" order rollback-ran-ok in-journal || why+="$WHY"
-    if [ -z "$why" ]; then
-        pass "$name" "(${said# };$JUDGED; $(($(date +%s) - s))s)"
-        [ "$KEEP" = 1 ] || rm -f "$img"
-    else
-        fail "$name" "($why; see $l*)"
-    fi
+    conclude "$name" "$img" "$why" "${said# };$JUDGED; $(($(date +%s) - s))s" "$l*"
 }
 
 sc_missing_blank() { # NAME VARIANT (continue|stop)
@@ -205,12 +168,7 @@ sc_missing_blank() { # NAME VARIANT (continue|stop)
         verdict "$l.report" preop untouched:post reached:emergency sysroot:none || why+="$SAID"
         judge "$l" rollback-failed-1 not-rolled-back:stop emergency || why+="$WHY"
     fi
-    if [ -z "$why" ]; then
-        pass "$name" "(onFailure=$variant: root untouched;$JUDGED; $(($(date +%s) - s))s)"
-        [ "$KEEP" = 1 ] || rm -f "$img"
-    else
-        fail "$name" "($why; see $l*)"
-    fi
+    conclude "$name" "$img" "$why" "onFailure=$variant: root untouched;$JUDGED; $(($(date +%s) - s))s" "$l*"
 }
 
 # The rollback's device never appears (a wrong by-uuid name): the module must say so.
@@ -220,126 +178,68 @@ sc_never() {
     boot never "$img" "$l" rb.scenario=run
     verdict "$l.report" old-root:post reached:final || why+="$SAID"
     judge "$l" not-rolled-back-device:/dev/disk/by-uuid/$NOUUID || why+="$WHY"
-    if [ -z "$why" ]; then
-        pass "$name" "(btrfs-rollback's device /dev/disk/by-uuid/$NOUUID never appeared;$JUDGED; $(($(date +%s) - s))s)"
-        [ "$KEEP" = 1 ] || rm -f "$img"
-    else
-        fail "$name" "($why; see $l*)"
-    fi
+    conclude "$name" "$img" "$why" "btrfs-rollback's device /dev/disk/by-uuid/$NOUUID never appeared;$JUDGED; $(($(date +%s) - s))s" "$l*"
 }
 
 sc_negative() {
-    local img=$IMGS/negative.img l=$LOGS/negative-control.log s=$(date +%s)
+    local img=$IMGS/negative.img l=$LOGS/negative-control.log s=$(date +%s) said='' why=
     cp --sparse=always "$IMGS/base-normal.img" "$img"
     boot none "$img" "$l" rb.scenario=run
-    local said
     if ! verdict "$l.report" mounted:post; then
-        fail negative-control "(the boot did not get as far as mounting root:$SAID; see $l*)"
+        why="the boot did not get as far as mounting root:$SAID"
     elif verdict "$l.report" fresh:post; then
-        fail negative-control "(a boot without the rollback said root is fresh: the checks are blind; see $l*)"
+        why="a boot without the rollback said root is fresh: the checks are blind"
     elif said=$SAID && judge "$l" order; then
-        fail negative-control "(a boot without the rollback passed the order check: it is blind; see $l*)"
+        why="a boot without the rollback passed the order check: it is blind"
     else
-        pass negative-control "(a boot without the unit fails the checks as it must:$said$WHY; $(($(date +%s) - s))s)"
-        [ "$KEEP" = 1 ] || rm -f "$img"
+        said="a boot without the unit fails the checks as it must:$said$WHY; $(($(date +%s) - s))s"
     fi
+    conclude negative-control "$img" "$why" "$said" "$l*"
 }
 
-# The Starting/Finished lines systemd prints on the console for the unit (systemd.show_status=1;
-# the unit name is in color).
-START_RE='Starting .*btrfs-rollback\.service'
-FINISH_RE='Finished .*btrfs-rollback\.service'
-
 sc_cut_baseline() {
-    local img=$IMGS/cut-baseline.img l=$LOGS/cut-baseline.log s=$(date +%s) why= pid t1= t2=
+    local img=$IMGS/cut-baseline.img l=$LOGS/cut-baseline.log s=$(date +%s) QARGS why=
     cp --sparse=always "$IMGS/base-big.img" "$img"
     rm -f "$l" "$l.report" "$l.journal"
-    local QARGS
     qemu_args continue "$img" "$IMGS/swap.img" "$l" rb.scenario=run
-    qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
-    pid=$!
-    echo $pid >>"$WORK/pids"
-    ( sleep 600; kill -9 $pid 2>/dev/null ) &
-    local guard=$!
-    touch "$l"
-    wait_line "$l" "$START_RE" $pid 400 && t1=$(now)
-    wait_line "$l" "$FINISH_RE" $pid 500 && t2=$(now)
-    wait $pid
-    kill $guard 2>/dev/null
-    [ -n "$t1" ] && [ -n "$t2" ] || why+=" start/finish-not-seen-on-the-console"
+    time_rollback "$l" || why+=" start/finish-not-seen-on-the-console"
     verdict "$l.report" fresh:post || why+="$SAID"
     judge "$l" order rollback-ran-ok || why+="$WHY"
-    if [ -z "$why" ]; then
-        secs "$t2 - $t1" >"$WORK/cut-duration"
-        pass cut-baseline "(uncut rollback of root with $((NESTED + 5)) nested subvolumes: $(cat "$WORK/cut-duration")s from Starting to Finished on the console; boot $(($(date +%s) - s))s)"
-    else
-        fail cut-baseline "($why; see $l*)"
-    fi
+    [ -n "$why" ] || echo "$DURATION" >"$WORK/cut-duration"
+    conclude cut-baseline "$img" "$why" "uncut rollback of root with $((NESTED + 5)) nested subvolumes: ${DURATION}s from Starting to Finished on the console; boot $(($(date +%s) - s))s" "$l*"
 }
 
 sc_cut() { # index delay
-    local i=$1 d=$2 name img l c pid state why= t1
+    local i=$1 d=$2 name img l c QARGS why=
     name=$(printf 'power-cut-%02d' "$i")
     exec 2>>"$LOGS/$name.stderr" # bash's "Killed" notices
     img=$IMGS/$name.img l=$LOGS/$name.log c=$LOGS/$name-after.log
     cp --sparse=always "$IMGS/base-big.img" "$img"
     rm -f "$l" "$l.report" "$l.journal"
-    local QARGS
     qemu_args continue "$img" "$IMGS/swap.img" "$l" rb.scenario=run
-    # qemu itself, not under timeout(1): the SIGKILL must reach qemu (the power cut).
-    qemu-system-x86_64 "${QARGS[@]}" </dev/null >"$l.qemu" 2>&1 &
-    pid=$!
-    echo $pid >>"$WORK/pids"
-    touch "$l"
-    if wait_line "$l" "$START_RE" $pid 400; then
-        t1=$(now)
-        sleep "$d"
-        kill -9 $pid 2>/dev/null
-        state="cut $(secs "$(now) - $t1")s after Starting"
-        clean "$l" | grep -q "$FINISH_RE" && state+=" (after the unit had finished)"
-    else
-        kill -9 $pid 2>/dev/null
-        state="no Starting line"
-        why+=" the-cut-boot-never-started-the-unit"
-    fi
-    wait $pid 2>/dev/null
+    cut_power "$l" "$d" || why+=" the-cut-boot-never-started-the-unit"
     boot continue "$img" "$c" rb.scenario=checkrun
     where_cut "$name" "$c.report" "$d"
-    state+="$WHERE" why+="$NOROOT_WHY"
+    STATE+="$WHERE" why+="$NOROOT_WHY"
     verdict "$c.report" fresh:post sysroot:fresh || why+=" not-converged:$SAID"
     judge "$c" order rollback-ran-ok || why+="$WHY"
-    if [ -z "$why" ]; then
-        pass "$name" "(delay ${d}s: $state; next boot's rollback converged)"
-        [ "$KEEP" = 1 ] || rm -f "$img"
-    else
-        fail "$name" "(delay ${d}s: $state;$why; see $c*)"
-    fi
+    conclude "$name" "$img" "${why:+delay ${d}s: $STATE;$why}" "delay ${d}s: $STATE; next boot's rollback converged" "$c*"
+}
+
+normal_scenarios() {
+    spawn rollback_ok rollback continue
+    spawn rollback_ok by-uuid byuuid
+    spawn sc_missing_blank missing-blank-continue continue
+    spawn sc_missing_blank missing-blank-stop stop
+    spawn sc_never
+    spawn sc_negative
 }
 
 # ---------------------------------------------------------------- main
-# What the suite cannot do without: outside CI it says why and skips; with CI=true that is a
-# failure (the suite never passes without running).
-cannot_run() {
-    if [ "${CI:-}" = true ]; then
-        echo "FAIL systemd stage-1 suite cannot run: $*"
-        echo "0 passed, 1 failed"
-        exit 2
-    fi
-    echo "SKIP systemd stage-1 suite: $* (with CI=true this is a failure)"
-    exit 0
-}
 [ "$(id -u)" = 0 ] || cannot_run "needs root (apt-get, debootstrap, chroot, cryptsetup luksFormat)"
 why=$("$REPO/scripts/nixpkgs.sh" 2>&1 >/dev/null) ||
     cannot_run "no nixpkgs to render the unit from nix/module.nix: $why"
-mkdir -p "$WORK"
-: >"$WORK/pids"
-cleanup() {
-    local p
-    for p in $(cat "$WORK/pids" 2>/dev/null); do kill -TERM "$p" 2>/dev/null; done
-}
-trap 'cleanup; exit 130' INT TERM
-rm -rf "$LOGS" "$IMGS" "$RES" "$WORK/cut-duration" # a stale duration would run cuts without a baseline
-mkdir -p "$LOGS" "$IMGS" "$RES"
+begin_run
 ensure_tools
 build_binary
 log "trixie chroot, kernel and base initrd (cached in $CACHE)"
@@ -357,35 +257,6 @@ make_initrd none - - /dev/mapper/cryptroot &&
     make_initrd never continue /dev/disk/by-uuid/$NOUUID /dev/mapper/cryptroot ||
     fatal "rendering the unit failed (see $WORK/initrd-*/render.log)"
 new_swap "$IMGS/swap.img"
-log "running VMs, $JOBS at a time; serial logs in $LOGS (*.log console, *.report, *.journal)"
-
-big_pid=
-if [ "$SKIP_CUTS" = 0 ]; then
-    spawn sc_setup setup-big big "$IMGS/base-big.img"
-    big_pid=$!
-fi
-[ "$ONLY_CUTS" = 1 ] || spawn sc_setup setup normal "$IMGS/base-normal.img"
-[ "$ONLY_CUTS" = 1 ] || wait $!
-if grep -qs '^PASS' "$RES/setup"; then
-    spawn rollback_ok rollback continue
-    spawn rollback_ok by-uuid byuuid
-    spawn sc_missing_blank missing-blank-continue continue
-    spawn sc_missing_blank missing-blank-stop stop
-    spawn sc_never
-    spawn sc_negative
-fi
-if [ -n "$big_pid" ]; then
-    wait "$big_pid"
-    grep -qs '^PASS' "$RES/setup-big" && spawn sc_cut_baseline
-fi
-wait
-if [ "$SKIP_CUTS" = 0 ] && [ -s "$WORK/cut-duration" ]; then
-    power_cuts "$(cat "$WORK/cut-duration")"
-    [ "$TRIED" -ge 10 ] || fail power-cut-count "(only $TRIED power cuts ran; at least 10 are required)"
-fi
-[ "$KEEP" = 1 ] || rm -f "$IMGS"/cut-baseline.img
-passed=$(cat "$RES"/* 2>/dev/null | grep -c '^PASS')
-failed=$(cat "$RES"/* 2>/dev/null | grep -c '^FAIL')
-log "done"
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ] && [ "$passed" -gt 0 ]
+log "serial logs: *.log console, *.log.report, *.log.journal"
+run_scenarios
+summary
