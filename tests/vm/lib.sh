@@ -208,7 +208,17 @@ secs() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 # run "$@" in the background, at most $JOBS at a time
 spawn() {
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-    "$@" &
+    watched "$@" &
+}
+
+# watched SCENARIO ARGS...: run it, with a FAIL line in $RES until it ends, so that a scenario
+# that dies before it says PASS or FAIL (an unset variable: the suites run under set -u) is
+# counted as failed, never dropped from the count.
+watched() {
+    local mark="$RES/died.$BASHPID"
+    echo "FAIL $* (died before it said PASS or FAIL; its error is in the output above)" >"$mark"
+    "$@"
+    rm -f "$mark"
 }
 
 # time_rollback LOG: a whole boot with the suite's QARGS (killed after 600 s) and how long its
@@ -334,6 +344,7 @@ summary() {
     passed=$(cat "$RES"/* 2>/dev/null | grep -c '^PASS')
     failed=$(cat "$RES"/* 2>/dev/null | grep -c '^FAIL')
     log "done"
+    cat "$RES"/died.* 2>/dev/null
     echo "$passed passed, $failed failed"
     [ "$failed" = 0 ] && [ "$passed" -gt 0 ]
 }

@@ -9,8 +9,10 @@ RB-JOURNAL-BEGIN and RB-JOURNAL-END, `journalctl -b -o json`. Checks:
   order                     cryptsetup@cryptroot and hibernate-resume finished before
                             btrfs-rollback.service started; it finished before sysroot.mount started
   rollback-ran-ok           btrfs-rollback.service ran and succeeded
-  in-journal                the binary's own lines are in the journal
-  rollback-failed-1         btrfs-rollback.service failed with exit status 1
+  in-journal                the binary's own lines are in the journal, each once (none through
+                            the kernel log: stderr is the journal), at info priority
+  rollback-failed-1         btrfs-rollback.service failed with exit status 1, and the binary's
+                            error line is in the journal at error priority
   not-rolled-back:continue  the module's failure message, "Booting the previous root"
   not-rolled-back:stop      the module's failure message, "Stopping the boot"
   not-rolled-back-device:PATH  a message (not from systemd itself) that the root was not rolled
@@ -131,12 +133,23 @@ def main():
             unit_state("active/success/0", "unit active/success")
         elif name == "in-journal":
             lines = unit_lines()
+            twice = [e for e in lines if e.get("_TRANSPORT") == "kernel"]
+            summary = [e for e in lines if text(e).startswith("btrfs-rollback: rolling back")]
             if not lines:
                 bad.append("no-btrfs-rollback-lines-in-the-journal")
+            elif twice:
+                bad.append(f"{len(twice)}-lines-also-through-the-kernel-log(\"{text(twice[0])[:60]}\")")
+            elif not summary or any(e.get("PRIORITY") != "6" for e in summary):
+                bad.append("no-'rolling back'-line-at-info-priority")
             else:
-                good.append(f"{len(lines)} journal line(s) from the unit, e.g. \"{text(lines[-1])[:90]}\"")
+                good.append(f"{len(lines)} journal line(s) from the unit, each once, e.g. \"{text(lines[-1])[:90]}\"")
         elif name == "rollback-failed-1":
             unit_state("failed/exit-code/1", "unit failed with exit status 1", "(want-failed/exit-code/1)")
+            errors = [e for e in unit_lines() if text(e).startswith("btrfs-rollback: error: ")]
+            if not errors or any(e.get("PRIORITY") != "3" for e in errors):
+                bad.append("no-'btrfs-rollback: error:'-line-at-error-priority")
+            else:
+                good.append(f"error line at error priority: \"{text(errors[0])[:90]}\"")
         elif name == "not-rolled-back":
             phrase = {"continue": "Booting the previous root", "stop": "Stopping the boot"}[arg]
             hits = [text(e) for e in unit_lines() if "ROOT NOT ROLLED BACK" in text(e)]

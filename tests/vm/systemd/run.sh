@@ -126,6 +126,7 @@ boot() { # initrd img log kernel-args...: a whole boot, up to power-off
 judge() {
     local l=$1
     shift
+    JUDGED=
     WHY=$(python3 "$HERE/judge.py" "$l.report" "$@" 2>&1) || { [ -n "$WHY" ] || WHY=" judge-failed"; return 1; }
     JUDGED=$WHY
     WHY=

@@ -32,7 +32,7 @@ emit_report
 journalctl --sync 2>/dev/null
 echo "RB-JOURNAL-BEGIN"
 journalctl -b -o json --no-pager \
-    --output-fields=MESSAGE,MESSAGE_ID,UNIT,JOB_TYPE,JOB_RESULT,SYSLOG_IDENTIFIER,_PID,_SYSTEMD_UNIT,_TRANSPORT,EXIT_STATUS
+    --output-fields=MESSAGE,MESSAGE_ID,UNIT,JOB_TYPE,JOB_RESULT,SYSLOG_IDENTIFIER,_PID,_SYSTEMD_UNIT,_TRANSPORT,EXIT_STATUS,PRIORITY
 echo "RB-JOURNAL-END"
 echo "RB-REPORT-DONE $1"
 journalctl -b -o short-monotonic --no-pager >/dev/ttyS2 2>&1
