@@ -141,7 +141,7 @@ pub fn judge<'a>(
     let mut out: Vec<(&OldRoot, Verdict)> = Vec::new();
     for (i, old) in fresh.iter().chain(ours).enumerate() {
         let rank = i + 1;
-        let age = now - old.retired.unwrap_or(now);
+        let age = now.saturating_sub(old.retired.unwrap_or(now));
         let verdict = if i == 0 {
             Verdict::Newest
         } else if let Some(limit) = retention.count.filter(|&c| rank > c as usize) {
@@ -386,9 +386,12 @@ pub fn plan(names: &Names, state: &State, retention: &Retention, now: i64) -> Re
                 }
                 steps.push(Step::SetAside { id });
             }
+            // A default at the blank was parked there by the last resort (see above), whose
+            // move back to a new `root` a power cut or a failure can have undone: it follows.
+            let parked = state.blank.id() == Some(default);
             steps.push(Step::Swap {
                 old,
-                default_follows: default == old || default_nested || default_in_temp,
+                default_follows: default == old || default_nested || default_in_temp || parked,
             });
             // A root unchanged since it was made from the blank never served (a run was
             // interrupted, then run again before a boot): it is only a copy of the blank and
@@ -587,6 +590,19 @@ mod tests {
         s.default_id = 5;
         let p = plan(&names(), &s).unwrap();
         assert_eq!(p.steps, vec![Step::CreateRoot]);
+    }
+
+    /// The last resort parked the default at the blank, made a new `root`, and a power cut
+    /// (or a failure) came before the default was moved to it: the next swap takes it along.
+    #[test]
+    fn a_default_parked_at_the_blank_follows_the_next_swap() {
+        let mut s = state();
+        s.default_id = s.blank.id().unwrap();
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps[0], swap(256, true));
+        s.default_id = 5;
+        let p = plan(&names(), &s).unwrap();
+        assert_eq!(p.steps[0], swap(256, false));
     }
 
     fn swap(old: u64, default_follows: bool) -> Step {
