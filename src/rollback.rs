@@ -209,10 +209,23 @@ fn execute(fs: BorrowedFd<'_>, names: &Names, plan: &Plan, device: &Path) -> Res
                 }
                 result => result,
             },
-            Step::CreateRoot => create_root_making_room(fs, names, plan, &mut done).map(|id| {
-                fresh = Some(id);
-                logging::sync_file();
-            }),
+            Step::CreateRoot => match create_root_making_room(fs, names, plan, &mut done) {
+                Ok(id) => {
+                    fresh = Some(id);
+                    logging::sync_file();
+                    Ok(())
+                }
+                // There was no `root` before the run, and there still is none: not "untouched".
+                Err(e) => {
+                    return Err(Stop::Failed(Failure::new(Disk::NoRoot, e).state(format!(
+                        "there is no {} on {}; the next run creates it from {} (free space \
+                         there if it is full)",
+                        quoted(&names.root),
+                        device.display(),
+                        quoted(&names.blank)
+                    ))))
+                }
+            },
             Step::Swap {
                 old,
                 default_follows,
