@@ -271,9 +271,15 @@ pub fn attach_file(dir: BorrowedFd<'_>, path: &Path, cap: u64) -> std::io::Resul
         }
     }
     let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
-    for line in sinks.pending.drain(..) {
-        file.write_all(line.as_bytes())?;
-    }
+    // Only what was written leaves `pending`: a full filesystem (ENOSPC) keeps the rest for
+    // the next try (`Session::close` attaches again once the run may have made room).
+    let mut written = 0;
+    let result = sinks
+        .pending
+        .iter()
+        .try_for_each(|l| file.write_all(l.as_bytes()).map(|()| written += 1));
+    sinks.pending.drain(..written);
+    result?;
     sinks.file = Some(file);
     Ok(LogFile { path: shown })
 }

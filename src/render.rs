@@ -165,7 +165,7 @@ pub fn old_root_json(o: &OldRoot, verdict: Verdict, now: i64) -> Json {
         ("path", Json::path(&o.path())),
         ("id", Json::id(o.id)),
         ("created", Json::Int(o.created)),
-        ("age_seconds", Json::Int(now - o.created)),
+        ("age_seconds", Json::Int(now.saturating_sub(o.created))),
         ("retired", o.retired.map_or(Json::Null, Json::Int)),
         ("ours", Json::Bool(verdict != Verdict::NotOurs)),
         ("verdict", Json::str(verdict.key())),
@@ -193,7 +193,7 @@ pub fn old_root_text(out: &mut String, o: &OldRoot, verdict: Verdict, now: i64) 
         "  {:<24} ID {:<6} {}, {}; {}",
         quoted(&o.name).to_string(),
         o.id,
-        age(now - o.created),
+        age(now.saturating_sub(o.created)),
         count(o.nested.len(), "nested subvolume"),
         verdict.describe()
     );

@@ -163,23 +163,6 @@ pub fn root_item(fs: BorrowedFd<'_>, id: u64) -> Result<Option<RootItem>> {
     }
 }
 
-/// The little-endian u64 at `offset` in subvolume `id`'s ROOT_ITEM (an
-/// `offset_of!(btrfs_root_item, field)`). `None` if the subvolume no longer exists.
-pub fn root_item_u64(fs: BorrowedFd<'_>, id: u64, offset: usize) -> Result<Option<u64>> {
-    let range = SearchRange::of(ROOT_TREE, id, BTRFS_ROOT_ITEM_KEY);
-    let Some((_, data)) = TreeSearch::first(fs, range)
-        .with_context(|| format!("cannot read the root item of subvolume {id}"))?
-    else {
-        return Ok(None);
-    };
-    let value = data
-        .get(offset..offset.saturating_add(8))
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .with_context(|| format!("short root item for subvolume {id}"))?;
-    Ok(Some(value))
-}
-
 /// Whether subvolume `id` is read-only, from its ROOT_ITEM. `None` if it no longer exists.
 pub fn readonly(fs: BorrowedFd<'_>, id: u64) -> Result<Option<bool>> {
     Ok(root_item(fs, id)?.map(|r| r.readonly()))

@@ -323,9 +323,7 @@ fn privileged_a_mounted_root_is_refused() {
         let _blank = disk.mount_subvol("root-blank", "blank-mounted");
         keep_one_old_root(&disk)
     };
-    let subs = disk.mount().subvolumes();
     let live = disk.mount_subvol("root", "live-again");
-    let _ = subs;
 
     // --force-mounted goes on: the live root is replaced under the mount.
     let live_id = disk.mount().id("root");

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use linux_raw_sys::btrfs::BTRFS_EXTENT_DATA_KEY;
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
-use nix::sys::stat::{fstat, fstatat, FileStat, Mode};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 
 use super::{absolute, shown, Change, Found, Kind, Pattern, DIR_FLAGS};
 use crate::ioctl::{SearchRange, TreeSearch};
@@ -119,9 +119,21 @@ impl<'a> Side<'a> {
         let Some(parent) = self.dir(parent)? else {
             return Ok(None);
         };
-        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+        // O_NONBLOCK: a file swapped for a FIFO since it was looked at (root is a live system
+        // when `diff` runs) must not make the open wait for a writer; what is not a regular
+        // file now is not compared (it changed).
+        let flags = OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOCTTY
+            | OFlag::O_NONBLOCK;
         match openat(&*parent, name, flags, Mode::empty()) {
-            Ok(fd) => Ok(Some(File::from(fd))),
+            Ok(fd) => {
+                let st = fstat(&fd).with_context(|| self.context("open", rel))?;
+                let regular =
+                    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG;
+                Ok(regular.then(|| File::from(fd)))
+            }
             Err(Errno::ENOENT | Errno::ELOOP) => Ok(None),
             Err(e) => Err(e).with_context(|| self.context("open", rel)),
         }
