@@ -472,12 +472,12 @@ in
     };
 
     keepDays = lib.mkOption {
-      type = lib.types.nullOr lib.types.ints.unsigned;
+      type = lib.types.nullOr lib.types.ints.positive;
       default = null;
       example = 30;
       description = ''
         Keep old roots (as {option}`boot.initrd.btrfsRollback.keepOldRoots` does) for this many
-        days after they were created; older ones are pruned at boot, the newest never. With
+        days after they were retired (replaced); older ones are pruned at boot, the newest never. With
         both options set, an old root goes when it is past either limit.
       '';
     };
