@@ -314,7 +314,7 @@ for sc in order:
         "%.1f MiB" % (statistics.median(rss[(sc, t)]) / 1024) if rss.get((sc, t)) else "–" for t in tools)))
 L.append("")
 L += ["## The baseline", "", "```bash"] + open(work + "/baseline.sh").read().rstrip("\n").split("\n") + ["```", "",
-      "Rerun: `scripts/bench.sh` as root (about 5 minutes, 2 of them the baseline at 5,000 nested;",
+      "Rerun: `scripts/bench.sh` as root (about 10 minutes, 3 of them the baseline at 5,000 nested;",
       "`--smoke` for a quick check).", ""]
 open(out + "/benchmarks.md", "w").write("\n".join(L))
 

@@ -75,8 +75,9 @@ umount "$m"
 echo; echo "== btrfs-rollback list --device $dev"
 "$bin" list --device "$dev" --mountpoint "$work/mnt"
 echo; echo "== btrfs-rollback run --device $dev"
-"$bin" run --device "$dev" --mountpoint "$work/mnt"
-echo "exit status $?"
+status=0
+"$bin" run --device "$dev" --mountpoint "$work/mnt" || status=$?
+echo "exit status $status"
 
 mount -o subvolid=5 "$dev" "$m"
 echo; echo "== after: btrfs subvolume list"
@@ -85,3 +86,6 @@ echo; echo "== after: files in root"
 find "$m/root" | sed "s|^$m/||"
 echo; echo "== rollback.log on the top-level volume"
 cat "$m/rollback.log"
+
+# The rollback's own exit status (0; 3 would mean the fresh root is in place but cleanup failed).
+exit "$status"

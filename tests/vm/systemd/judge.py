@@ -9,8 +9,9 @@ RB-JOURNAL-BEGIN and RB-JOURNAL-END, `journalctl -b -o json`. Checks:
   order                     cryptsetup@cryptroot and hibernate-resume finished before
                             btrfs-rollback.service started; it finished before sysroot.mount started
   rollback-ran-ok           btrfs-rollback.service ran and succeeded
-  in-journal                the binary's own lines are in the journal, each once (none through
-                            the kernel log: stderr is the journal), at info priority
+  in-journal                the binary's own lines are in the journal, none of them also
+                            through the kernel log (stderr is the journal), and its "rolling
+                            back" line at info priority
   rollback-failed-1         btrfs-rollback.service failed with exit status 1, and the binary's
                             error line is in the journal at error priority
   not-rolled-back:continue  the module's failure message, "Booting the previous root"
